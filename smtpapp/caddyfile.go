@@ -1,0 +1,300 @@
+package smtpapp
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+// UnmarshalCaddyfile sets up the app from the body of the `smtp` global
+// option. Every directive maps one to one onto a JSON field:
+//
+//	smtp {
+//		queue {
+//			path    <dir>
+//			max_age <duration>
+//		}
+//		server <name> {
+//			...   see Server.UnmarshalCaddyfile
+//		}
+//	}
+func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // the option name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "queue":
+			if a.Queue != nil {
+				return d.Err("duplicate queue block")
+			}
+			a.Queue = new(QueueConfig)
+			if err := a.Queue.UnmarshalCaddyfile(d); err != nil {
+				return err
+			}
+		case "server":
+			var name string
+			if !d.Args(&name) {
+				return d.Err("server needs a name: server <name> { ... }")
+			}
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if a.Servers == nil {
+				a.Servers = make(map[string]*Server)
+			}
+			if _, dup := a.Servers[name]; dup {
+				return d.Errf("duplicate server %q", name)
+			}
+			s := new(Server)
+			if err := s.UnmarshalCaddyfile(d); err != nil {
+				return err
+			}
+			a.Servers[name] = s
+		default:
+			return d.Errf("unknown smtp directive %q (want queue or server)", d.Val())
+		}
+	}
+	return nil
+}
+
+// UnmarshalCaddyfile parses a queue block:
+//
+//	queue {
+//		path    <dir>
+//		max_age <duration>
+//	}
+func (q *QueueConfig) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "path":
+			if err := oneArg(d, &q.Path); err != nil {
+				return err
+			}
+		case "max_age":
+			if err := durationArg(d, &q.MaxAge); err != nil {
+				return err
+			}
+		default:
+			return d.Errf("unknown queue directive %q", d.Val())
+		}
+	}
+	return nil
+}
+
+// UnmarshalCaddyfile parses a server block (its name already read):
+//
+//	server <name> {
+//		listen           <addresses...>
+//		hostname         <name>
+//		tls              [none|may|encrypt] { see ServerTLS.UnmarshalCaddyfile }
+//		accept_domains   <domains...>
+//		relay_networks   <cidrs...>
+//		max_message_size <size>        # 25MiB, 10MB, 1048576
+//		max_recipients   <n>
+//		max_connections  <n>
+//		max_line_length  <n>
+//		read_timeout     <duration>
+//		write_timeout    <duration>
+//		data_timeout     <duration>
+//		bare_newlines    reject|normalize
+//		requiretls
+//	}
+func (s *Server) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
+		switch d.Val() {
+		case "listen":
+			err = argsAppend(d, &s.Listen)
+		case "hostname":
+			err = oneArg(d, &s.Hostname)
+		case "tls":
+			if s.TLS != nil {
+				return d.Err("duplicate tls block")
+			}
+			s.TLS = new(ServerTLS)
+			err = s.TLS.UnmarshalCaddyfile(d)
+		case "accept_domains":
+			err = argsAppend(d, &s.AcceptDomains)
+		case "relay_networks":
+			err = argsAppend(d, &s.RelayNetworks)
+		case "max_message_size":
+			var v string
+			if err = oneArg(d, &v); err == nil {
+				if s.MaxMessageSize, err = ParseSize(v); err != nil {
+					err = d.Errf("max_message_size: %q is not a size (like 25MiB): %v", v, err)
+				}
+			}
+		case "max_recipients":
+			err = intArg(d, &s.MaxRecipients)
+		case "max_connections":
+			err = intArg(d, &s.MaxConnections)
+		case "max_line_length":
+			err = intArg(d, &s.MaxLineLength)
+		case "read_timeout":
+			err = durationArg(d, &s.ReadTimeout)
+		case "write_timeout":
+			err = durationArg(d, &s.WriteTimeout)
+		case "data_timeout":
+			err = durationArg(d, &s.DataTimeout)
+		case "bare_newlines":
+			if err = oneArg(d, &s.BareNewlines); err == nil &&
+				s.BareNewlines != BareNewlinesReject && s.BareNewlines != BareNewlinesNormalize {
+				err = d.Errf("bare_newlines: %q is not one of reject, normalize", s.BareNewlines)
+			}
+		case "requiretls":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			s.RequireTLS = true
+		default:
+			return d.Errf("unknown server directive %q", d.Val())
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// UnmarshalCaddyfile parses a server's tls directive:
+//
+//	tls [none|may|encrypt] {
+//		implicit
+//		client_auth     none|request|require
+//		client_ca       <pem_files...>
+//		certificate     <cert_file> <key_file>
+//		protocols       <min> [<max>]
+//		ciphers         <cipher_suites...>
+//		session_tickets on|off
+//	}
+func (t *ServerTLS) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		if _, err := ParseLevel(d.Val()); err != nil || d.Val() == "" {
+			return d.Errf("tls level %q is not one of none, may, encrypt", d.Val())
+		}
+		t.Level = d.Val()
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
+		switch d.Val() {
+		case "implicit":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			t.Implicit = true
+		case "client_auth":
+			if err = oneArg(d, &t.ClientAuth); err == nil {
+				if _, perr := ParseClientAuth(t.ClientAuth); perr != nil {
+					err = d.Errf("client_auth: %v", perr)
+				}
+			}
+		case "client_ca":
+			err = argsAppend(d, &t.ClientCA)
+		case "certificate":
+			var cert, key string
+			if !d.AllArgs(&cert, &key) {
+				return d.Err("certificate needs two arguments: <cert_file> <key_file>")
+			}
+			t.Certificate = &CertificateFiles{Certificate: cert, Key: key}
+		case "protocols":
+			args := d.RemainingArgs()
+			if len(args) == 0 || len(args) > 2 {
+				return d.Err("protocols needs a minimum and optionally a maximum: tls1.2 [tls1.3]")
+			}
+			for _, p := range args {
+				if p != "tls1.2" && p != "tls1.3" {
+					return d.Errf("protocols: %q is not one of tls1.2, tls1.3", p)
+				}
+			}
+			t.Protocols = args
+		case "ciphers":
+			err = argsAppend(d, &t.Ciphers)
+		case "session_tickets":
+			var v string
+			if err = oneArg(d, &v); err == nil {
+				switch v {
+				case "on":
+					on := true
+					t.SessionTickets = &on
+				case "off":
+					off := false
+					t.SessionTickets = &off
+				default:
+					err = d.Errf("session_tickets: %q is not on or off", v)
+				}
+			}
+		default:
+			return d.Errf("unknown tls directive %q", d.Val())
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// oneArg reads exactly one argument into dst.
+func oneArg(d *caddyfile.Dispenser, dst *string) error {
+	name := d.Val()
+	if !d.NextArg() {
+		return d.Errf("%s needs one argument", name)
+	}
+	*dst = d.Val()
+	if d.NextArg() {
+		return d.Errf("%s takes one argument, got more", name)
+	}
+	return nil
+}
+
+// argsAppend appends one or more arguments to dst.
+func argsAppend(d *caddyfile.Dispenser, dst *[]string) error {
+	name := d.Val()
+	args := d.RemainingArgs()
+	if len(args) == 0 {
+		return d.Errf("%s needs at least one argument", name)
+	}
+	*dst = append(*dst, args...)
+	return nil
+}
+
+func intArg(d *caddyfile.Dispenser, dst *int) error {
+	var v string
+	if err := oneArg(d, &v); err != nil {
+		return err
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 {
+		return d.Errf("%s: %q is not a whole number", d.Val(), v)
+	}
+	*dst = n
+	return nil
+}
+
+func durationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+	var v string
+	if err := oneArg(d, &v); err != nil {
+		return err
+	}
+	dur, err := caddy.ParseDuration(v)
+	if err != nil || dur < 0 {
+		return d.Errf("%q is not a duration (like 30s, 5m, 5d): %v", v, err)
+	}
+	*dst = caddy.Duration(dur)
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddyfile.Unmarshaler = (*App)(nil)
+	_ caddyfile.Unmarshaler = (*Server)(nil)
+	_ caddyfile.Unmarshaler = (*ServerTLS)(nil)
+)

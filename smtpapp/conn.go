@@ -1,0 +1,323 @@
+package smtpapp
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// conn wraps every accepted connection beneath go-smtp. go-smtp is the
+// protocol engine, but a few duties of a gateway have no hook there, so
+// this is where they are done (DESIGN.md, "What go-smtp leaves to us"):
+//
+//   - After a failed STARTTLS handshake go-smtp answers 550 in plaintext
+//     and goes on; Postfix disconnects, and so do we: once the "220 Ready
+//     to start TLS" line has gone out, any write that is not a TLS record
+//     can only be that 550, and closes the connection instead.
+//   - An encrypt-level server must answer MAIL, RCPT, DATA, BDAT and AUTH
+//     with 530 before TLS. go-smtp answers DATA with 502 and AUTH with
+//     523 before it ever asks the session, so while such a session is in
+//     plaintext, reads go through a gate that hands go-smtp one command
+//     line at a time and answers the refused commands itself.
+//   - go-smtp's read timeout is per command; the whole DATA transfer is
+//     bounded here by a deadline that each read respects.
+//   - It tells whether the client said EHLO or HELO (for RFC 3848) and
+//     records the per-connection facts logged when it closes.
+type conn struct {
+	net.Conn
+	srv    *Server
+	remote netip.AddrPort
+	start  time.Time
+
+	// gate is non-nil while commands are read through the encrypt-level
+	// gate; it owns the buffered plaintext.
+	gate        *bufio.Reader
+	gatePending []byte // rest of a line go-smtp's buffer had no room for
+	gateErrors  int
+
+	tlsStarted atomic.Bool // the 220 for STARTTLS was written
+	esmtp      atomic.Bool // the client greeted with EHLO
+
+	mu           sync.Mutex
+	dataDeadline time.Time
+	closeOnWrite bool
+	sni          string
+	tlsState     *tls.ConnectionState
+	peerVerified bool
+	messages     int
+	closed       bool
+}
+
+func newConn(c net.Conn, srv *Server, remote netip.AddrPort) *conn {
+	cn := &conn{Conn: c, srv: srv, remote: remote, start: time.Now()}
+	if srv.level == LevelEncrypt && !srv.implicitTLS() {
+		cn.gate = bufio.NewReaderSize(c, 4096)
+	}
+	return cn
+}
+
+// isTLSRecord reports whether b starts like a TLS record: content types
+// 20 to 24 (RFC 8446 section 5.1). An SMTP reply starts with a digit.
+func isTLSRecord(b []byte) bool {
+	return len(b) > 0 && b[0] >= 20 && b[0] <= 24
+}
+
+var (
+	startTLSReady = []byte("220 2.0.0 Ready to start TLS")
+	ehloReply     = []byte("250-Hello ")
+	errTLSFailed  = errors.New("smtp: STARTTLS handshake failed; connection closed")
+)
+
+func (c *conn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	closeNow := c.closeOnWrite
+	c.mu.Unlock()
+	if c.tlsStarted.Load() && !isTLSRecord(p) {
+		// go-smtp's plaintext 550 after a failed handshake: hang up.
+		c.srv.logger.Info("tls handshake failed",
+			zap.String("remote_ip", c.remote.Addr().String()),
+			zap.String("server_name", c.serverName()))
+		c.Conn.Close()
+		return 0, errTLSFailed
+	}
+	if !c.tlsStarted.Load() {
+		switch {
+		case bytes.HasPrefix(p, startTLSReady):
+			c.tlsStarted.Store(true)
+			// RFC 3207 section 5 and CVE-2011-0411: commands the client
+			// pipelined after STARTTLS must not be executed. go-smtp drops
+			// its own read buffer; drop the gate's as well.
+			c.gate = nil
+			c.gatePending = nil
+		case bytes.HasPrefix(p, ehloReply):
+			c.esmtp.Store(true)
+		}
+	}
+	n, err := c.Conn.Write(p)
+	if closeNow {
+		c.Conn.Close()
+	}
+	return n, err
+}
+
+func (c *conn) Read(p []byte) (int, error) {
+	if c.gate != nil {
+		return c.gateRead(p)
+	}
+	c.mu.Lock()
+	dl := c.dataDeadline
+	c.mu.Unlock()
+	if !dl.IsZero() {
+		// Inside DATA: each read waits at most the read timeout, and all
+		// of them together no longer than the data deadline.
+		d := time.Now().Add(c.srv.readTimeout)
+		if d.After(dl) {
+			d = dl
+		}
+		if err := c.Conn.SetReadDeadline(d); err != nil {
+			return 0, err
+		}
+	}
+	return c.Conn.Read(p)
+}
+
+// maxGateErrors is how many refused commands a plaintext client of an
+// encrypt-level server may send before it is disconnected.
+const maxGateErrors = 10
+
+// gateRead hands go-smtp exactly one command line per call, so that
+// go-smtp has answered the previous one before the gate reads the next,
+// and the gate's own replies come out in order.
+func (c *conn) gateRead(p []byte) (int, error) {
+	if len(c.gatePending) > 0 {
+		n := copy(p, c.gatePending)
+		c.gatePending = c.gatePending[n:]
+		return n, nil
+	}
+	for {
+		line, err := c.readGateLine()
+		if err != nil {
+			return 0, err
+		}
+		verb, arg, _ := strings.Cut(strings.TrimRight(string(line), "\r\n"), " ")
+		if !requiresTLSFirst(LevelEncrypt, false, verb) {
+			n := copy(p, line)
+			c.gatePending = line[n:]
+			return n, nil
+		}
+		if strings.EqualFold(verb, "BDAT") {
+			// RFC 3030: the chunk follows the command even when the
+			// command is refused; discard it unread.
+			fields := strings.Fields(arg)
+			if len(fields) == 0 {
+				c.writeGateReply("501 5.5.4 Missing chunk size argument")
+				continue
+			}
+			size, err := strconv.ParseUint(fields[0], 10, 32)
+			if err != nil {
+				c.writeGateReply("501 5.5.4 Malformed size argument")
+				continue
+			}
+			if _, err := io.CopyN(io.Discard, c.gate, int64(size)); err != nil {
+				return 0, err
+			}
+		}
+		c.writeGateReply(fmt.Sprintf("%d %d.%d.%d %s", errTLSRequired.Code,
+			errTLSRequired.EnhancedCode[0], errTLSRequired.EnhancedCode[1],
+			errTLSRequired.EnhancedCode[2], errTLSRequired.Message))
+		c.gateErrors++
+		if c.gateErrors >= maxGateErrors {
+			c.writeGateReply("421 4.7.0 Too many commands refused before STARTTLS, closing connection")
+			c.Conn.Close()
+			return 0, net.ErrClosed
+		}
+	}
+}
+
+// readGateLine reads one line of at most the server's line length.
+func (c *conn) readGateLine() ([]byte, error) {
+	var line []byte
+	for {
+		frag, err := c.gate.ReadSlice('\n')
+		line = append(line, frag...)
+		if len(line) > c.srv.maxLineLength {
+			c.writeGateReply("500 5.4.0 Too long line, closing connection")
+			c.Conn.Close()
+			return nil, net.ErrClosed
+		}
+		if err == nil {
+			return line, nil
+		}
+		if !errors.Is(err, bufio.ErrBufferFull) {
+			if len(line) > 0 && errors.Is(err, io.EOF) {
+				return line, nil
+			}
+			return nil, err
+		}
+	}
+}
+
+func (c *conn) writeGateReply(s string) {
+	if c.srv.writeTimeout > 0 {
+		c.Conn.SetWriteDeadline(time.Now().Add(c.srv.writeTimeout))
+	}
+	io.WriteString(c.Conn, s+"\r\n")
+}
+
+// startData bounds the coming DATA transfer.
+func (c *conn) startData() {
+	c.mu.Lock()
+	c.dataDeadline = time.Now().Add(c.srv.dataTimeout)
+	c.mu.Unlock()
+}
+
+// endData lifts the DATA bound; go-smtp sets its own deadline again
+// before it reads the next command.
+func (c *conn) endData() {
+	c.mu.Lock()
+	c.dataDeadline = time.Time{}
+	c.mu.Unlock()
+}
+
+// hangUpAfterReply closes the connection after the next reply is written.
+func (c *conn) hangUpAfterReply() {
+	c.mu.Lock()
+	c.closeOnWrite = true
+	c.mu.Unlock()
+}
+
+func (c *conn) setSNI(name string) {
+	c.mu.Lock()
+	c.sni = name
+	c.mu.Unlock()
+}
+
+func (c *conn) serverName() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.sni
+}
+
+// setTLS records the TLS facts once the handshake is done.
+func (c *conn) setTLS(cs tls.ConnectionState, verified bool) {
+	c.mu.Lock()
+	c.tlsState = &cs
+	c.peerVerified = verified
+	c.mu.Unlock()
+}
+
+func (c *conn) countMessage() {
+	c.mu.Lock()
+	c.messages++
+	c.mu.Unlock()
+}
+
+// Close logs the connection's line and closes it once.
+func (c *conn) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	fields := []zap.Field{
+		zap.String("remote_ip", c.remote.Addr().String()),
+		zap.Uint16("remote_port", c.remote.Port()),
+		zap.Duration("duration", time.Since(c.start)),
+		zap.Int("messages", c.messages),
+	}
+	if cs := c.tlsState; cs != nil {
+		fields = append(fields, tlsFields(cs, c.peerVerified)...)
+	} else {
+		fields = append(fields, zap.Bool("tls", false))
+	}
+	c.mu.Unlock()
+	c.srv.logger.Info("connection closed", fields...)
+	c.srv.connDone()
+	return c.Conn.Close()
+}
+
+// tlsFields are the log fields that describe a TLS session, in the
+// spirit of Postfix's "Trusted/Untrusted/Anonymous TLS connection".
+func tlsFields(cs *tls.ConnectionState, verified bool) []zap.Field {
+	f := []zap.Field{
+		zap.Bool("tls", true),
+		zap.String("tls_version", tls.VersionName(cs.Version)),
+		zap.String("tls_cipher", tls.CipherSuiteName(cs.CipherSuite)),
+		zap.String("tls_server_name", cs.ServerName),
+		zap.Bool("tls_resumed", cs.DidResume),
+	}
+	if len(cs.PeerCertificates) > 0 {
+		f = append(f,
+			zap.String("client_cert_subject", cs.PeerCertificates[0].Subject.String()),
+			zap.Bool("client_cert_verified", verified))
+	}
+	return f
+}
+
+// unwrapConn finds our conn beneath whatever go-smtp holds (a *tls.Conn
+// after STARTTLS or on an implicit-TLS listener).
+func unwrapConn(nc net.Conn) *conn {
+	for {
+		switch c := nc.(type) {
+		case *conn:
+			return c
+		case interface{ NetConn() net.Conn }:
+			nc = c.NetConn()
+		default:
+			return nil
+		}
+	}
+}

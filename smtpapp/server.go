@@ -1,0 +1,342 @@
+package smtpapp
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/dustin/go-humanize"
+	"github.com/emersion/go-smtp"
+	"go.uber.org/zap"
+)
+
+// Defaults for a server's limits.
+const (
+	DefaultMaxMessageSize = 25 << 20 // 25 MiB
+	DefaultMaxRecipients  = 100      // RFC 5321 4.5.3.1.8: the minimum a server must take
+	DefaultMaxConnections = 1000
+	DefaultMaxLineLength  = 2000 // twice RFC 5321's 1000, as go-smtp and Postfix allow
+	DefaultReadTimeout    = 5 * time.Minute
+	DefaultWriteTimeout   = 5 * time.Minute
+	DefaultDataTimeout    = 15 * time.Minute
+)
+
+// Ways to treat a bare LF or bare CR in message data.
+const (
+	// BareNewlinesReject refuses the message with 550 5.5.2 (default).
+	BareNewlinesReject = "reject"
+	// BareNewlinesNormalize turns every bare LF and bare CR into CRLF.
+	BareNewlinesNormalize = "normalize"
+)
+
+// Server is one SMTP server of the smtp app: its listeners, hostname,
+// TLS level, limits and relay control.
+type Server struct {
+	// Addresses to listen on, in Caddy's network address form
+	// (`:25`, `127.0.0.1:2525`, `tcp6/[::1]:25`). Sockets are bound
+	// with Caddy's listener pool, so a config reload keeps them open.
+	// A server reached only through the layer4 app may have none.
+	Listen []string `json:"listen,omitempty"`
+
+	// The name of this server: in the greeting, the EHLO reply, the
+	// Received: header, as the default SNI and as the subject of its
+	// managed certificate. Default: the machine's host name.
+	Hostname string `json:"hostname,omitempty"`
+
+	// TLS for receiving: level, certificate, client certificates.
+	TLS *ServerTLS `json:"tls,omitempty"`
+
+	// Domains we accept mail for from any client (the final
+	// destinations behind this gateway). `*.example.com` matches
+	// subdomains of example.com.
+	AcceptDomains []string `json:"accept_domains,omitempty"`
+
+	// Client networks (CIDR, or single addresses) that may send mail to
+	// any domain. Empty, and no AUTH, means no relaying: recipients
+	// outside accept_domains get `554 5.7.1 Relay access denied`.
+	RelayNetworks []string `json:"relay_networks,omitempty"`
+
+	// Largest message accepted, in bytes; advertised in EHLO as SIZE.
+	// Larger messages get `552 5.3.4`. Default: 25 MiB.
+	MaxMessageSize int64 `json:"max_message_size,omitempty"`
+
+	// Most recipients per message; further RCPTs get `452 4.5.3`.
+	// Default: 100.
+	MaxRecipients int `json:"max_recipients,omitempty"`
+
+	// Most simultaneous connections; further ones get
+	// `421 4.7.0 Too many connections` and are closed. Default: 1000.
+	MaxConnections int `json:"max_connections,omitempty"`
+
+	// Longest command or data line in bytes; a longer one gets
+	// `500 5.4.0` and the connection is closed. Default: 2000.
+	MaxLineLength int `json:"max_line_length,omitempty"`
+
+	// How long to wait for each command, or for each read during DATA.
+	// Default: 5m (RFC 5321 4.5.3.2.7).
+	ReadTimeout caddy.Duration `json:"read_timeout,omitempty"`
+
+	// How long a reply may take to write. Default: 5m.
+	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
+
+	// The longest a whole DATA transfer may take, however steadily the
+	// client sends. Default: 15m.
+	DataTimeout caddy.Duration `json:"data_timeout,omitempty"`
+
+	// What to do with a bare LF or bare CR in message data, the SMTP
+	// smuggling class (CVE-2023-51764): `reject` (default; 550 5.5.2)
+	// or `normalize` (rewrite each to CRLF, as Postfix does).
+	BareNewlines string `json:"bare_newlines,omitempty"`
+
+	// Advertise REQUIRETLS (RFC 8689) on TLS sessions. A MAIL FROM with
+	// REQUIRETLS on a plaintext session is refused either way.
+	RequireTLS bool `json:"requiretls,omitempty"`
+
+	name      string
+	app       *App
+	logger    *zap.Logger
+	level     Level
+	tls       *serverTLS
+	relay     *RelayPolicy
+	addrs     []caddy.NetworkAddress
+	listeners []net.Listener
+	smtp      *smtp.Server
+
+	maxLineLength int
+	readTimeout   time.Duration
+	writeTimeout  time.Duration
+	dataTimeout   time.Duration
+
+	active atomic.Int64 // open connections
+	wg     sync.WaitGroup
+}
+
+// provision validates the server's config and builds everything that
+// Start needs, except sockets.
+func (s *Server) provision(ctx caddy.Context, app *App, name string) error {
+	s.name, s.app = name, app
+	s.logger = app.logger.With(zap.String("server", name))
+	field := "servers." + name
+
+	if s.Hostname == "" {
+		h, err := os.Hostname()
+		if err != nil || h == "" {
+			return fmt.Errorf("%s.hostname: not set, and the OS host name is unknown: %v", field, err)
+		}
+		s.Hostname = h
+	}
+	s.Hostname = strings.ToLower(strings.TrimSuffix(s.Hostname, "."))
+	if strings.ContainsAny(s.Hostname, " \t\r\n@/") {
+		return fmt.Errorf("%s.hostname: %q is not a host name", field, s.Hostname)
+	}
+
+	for _, l := range s.Listen {
+		addr, err := caddy.ParseNetworkAddressWithDefaults(l, "tcp", 25)
+		if err != nil {
+			return fmt.Errorf("%s.listen: %q: %w", field, l, err)
+		}
+		if strings.HasPrefix(addr.Network, "udp") || addr.Network == "unixgram" {
+			return fmt.Errorf("%s.listen: %q: SMTP needs a stream network, not %s", field, l, addr.Network)
+		}
+		s.addrs = append(s.addrs, addr)
+	}
+
+	var err error
+	if s.relay, err = NewRelayPolicy(s.AcceptDomains, s.RelayNetworks); err != nil {
+		return fmt.Errorf("%s.%w", field, err)
+	}
+
+	switch {
+	case s.MaxMessageSize < 0, s.MaxRecipients < 0, s.MaxConnections < 0, s.MaxLineLength < 0,
+		s.ReadTimeout < 0, s.WriteTimeout < 0, s.DataTimeout < 0:
+		return fmt.Errorf("%s: limits and timeouts must not be negative", field)
+	}
+	if s.MaxMessageSize == 0 {
+		s.MaxMessageSize = DefaultMaxMessageSize
+	}
+	if s.MaxRecipients == 0 {
+		s.MaxRecipients = DefaultMaxRecipients
+	}
+	if s.MaxConnections == 0 {
+		s.MaxConnections = DefaultMaxConnections
+	}
+	s.maxLineLength = s.MaxLineLength
+	if s.maxLineLength == 0 {
+		s.maxLineLength = DefaultMaxLineLength
+	}
+	if s.maxLineLength < 512 {
+		return fmt.Errorf("%s.max_line_length: %d is below RFC 5321's 512 for commands", field, s.maxLineLength)
+	}
+	s.readTimeout = durationOr(s.ReadTimeout, DefaultReadTimeout)
+	s.writeTimeout = durationOr(s.WriteTimeout, DefaultWriteTimeout)
+	s.dataTimeout = durationOr(s.DataTimeout, DefaultDataTimeout)
+
+	switch s.BareNewlines {
+	case "":
+		s.BareNewlines = BareNewlinesReject
+	case BareNewlinesReject, BareNewlinesNormalize:
+	default:
+		return fmt.Errorf("%s.bare_newlines: %q is not one of reject, normalize", field, s.BareNewlines)
+	}
+
+	if s.tls, err = s.provisionTLS(ctx); err != nil {
+		return err
+	}
+
+	srv := smtp.NewServer(s)
+	srv.Domain = s.Hostname
+	srv.ReadTimeout = s.readTimeout
+	srv.WriteTimeout = s.writeTimeout
+	srv.MaxMessageBytes = s.MaxMessageSize
+	srv.MaxRecipients = s.MaxRecipients
+	srv.MaxLineLength = s.maxLineLength
+	srv.AllowInsecureAuth = false
+	srv.EnableSMTPUTF8 = true
+	srv.EnableDSN = true
+	srv.EnableREQUIRETLS = s.RequireTLS
+	srv.ErrorLog = zapPrintfLogger{s.logger}
+	if s.tls.config != nil && !s.implicitTLS() {
+		srv.TLSConfig = s.tls.config
+	}
+	s.smtp = srv
+	return nil
+}
+
+func durationOr(d caddy.Duration, def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return time.Duration(d)
+}
+
+func (s *Server) implicitTLS() bool { return s.TLS != nil && s.TLS.Implicit }
+
+// start binds the listeners and serves them.
+func (s *Server) start(ctx caddy.Context) error {
+	if s.level == LevelEncrypt && !s.implicitTLS() && listensOn(s.addrs, 25) {
+		s.logger.Warn("tls level encrypt on port 25: RFC 3207 says a publicly referenced MX must not require TLS; senders without STARTTLS will not reach you")
+	}
+	for _, addr := range s.addrs {
+		for port := uint(0); port < addr.PortRangeSize(); port++ {
+			lnAny, err := addr.Listen(ctx, port, net.ListenConfig{})
+			if err != nil {
+				return fmt.Errorf("servers.%s.listen: %s: %w", s.name, addr.At(port), err)
+			}
+			ln, ok := lnAny.(net.Listener)
+			if !ok {
+				return fmt.Errorf("servers.%s.listen: %s is not a stream listener", s.name, addr.At(port))
+			}
+			gl := &listener{Listener: ln, srv: s}
+			s.listeners = append(s.listeners, gl)
+			s.logger.Info("listening",
+				zap.String("address", ln.Addr().String()),
+				zap.String("tls_level", string(s.level)),
+				zap.Bool("implicit_tls", s.implicitTLS()))
+			s.wg.Add(1)
+			go func() {
+				defer s.wg.Done()
+				if err := s.smtp.Serve(gl); err != nil && !errors.Is(err, net.ErrClosed) {
+					s.logger.Error("serving stopped", zap.Error(err))
+				}
+			}()
+		}
+	}
+	return nil
+}
+
+// stop closes the listeners. Open sessions go on until they end (their
+// timeouts bound them), so a reload never cuts a transaction short.
+func (s *Server) stop() error {
+	var errs []error
+	for _, ln := range s.listeners {
+		if err := ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	s.listeners = nil
+	return errors.Join(errs...)
+}
+
+func (s *Server) connDone() { s.active.Add(-1) }
+
+// listener admits connections under max_connections and wraps them.
+type listener struct {
+	net.Listener
+	srv *Server
+}
+
+func (l *listener) Accept() (net.Conn, error) {
+	for {
+		nc, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if !l.srv.admit(nc) {
+			continue
+		}
+		c := newConn(nc, l.srv, remoteAddrPort(nc))
+		if l.srv.implicitTLS() {
+			return tls.Server(c, l.srv.tls.config), nil
+		}
+		return c, nil
+	}
+}
+
+// admit counts the connection, or refuses it with 421 when the server
+// is full.
+func (s *Server) admit(nc net.Conn) bool {
+	if n := s.active.Add(1); n > int64(s.MaxConnections) {
+		s.active.Add(-1)
+		s.logger.Warn("connection refused: too many connections",
+			zap.String("remote_ip", remoteAddrPort(nc).Addr().String()),
+			zap.Int("max_connections", s.MaxConnections))
+		go func() {
+			// RFC 5321 3.8: a server may refuse with 421 at greeting.
+			nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+			fmt.Fprintf(nc, "421 4.7.0 %s Too many connections, try again later\r\n", s.Hostname)
+			nc.Close()
+		}()
+		return false
+	}
+	return true
+}
+
+func remoteAddrPort(nc net.Conn) netip.AddrPort {
+	if ta, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
+		return ta.AddrPort()
+	}
+	ap, _ := netip.ParseAddrPort(nc.RemoteAddr().String())
+	return ap
+}
+
+// zapPrintfLogger adapts go-smtp's logger interface to Caddy's logger.
+type zapPrintfLogger struct{ l *zap.Logger }
+
+func (z zapPrintfLogger) Printf(format string, v ...any) {
+	z.l.Debug("smtp engine", zap.String("detail", strings.TrimSpace(fmt.Sprintf(format, v...))))
+}
+
+func (z zapPrintfLogger) Println(v ...any) {
+	z.l.Debug("smtp engine", zap.String("detail", strings.TrimSpace(fmt.Sprintln(v...))))
+}
+
+// ParseSize parses a size like "25MiB", "10MB" or "1048576" into bytes,
+// for the Caddyfile.
+func ParseSize(s string) (int64, error) {
+	n, err := humanize.ParseBytes(s)
+	if err != nil {
+		return 0, err
+	}
+	if n > 1<<40 {
+		return 0, fmt.Errorf("%s is too large", s)
+	}
+	return int64(n), nil
+}

@@ -1,0 +1,261 @@
+package smtpapp
+
+import (
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"go.uber.org/zap"
+
+	"github.com/caddy-smtp/caddy-smtp/spool"
+)
+
+// Replies of the session that go-smtp does not have.
+var (
+	errRequireTLSPlaintext = &smtp.SMTPError{
+		Code:         530,
+		EnhancedCode: smtp.EnhancedCode{5, 7, 10},
+		Message:      "REQUIRETLS needs a TLS session; issue STARTTLS first",
+	}
+	errNeedsSMTPUTF8 = &smtp.SMTPError{
+		Code:         553,
+		EnhancedCode: smtp.EnhancedCode{5, 6, 7},
+		Message:      "Non-ASCII address requires the SMTPUTF8 parameter",
+	}
+	errSpoolUnavailable = &smtp.SMTPError{
+		Code:         452,
+		EnhancedCode: smtp.EnhancedCode{4, 3, 1},
+		Message:      "Insufficient system storage, try again later",
+	}
+	errDataTimeout = &smtp.SMTPError{
+		Code:         421,
+		EnhancedCode: smtp.EnhancedCode{4, 4, 2},
+		Message:      "Timeout waiting for message data, closing connection",
+	}
+	errNoSender = &smtp.SMTPError{
+		Code:         503,
+		EnhancedCode: smtp.EnhancedCode{5, 5, 1},
+		Message:      "Bad sequence of commands",
+	}
+)
+
+// NewSession implements smtp.Backend; go-smtp calls it at HELO/EHLO, and
+// again after STARTTLS.
+func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	sess := &session{srv: s, conn: unwrapConn(c.Conn()), helo: c.Hostname()}
+	if sess.conn == nil {
+		return nil, errors.New("smtp: connection of unknown type")
+	}
+	if cs, ok := c.TLSConnectionState(); ok {
+		sess.tlsState = &cs
+		sess.conn.setTLS(cs, s.tls.peerVerified(cs))
+	}
+	return sess, nil
+}
+
+// session is the per-connection state of one SMTP client between
+// greetings; policy decisions are plain functions it calls.
+type session struct {
+	srv      *Server
+	conn     *conn
+	helo     string
+	tlsState *tls.ConnectionState
+	authID   string
+
+	hasFrom  bool
+	from     string
+	mailOpts smtp.MailOptions
+	rcpts    []*spool.Recipient
+}
+
+func (ss *session) isTLS() bool { return ss.tlsState != nil }
+
+// Reset implements smtp.Session.
+func (ss *session) Reset() {
+	ss.hasFrom, ss.from, ss.mailOpts, ss.rcpts = false, "", smtp.MailOptions{}, nil
+}
+
+// Logout implements smtp.Session.
+func (ss *session) Logout() error { return nil }
+
+// Mail implements smtp.Session.
+func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
+	if requiresTLSFirst(ss.srv.level, ss.isTLS(), "MAIL") {
+		return errTLSRequired
+	}
+	if opts == nil {
+		opts = &smtp.MailOptions{}
+	}
+	if opts.RequireTLS && !ss.isTLS() {
+		return errRequireTLSPlaintext
+	}
+	if !opts.UTF8 && !isASCII(from) {
+		return errNeedsSMTPUTF8
+	}
+	ss.Reset()
+	ss.hasFrom, ss.from, ss.mailOpts = true, from, *opts
+	return nil
+}
+
+// Rcpt implements smtp.Session.
+func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	if requiresTLSFirst(ss.srv.level, ss.isTLS(), "RCPT") {
+		return errTLSRequired
+	}
+	if !ss.hasFrom {
+		return errNoSender
+	}
+	if !ss.mailOpts.UTF8 && !isASCII(to) {
+		return errNeedsSMTPUTF8
+	}
+	if !ss.srv.relay.Accepts(to, ss.conn.remote.Addr(), ss.authID != "") {
+		ss.srv.logger.Info("recipient refused: relay access denied",
+			zap.String("remote_ip", ss.conn.remote.Addr().String()),
+			zap.String("from", ss.from), zap.String("to", to))
+		return errRelayDenied
+	}
+	for _, r := range ss.rcpts {
+		if r.Address == to {
+			return nil // a duplicate RCPT is accepted and delivered once
+		}
+	}
+	r := &spool.Recipient{Address: to, Status: spool.StatusQueued}
+	if opts != nil {
+		for _, n := range opts.Notify {
+			r.Notify = append(r.Notify, string(n))
+		}
+		if opts.OriginalRecipient != "" {
+			r.ORcpt = string(opts.OriginalRecipientType) + ";" + opts.OriginalRecipient
+		}
+	}
+	ss.rcpts = append(ss.rcpts, r)
+	return nil
+}
+
+// Data implements smtp.Session: the message goes to the spool, and the
+// reply is 250 only after the record is durable.
+func (ss *session) Data(r io.Reader) error {
+	if requiresTLSFirst(ss.srv.level, ss.isTLS(), "DATA") {
+		return errTLSRequired
+	}
+	if !ss.hasFrom || len(ss.rcpts) == 0 {
+		return errNoSender
+	}
+	start := time.Now()
+	ss.conn.startData()
+	defer ss.conn.endData()
+
+	sp := ss.srv.app.spool
+	draft, err := sp.Create()
+	if err != nil {
+		ss.srv.logger.Error("spool unavailable", zap.Error(err))
+		return errSpoolUnavailable
+	}
+	defer draft.Abort()
+
+	addrs := make([]string, len(ss.rcpts))
+	for i, rc := range ss.rcpts {
+		addrs[i] = rc.Address
+	}
+	proto := protocolName(ss.conn.esmtp.Load(), ss.isTLS(), ss.authID != "")
+	remote := ss.conn.remote.Addr()
+	if _, err := draft.WriteString(receivedHeader(ss.srv.Hostname, ss.helo, remote, proto,
+		draft.ID(), ss.tlsState, addrs, start)); err != nil {
+		return ss.spoolFailed(err)
+	}
+	if err := copyMessage(draft, r, ss.srv.BareNewlines == BareNewlinesNormalize); err != nil {
+		var smtpErr *smtp.SMTPError
+		var netErr net.Error
+		switch {
+		case errors.As(err, &smtpErr):
+			if smtpErr == errBareNewline {
+				ss.srv.logger.Info("message refused: bare newline in data",
+					zap.String("remote_ip", remote.String()), zap.String("from", ss.from))
+			}
+			return smtpErr // 552 too large, 550 bare newline
+		case errors.As(err, &netErr) && netErr.Timeout():
+			ss.conn.hangUpAfterReply()
+			return errDataTimeout
+		case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+			return err
+		}
+		return ss.spoolFailed(err)
+	}
+
+	env := &spool.Envelope{
+		Server:     ss.srv.name,
+		From:       ss.from,
+		Recipients: ss.rcpts,
+		Body:       string(ss.mailOpts.Body),
+		SMTPUTF8:   ss.mailOpts.UTF8,
+		RequireTLS: ss.mailOpts.RequireTLS,
+		EnvID:      ss.mailOpts.EnvelopeID,
+		Ret:        string(ss.mailOpts.Return),
+		Client: spool.Client{
+			IP:       remote.String(),
+			Helo:     ss.helo,
+			Protocol: proto,
+			Auth:     ss.authID,
+			TLS:      ss.tlsInfo(),
+		},
+		Received: start.UTC(),
+	}
+	if err := draft.Commit(env); err != nil {
+		return ss.spoolFailed(err)
+	}
+	ss.conn.countMessage()
+	fields := []zap.Field{
+		zap.String("queue_id", env.ID),
+		zap.String("remote_ip", remote.String()),
+		zap.String("from", env.From),
+		zap.Strings("to", addrs),
+		zap.Int64("size", env.Size),
+		zap.String("protocol", proto),
+		zap.Duration("duration", time.Since(start)),
+	}
+	if ss.tlsState != nil {
+		fields = append(fields,
+			zap.String("tls_version", tls.VersionName(ss.tlsState.Version)),
+			zap.String("tls_cipher", tls.CipherSuiteName(ss.tlsState.CipherSuite)))
+	}
+	ss.srv.logger.Info("message accepted", fields...)
+	return &smtp.SMTPError{
+		Code:         250,
+		EnhancedCode: smtp.EnhancedCode{2, 0, 0},
+		Message:      "OK: queued as " + env.ID,
+	}
+}
+
+func (ss *session) spoolFailed(err error) error {
+	ss.srv.logger.Error("writing to spool failed; message not accepted", zap.Error(err))
+	return errSpoolUnavailable
+}
+
+func (ss *session) tlsInfo() *spool.TLSInfo {
+	cs := ss.tlsState
+	if cs == nil {
+		return nil
+	}
+	info := &spool.TLSInfo{
+		Version:    tls.VersionName(cs.Version),
+		Cipher:     tls.CipherSuiteName(cs.CipherSuite),
+		ServerName: cs.ServerName,
+	}
+	if len(cs.PeerCertificates) > 0 {
+		info.PeerSubject = cs.PeerCertificates[0].Subject.String()
+		info.PeerVerified = ss.srv.tls.peerVerified(*cs)
+	}
+	return info
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
