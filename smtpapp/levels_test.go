@@ -1,0 +1,236 @@
+package smtpapp
+
+import (
+	"crypto/tls"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestLevels runs every server TLS level against a plaintext client and a
+// STARTTLS client, and checks the exact replies DESIGN.md gives.
+func TestLevels(t *testing.T) {
+	e := newEnv(t)
+	none, noneAddr := server(t, map[string]any{"tls": map[string]any{"level": "none"}})
+	may, mayAddr := server(t, map[string]any{"tls": map[string]any{"level": "may"}})
+	def, defAddr := server(t, nil) // no tls block: may is the default
+	enc, encAddr := server(t, map[string]any{"tls": map[string]any{"level": "encrypt"}})
+	e.load(app(map[string]any{"none": none, "may": may, "default": def, "encrypt": enc}), nil)
+	waitTLS(t, mayAddr, tlsConfig(nil, ""))
+	waitTLS(t, defAddr, tlsConfig(nil, ""))
+	waitTLS(t, encAddr, tlsConfig(nil, ""))
+
+	t.Run("none/plaintext", func(t *testing.T) {
+		c := dial(t, noneAddr)
+		if ehlo := c.expect("250", "EHLO client.test"); strings.Contains(ehlo, "STARTTLS") {
+			t.Fatalf("level none advertises STARTTLS: %q", ehlo)
+		}
+		if got := c.send("a@remote.test", "b@example.test", testMessage); !strings.HasPrefix(got, "250 2.0.0 OK: queued as ") {
+			t.Fatalf("DATA: %q", got)
+		}
+	})
+	t.Run("none/starttls", func(t *testing.T) {
+		c := dial(t, noneAddr)
+		c.expect("250", "EHLO client.test")
+		c.expect("502 5.5.1", "STARTTLS")
+		// The session goes on in plaintext.
+		c.expect("250", "MAIL FROM:<a@remote.test>")
+	})
+	for _, addr := range []string{mayAddr, defAddr} {
+		t.Run("may/plaintext", func(t *testing.T) {
+			c := dial(t, addr)
+			if ehlo := c.expect("250", "EHLO client.test"); !strings.Contains(ehlo, "STARTTLS") {
+				t.Fatalf("level may does not advertise STARTTLS: %q", ehlo)
+			}
+			if got := c.send("a@remote.test", "b@example.test", testMessage); !strings.HasPrefix(got, "250") {
+				t.Fatalf("DATA: %q", got)
+			}
+		})
+		t.Run("may/starttls", func(t *testing.T) {
+			c := dial(t, addr)
+			c.expect("250", "EHLO client.test")
+			if err := c.startTLS(tlsConfig(nil, "")); err != nil {
+				t.Fatal(err)
+			}
+			if ehlo := c.expect("250", "EHLO client.test"); strings.Contains(ehlo, "STARTTLS") {
+				t.Fatalf("STARTTLS advertised again inside TLS: %q", ehlo)
+			}
+			c.expect("502 5.5.1", "STARTTLS")
+			if got := c.send("a@remote.test", "b@example.test", testMessage); !strings.HasPrefix(got, "250") {
+				t.Fatalf("DATA: %q", got)
+			}
+		})
+	}
+	t.Run("encrypt/plaintext", func(t *testing.T) {
+		c := dial(t, encAddr)
+		if ehlo := c.expect("250", "EHLO client.test"); !strings.Contains(ehlo, "STARTTLS") {
+			t.Fatalf("level encrypt does not advertise STARTTLS: %q", ehlo)
+		}
+		const refused = "530 5.7.0 Must issue a STARTTLS command first"
+		c.expect(refused, "MAIL FROM:<a@remote.test>")
+		c.expect(refused, "RCPT TO:<b@example.test>")
+		c.expect(refused, "DATA")
+		c.expect(refused, "AUTH PLAIN AGFAYg==")
+		// RFC 3030: the chunk follows BDAT at once; it is discarded.
+		c.conn.Write([]byte("BDAT 5 LAST\r\nhello"))
+		if code, msg := c.read(); code != 530 {
+			t.Fatalf("BDAT: %d %s", code, msg)
+		}
+		c.expect("250", "NOOP")
+		c.expect("250", "RSET")
+		// STARTTLS still works after refusals.
+		if err := c.startTLS(tlsConfig(nil, "")); err != nil {
+			t.Fatal(err)
+		}
+		c.expect("250", "EHLO client.test")
+		if got := c.send("a@remote.test", "b@example.test", testMessage); !strings.HasPrefix(got, "250") {
+			t.Fatalf("DATA after STARTTLS: %q", got)
+		}
+	})
+	t.Run("encrypt/starttls", func(t *testing.T) {
+		c := dial(t, encAddr)
+		c.expect("250", "EHLO client.test")
+		if err := c.startTLS(tlsConfig(nil, "")); err != nil {
+			t.Fatal(err)
+		}
+		c.expect("250", "EHLO client.test")
+		if got := c.send("a@remote.test", "b@example.test", testMessage); !strings.HasPrefix(got, "250") {
+			t.Fatalf("DATA: %q", got)
+		}
+	})
+	t.Run("encrypt/too-many-refusals", func(t *testing.T) {
+		c := dial(t, encAddr)
+		c.expect("250", "EHLO client.test")
+		for i := 0; i < maxGateErrors-1; i++ {
+			c.expect("530", "MAIL FROM:<a@remote.test>")
+		}
+		c.expect("530", "MAIL FROM:<a@remote.test>")
+		if code, msg := c.read(); code != 421 {
+			t.Fatalf("after %d refusals: %d %s, want 421", maxGateErrors, code, msg)
+		}
+		if code, _ := c.read(); code != 0 {
+			t.Fatalf("connection still open after 421")
+		}
+	})
+}
+
+// TestEncryptOnPort25Warns checks the RFC 3207 warning.
+func TestEncryptOnPort25Warns(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("binding port 25 needs root")
+	}
+	e := newEnv(t)
+	s, _ := server(t, map[string]any{"tls": map[string]any{"level": "encrypt"}})
+	s["listen"] = []string{"127.0.0.1:25"}
+	e.load(app(map[string]any{"mx": s}), nil)
+	w := e.waitLog("tls level encrypt on port 25: RFC 3207 says a publicly referenced MX must not require TLS; senders without STARTTLS will not reach you")
+	if w["level"] != "warn" {
+		t.Fatalf("logged at %v, want warn", w["level"])
+	}
+}
+
+// TestSpoolRecord checks the record on disk after 250: envelope facts,
+// and the Received: header with ESMTPS and the TLS version and cipher.
+func TestSpoolRecord(t *testing.T) {
+	e := newEnv(t)
+	s, addr := server(t, map[string]any{"hostname": "mx.localhost"})
+	e.load(app(map[string]any{"mx": s}), nil)
+	waitTLS(t, addr, tlsConfig(nil, ""))
+
+	c := dial(t, addr)
+	c.expect("250", "EHLO client.test")
+	if err := c.startTLS(tlsConfig(nil, "mx.localhost")); err != nil {
+		t.Fatal(err)
+	}
+	cs := c.conn.(*tls.Conn).ConnectionState()
+	c.expect("250", "EHLO client.test")
+	c.expect("250", "MAIL FROM:<sender@remote.test> SIZE=100 ENVID=abc123 RET=HDRS")
+	c.expect("250", "RCPT TO:<one@example.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;one@example.test")
+	c.expect("250", "RCPT TO:<two@example.test>")
+	c.expect("354", "DATA")
+	c.conn.Write([]byte(testMessage))
+	code, msg := c.read()
+	if code != 250 || !strings.HasPrefix(msg, "2.0.0 OK: queued as ") {
+		t.Fatalf("DATA: %d %s", code, msg)
+	}
+	id := strings.TrimPrefix(msg, "2.0.0 OK: queued as ")
+
+	raw, err := os.ReadFile(filepath.Join(e.spoolDir(), id+".json"))
+	if err != nil {
+		t.Fatalf("envelope not on disk after 250: %v", err)
+	}
+	var env struct {
+		ID         string `json:"id"`
+		Server     string `json:"server"`
+		From       string `json:"from"`
+		EnvID      string `json:"envid"`
+		Ret        string `json:"ret"`
+		Recipients []struct {
+			Address string   `json:"address"`
+			Notify  []string `json:"notify"`
+			ORcpt   string   `json:"orcpt"`
+			Status  string   `json:"status"`
+		} `json:"recipients"`
+		Client struct {
+			IP       string `json:"ip"`
+			Helo     string `json:"helo"`
+			Protocol string `json:"protocol"`
+			TLS      *struct {
+				Version string `json:"version"`
+				Cipher  string `json:"cipher"`
+				SNI     string `json:"server_name"`
+			} `json:"tls"`
+		} `json:"client"`
+		Size int64 `json:"size"`
+	}
+	if err := json.Unmarshal(raw, &env); err != nil {
+		t.Fatal(err)
+	}
+	switch {
+	case env.ID != id, env.Server != "mx", env.From != "sender@remote.test", env.EnvID != "abc123", env.Ret != "HDRS":
+		t.Fatalf("envelope: %s", raw)
+	case len(env.Recipients) != 2 || env.Recipients[0].Address != "one@example.test" ||
+		strings.Join(env.Recipients[0].Notify, ",") != "SUCCESS,FAILURE" ||
+		env.Recipients[0].ORcpt != "RFC822;one@example.test" || env.Recipients[1].Status != "queued":
+		t.Fatalf("envelope recipients: %s", raw)
+	case env.Client.IP != "127.0.0.1" || env.Client.Helo != "client.test" || env.Client.Protocol != "ESMTPS":
+		t.Fatalf("envelope client: %s", raw)
+	case env.Client.TLS == nil || env.Client.TLS.Version != tls.VersionName(cs.Version) ||
+		env.Client.TLS.Cipher != tls.CipherSuiteName(cs.CipherSuite) || env.Client.TLS.SNI != "mx.localhost":
+		t.Fatalf("envelope tls: %s", raw)
+	}
+
+	data, err := os.ReadFile(filepath.Join(e.spoolDir(), id+".eml"))
+	if err != nil {
+		t.Fatalf("message not on disk after 250: %v", err)
+	}
+	if int64(len(data)) != env.Size {
+		t.Fatalf("size %d in envelope, %d on disk", env.Size, len(data))
+	}
+	hdr, body, _ := strings.Cut(string(data), "Subject: test")
+	for _, want := range []string{
+		"Received: from client.test ([127.0.0.1])\r\n",
+		"\t(using " + tlsVersionName(cs.Version) + " with cipher " + tls.CipherSuiteName(cs.CipherSuite) + ")\r\n",
+		"\tby mx.localhost (caddy-smtp) with ESMTPS id " + id + ";\r\n",
+	} {
+		if !strings.Contains(hdr, want) {
+			t.Errorf("Received header lacks %q:\n%s", want, hdr)
+		}
+	}
+	if body != "\r\nFrom: <sender@remote.test>\r\n\r\nHello.\r\n" {
+		t.Errorf("message body changed: %q", body)
+	}
+
+	// The accepted-message log line carries the facts.
+	l := e.waitLog("message accepted")
+	if l["queue_id"] != id || l["from"] != "sender@remote.test" || l["tls_version"] != tls.VersionName(cs.Version) {
+		t.Errorf("log line: %v", l)
+	}
+	c.expect("221", "QUIT")
+	cl := e.waitLog("connection closed")
+	if cl["tls"] != true || cl["tls_cipher"] != tls.CipherSuiteName(cs.CipherSuite) || cl["tls_server_name"] != "mx.localhost" {
+		t.Errorf("connection log line: %v", cl)
+	}
+}
