@@ -22,15 +22,15 @@ func TestSmuggling(t *testing.T) {
 	e.load(app(map[string]any{"reject": rej, "normalize": norm}), nil)
 
 	variants := map[string]string{
-		`\n.\n`:        "\n.\n",
-		`\n.\r\n`:      "\n.\r\n",
-		`\r.\r`:        "\r.\r",
-		`\r\n.\r`:      "\r\n.\rX",
-		`\r\n.\n`:      "\r\n.\n",
-		`\n.\n+NUL`:    "\n.\x00\n",
-		`bare LF`:      "line\nline",
-		`bare CR`:      "line\rline",
-		`CR at end`:    "line\r",
+		`\n.\n`:         "\n.\n",
+		`\n.\r\n`:       "\n.\r\n",
+		`\r.\r`:         "\r.\r",
+		`\r\n.\r`:       "\r\n.\rX",
+		`\r\n.\n`:       "\r\n.\n",
+		`\n.\n+NUL`:     "\n.\x00\n",
+		`bare LF`:       "line\nline",
+		`bare CR`:       "line\rline",
+		`CR at end`:     "line\r",
 		`\r\n\x00.\r\n`: "\r\n\x00.\r\n",
 	}
 	for name, v := range variants {
