@@ -306,3 +306,11 @@ const testMessage = "Subject: test\r\nFrom: <sender@remote.test>\r\n\r\nHello.\r
 func newText(c net.Conn) *textproto.Conn { return textproto.NewConn(c) }
 
 func netDial(addr string) (net.Conn, error) { return net.DialTimeout("tcp", addr, 5*time.Second) }
+
+func mustTime(s string) time.Time {
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		panic(err)
+	}
+	return t
+}

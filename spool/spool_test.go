@@ -1,0 +1,161 @@
+package spool
+
+import (
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func testEnvelope() *Envelope {
+	return &Envelope{
+		Server:     "mx",
+		From:       "a@remote.test",
+		Recipients: []*Recipient{{Address: "b@example.test", Status: StatusQueued}},
+		Client:     Client{IP: "192.0.2.1", Helo: "client.test", Protocol: "ESMTPS", TLS: &TLSInfo{Version: "TLS 1.3", Cipher: "TLS_AES_128_GCM_SHA256"}},
+		Received:   time.Now().UTC().Truncate(time.Second),
+	}
+}
+
+func TestCommitLoadUpdateRemove(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := s.Create()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Until Commit, the record does not exist.
+	if ids, _ := s.IDs(); len(ids) != 0 {
+		t.Fatalf("draft visible before commit: %v", ids)
+	}
+	io.WriteString(d, "Subject: x\r\n\r\nbody\r\n")
+	env := testEnvelope()
+	if err := d.Commit(env); err != nil {
+		t.Fatal(err)
+	}
+	if env.ID != d.ID() || env.Size != int64(len("Subject: x\r\n\r\nbody\r\n")) {
+		t.Fatalf("commit did not fill id/size: %+v", env)
+	}
+	ids, _ := s.IDs()
+	if len(ids) != 1 || ids[0] != env.ID {
+		t.Fatalf("IDs: %v", ids)
+	}
+	got, err := s.Load(env.ID)
+	if err != nil || got.From != env.From || got.Client.TLS.Version != "TLS 1.3" || !got.Received.Equal(env.Received) {
+		t.Fatalf("Load: %+v %v", got, err)
+	}
+	f, err := s.OpenMessage(env.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(f)
+	f.Close()
+	if string(body) != "Subject: x\r\n\r\nbody\r\n" {
+		t.Fatalf("message: %q", body)
+	}
+	got.Recipients[0].Status = StatusDeferred
+	got.Recipients[0].Attempts = 1
+	if err := s.Update(got); err != nil {
+		t.Fatal(err)
+	}
+	again, _ := s.Load(env.ID)
+	if again.Recipients[0].Status != StatusDeferred || again.Recipients[0].Attempts != 1 {
+		t.Fatalf("update lost: %+v", again.Recipients[0])
+	}
+	if err := s.Remove(env.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Load(env.ID); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Load after Remove: %v", err)
+	}
+	if err := s.Update(again); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Update after Remove resurrected the record: %v", err)
+	}
+	entries, _ := os.ReadDir(s.Dir())
+	if len(entries) != 0 {
+		t.Fatalf("files left after Remove: %v", entries)
+	}
+}
+
+func TestAbortLeavesNothing(t *testing.T) {
+	s, _ := Open(t.TempDir())
+	d, _ := s.Create()
+	io.WriteString(d, "data")
+	d.Abort()
+	entries, _ := os.ReadDir(s.Dir())
+	if len(entries) != 0 {
+		t.Fatalf("files left after Abort: %v", entries)
+	}
+}
+
+// TestDebrisRemoved: what a crash before the commit point leaves (a
+// temp file, a message without envelope) is cleaned up at Open once old
+// enough, and never listed as a record.
+func TestDebrisRemoved(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := Open(dir)
+	d, _ := s.Create()
+	io.WriteString(d, "x")
+	d.Commit(testEnvelope())
+	old := time.Now().Add(-2 * debrisAge)
+	for _, name := range []string{".tmp-ABC.eml-123", "0000000000000000000.eml", ".tmp-DEF.json-9"} {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte("debris"), 0o600)
+		os.Chtimes(p, old, old)
+	}
+	young := filepath.Join(dir, "1111111111111111111.eml") // a writer in flight
+	os.WriteFile(young, []byte("in flight"), 0o600)
+	if ids, _ := s.IDs(); len(ids) != 1 {
+		t.Fatalf("debris listed as records: %v", ids)
+	}
+	if _, err := Open(dir); err != nil {
+		t.Fatal(err)
+	}
+	entries, _ := os.ReadDir(dir)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if len(entries) != 3 || !strings.Contains(strings.Join(names, " "), "1111111111111111111.eml") {
+		t.Fatalf("after Open: %v", names)
+	}
+}
+
+func TestOpenUnwritable(t *testing.T) {
+	blocker := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(blocker, nil, 0o600)
+	if _, err := Open(filepath.Join(blocker, "queue")); err == nil {
+		t.Fatal("Open under a file succeeded")
+	}
+}
+
+func TestDecodeEnvelopeRejects(t *testing.T) {
+	for _, bad := range []string{
+		``, `{}`, `{"version":2,"id":"A","recipients":[{"address":"x"}]}`,
+		`{"version":1,"id":"../etc","recipients":[{"address":"x"}]}`,
+		`{"version":1,"id":"A","recipients":[]}`, `not json`,
+	} {
+		if _, err := DecodeEnvelope([]byte(bad)); err == nil {
+			t.Errorf("DecodeEnvelope(%q) accepted", bad)
+		}
+	}
+	for _, id := range []string{"", "../x", "a/b", "a.json", strings.Repeat("A", 65)} {
+		if validID(id) {
+			t.Errorf("validID(%q)", id)
+		}
+	}
+}
+
+func TestIDsSortByTime(t *testing.T) {
+	a := NewID()
+	time.Sleep(2 * time.Millisecond)
+	b := NewID()
+	if !(a < b) || !validID(a) {
+		t.Fatalf("ids %s %s", a, b)
+	}
+}
