@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sort"
+	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
@@ -38,6 +39,7 @@ type App struct {
 	logger *zap.Logger
 	spool  *spool.Spool
 	tlsApp *caddytls.TLS
+	runner *atomic.Pointer[runner] // set in Provision; read by sessions
 	// names whose certificates the tls app manages for us
 	certNames map[string]struct{}
 }
@@ -52,6 +54,26 @@ type QueueConfig struct {
 	// How long a message may stay queued, retried, before it bounces.
 	// Default: 5d.
 	MaxAge caddy.Duration `json:"max_age,omitempty"`
+
+	// The wait after the first failed attempt; it doubles with each
+	// further failure (with jitter) up to max_retry_interval.
+	// Default: 5m.
+	MinRetryInterval caddy.Duration `json:"min_retry_interval,omitempty"`
+
+	// The longest wait between attempts. Default: 1h.
+	MaxRetryInterval caddy.Duration `json:"max_retry_interval,omitempty"`
+
+	// How many deliveries run at once in all. Default: 16.
+	Workers int `json:"workers,omitempty"`
+
+	// How many deliveries run at once to one destination (a domain's
+	// MX hosts, a relay, a maildir). Default: 10.
+	MaxPerDestination int `json:"max_per_destination,omitempty"`
+
+	// Keep accepted mail queued without delivering any of it, like
+	// Postfix's hold queue: for maintenance, or a spool that another
+	// Caddy delivers from. Turn it off (and reload) to deliver.
+	Hold bool `json:"hold,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -68,14 +90,25 @@ func (App) CaddyModule() caddy.ModuleInfo {
 func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
 	a.logger = ctx.Logger()
+	a.runner = new(atomic.Pointer[runner])
 	if a.Queue == nil {
 		a.Queue = new(QueueConfig)
 	}
-	if a.Queue.MaxAge < 0 {
-		return fmt.Errorf("queue.max_age: must not be negative")
+	q := a.Queue
+	if q.MaxAge < 0 || q.MinRetryInterval < 0 || q.MaxRetryInterval < 0 || q.Workers < 0 || q.MaxPerDestination < 0 {
+		return fmt.Errorf("queue: max_age, retry intervals, workers and max_per_destination must not be negative")
 	}
-	if a.Queue.MaxAge == 0 {
-		a.Queue.MaxAge = DefaultMaxAge
+	if q.MaxAge == 0 {
+		q.MaxAge = DefaultMaxAge
+	}
+	if q.Workers == 0 {
+		q.Workers = DefaultWorkers
+	}
+	if q.MaxPerDestination == 0 {
+		q.MaxPerDestination = DefaultMaxPerDestination
+	}
+	if q.MinRetryInterval != 0 && q.MaxRetryInterval != 0 && q.MinRetryInterval > q.MaxRetryInterval {
+		return fmt.Errorf("queue.min_retry_interval: above max_retry_interval")
 	}
 	path := a.Queue.Path
 	if path == "" {
@@ -182,11 +215,18 @@ func (a *App) Start() error {
 			return errors.Join(fmt.Errorf("managing certificates: %w", err), a.Stop())
 		}
 	}
+	if !a.Queue.Hold {
+		r := newRunner(a)
+		r.start(a.Queue.Workers)
+		a.runner.Store(r)
+	}
 	a.logger.Info("smtp app started", zap.String("queue", a.spool.Dir()), zap.Int("servers", len(a.Servers)))
 	return nil
 }
 
-// Stop closes the listeners. Sessions in progress finish on their own.
+// Stop closes the listeners and stops delivering; sessions in progress
+// finish on their own, and what they queue is delivered by the next
+// config's runner.
 func (a *App) Stop() error {
 	var errs []error
 	for _, s := range a.Servers {
@@ -194,7 +234,26 @@ func (a *App) Stop() error {
 			errs = append(errs, err)
 		}
 	}
+	if r := a.runner.Swap(nil); r != nil {
+		r.stop()
+	}
 	return errors.Join(errs...)
+}
+
+// queued tells the delivering runner about a new record: ours while we
+// run, else the current config's (a session that outlived a reload).
+func (a *App) queued(id string) {
+	if r := a.runner.Load(); r != nil {
+		r.enqueue(id)
+		return
+	}
+	if cur, err := caddy.ActiveContext().AppIfConfigured("smtp"); err == nil {
+		if next, ok := cur.(*App); ok && next != a {
+			if r := next.runner.Load(); r != nil {
+				r.enqueue(id)
+			}
+		}
+	}
 }
 
 // Spool returns the app's spool.

@@ -104,6 +104,9 @@ func (q *QueueConfig) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		data_timeout     <duration>
 //		bare_newlines    reject|normalize
 //		requiretls
+//		route <domains...> {
+//			<relay|mx|maildir> ...
+//		}
 //	}
 func (s *Server) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
@@ -152,6 +155,10 @@ func (s *Server) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			s.RequireTLS = true
+		case "route":
+			r := new(Route)
+			err = r.UnmarshalCaddyfile(d)
+			s.Routes = append(s.Routes, r)
 		default:
 			return d.Errf("unknown server directive %q", d.Val())
 		}

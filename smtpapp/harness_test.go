@@ -21,6 +21,10 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	_ "github.com/caddy-smtp/caddy-smtp/delivery/maildir"
+	_ "github.com/caddy-smtp/caddy-smtp/delivery/mx"
+	_ "github.com/caddy-smtp/caddy-smtp/delivery/relay"
 )
 
 // testEnv is one in-process Caddy with the smtp app.
@@ -76,7 +80,8 @@ func (e *testEnv) spoolDir() string { return filepath.Join(e.dir, "queue") }
 // Caddy's local CA kept out of the system trust store.
 func (e *testEnv) config(smtpApp map[string]any, extraApps map[string]any) []byte {
 	if _, ok := smtpApp["queue"]; !ok {
-		smtpApp["queue"] = map[string]any{"path": e.spoolDir()}
+		// Receiving tests look at the spool: keep what they send there.
+		smtpApp["queue"] = map[string]any{"path": e.spoolDir(), "hold": true}
 	}
 	apps := map[string]any{
 		"smtp": smtpApp,
@@ -182,6 +187,10 @@ func server(t *testing.T, fields map[string]any) (map[string]any, string) {
 		"listen":         []string{addr},
 		"hostname":       "localhost",
 		"accept_domains": []string{"example.test"},
+		"routes": []any{map[string]any{
+			"domains": []string{"*"},
+			"deliver": map[string]any{"via": "maildir", "path": filepath.Join(t.TempDir(), "maildir")},
+		}},
 	}
 	for k, v := range fields {
 		s[k] = v

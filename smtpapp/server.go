@@ -100,6 +100,13 @@ type Server struct {
 	// REQUIRETLS on a plaintext session is refused either way.
 	RequireTLS bool `json:"requiretls,omitempty"`
 
+	// Where accepted mail goes, by recipient domain: the first route
+	// whose domains match wins. A recipient no route matches is refused
+	// at RCPT with `550 5.1.2`. Routes belong to the server that
+	// accepted the message, so one config can hold a gateway and the
+	// server it relays to without a loop.
+	Routes []*Route `json:"routes,omitempty"`
+
 	name      string
 	app       *App
 	logger    *zap.Logger
@@ -189,6 +196,14 @@ func (s *Server) provision(ctx caddy.Context, app *App, name string) error {
 
 	if s.tls, err = s.provisionTLS(ctx); err != nil {
 		return err
+	}
+	for i, r := range s.Routes {
+		if r == nil {
+			return fmt.Errorf("%s.routes[%d]: empty route", field, i)
+		}
+		if err := r.provision(ctx, fmt.Sprintf("%s.routes[%d]", field, i)); err != nil {
+			return err
+		}
 	}
 
 	srv := smtp.NewServer(s)

@@ -117,6 +117,12 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 			zap.String("from", ss.from), zap.String("to", to))
 		return errRelayDenied
 	}
+	if ss.srv.routeFor(to) < 0 {
+		ss.srv.logger.Info("recipient refused: no route",
+			zap.String("remote_ip", ss.conn.remote.Addr().String()),
+			zap.String("from", ss.from), zap.String("to", to))
+		return errNoRoute
+	}
 	for _, r := range ss.rcpts {
 		if r.Address == to {
 			return nil // a duplicate RCPT is accepted and delivered once
@@ -207,6 +213,7 @@ func (ss *session) Data(r io.Reader) error {
 		return ss.spoolFailed(err)
 	}
 	ss.conn.countMessage()
+	ss.srv.app.queued(env.ID)
 	fields := []zap.Field{
 		zap.String("queue_id", env.ID),
 		zap.String("remote_ip", remote.String()),

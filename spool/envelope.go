@@ -92,6 +92,17 @@ type Recipient struct {
 	NextAttempt time.Time `json:"next_attempt,omitzero"`
 	// LastError is the last failure, in the remote's words where possible.
 	LastError string `json:"last_error,omitempty"`
+	// Code is the enhanced status code of the last attempt ("4.4.1").
+	Code string `json:"code,omitempty"`
+	// Remote is the next hop of the last attempt, "host[ip]:port".
+	Remote string `json:"remote,omitempty"`
+	// Done is when the recipient reached sent or bounced.
+	Done time.Time `json:"done,omitzero"`
+}
+
+// Pending reports whether the recipient still needs delivering.
+func (r *Recipient) Pending() bool {
+	return r.Status == StatusQueued || r.Status == StatusDeferred
 }
 
 // DecodeEnvelope parses an envelope file, rejecting what this version

@@ -1,0 +1,221 @@
+// Package mx is the smtp.delivery.mx module: delivery to the mail
+// exchangers of each recipient domain, found in DNS.
+package mx
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddy-smtp/caddy-smtp/delivery"
+)
+
+func init() {
+	caddy.RegisterModule(MX{})
+}
+
+// maxHops bounds the addresses tried in one attempt (Postfix's
+// smtp_mx_address_limit is 5).
+const maxHops = 5
+
+// MX delivers to the MX hosts of each recipient's domain, in preference
+// order, falling back to the domain's own A/AAAA records when it has no
+// MX (RFC 5321 section 5.1). A null MX (RFC 7505) bounces.
+type MX struct {
+	// Client TLS policy: level none, may (default), encrypt or verify.
+	// Under verify the certificate must be valid for the MX host name
+	// (or server_name, if set).
+	TLS *delivery.ClientTLS `json:"tls,omitempty"`
+
+	// DNS server to ask, `host:port`. Default: the system resolver.
+	Resolver string `json:"resolver,omitempty"`
+
+	// Port to connect to on the MX hosts. Default: 25. Only tests and
+	// unusual setups change it.
+	Port int `json:"port,omitempty"`
+
+	resolver *net.Resolver
+}
+
+// CaddyModule returns the Caddy module information.
+func (MX) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "smtp.delivery.mx",
+		New: func() caddy.Module { return new(MX) },
+	}
+}
+
+// Provision sets up the resolver and the TLS policy.
+func (m *MX) Provision(ctx caddy.Context) error {
+	if m.Port == 0 {
+		m.Port = 25
+	}
+	if m.Port < 1 || m.Port > 65535 {
+		return fmt.Errorf("mx: port: %d is not a port", m.Port)
+	}
+	m.resolver = net.DefaultResolver
+	if m.Resolver != "" {
+		addr := m.Resolver
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			addr = net.JoinHostPort(addr, "53")
+		}
+		m.resolver = &net.Resolver{
+			PreferGo: true,
+			Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, network, addr)
+			},
+		}
+	}
+	if m.TLS == nil {
+		m.TLS = new(delivery.ClientTLS)
+	}
+	if err := m.TLS.Provision(ctx); err != nil {
+		return fmt.Errorf("mx: %w", err)
+	}
+	return nil
+}
+
+// Destination groups recipients by domain: one domain, one set of MXs.
+func (m *MX) Destination(domain string) string { return "mx:" + domain }
+
+// Deliver looks up the domain's exchangers and tries them in order.
+func (m *MX) Deliver(ctx context.Context, job *delivery.Job) []delivery.Result {
+	n := len(job.Recipients)
+	domain := delivery.DomainOf(job.Recipients[0].Address)
+	hops, fail := m.hops(ctx, domain)
+	if fail != nil {
+		return delivery.All(*fail, n)
+	}
+	var results []delivery.Result
+	for _, hop := range hops {
+		var tryNext bool
+		results, tryNext = delivery.SendSMTP(ctx, job, hop, m.TLS, nil)
+		if !tryNext || ctx.Err() != nil {
+			break
+		}
+	}
+	return results
+}
+
+// hops resolves a domain into the addresses to try, best first.
+func (m *MX) hops(ctx context.Context, domain string) ([]delivery.Hop, *delivery.Result) {
+	port := strconv.Itoa(m.Port)
+	if lit, ok := strings.CutPrefix(domain, "["); ok {
+		// An address literal: user@[192.0.2.1] or user@[IPv6:...].
+		lit = strings.TrimPrefix(strings.TrimSuffix(lit, "]"), "IPv6:")
+		ip, err := netip.ParseAddr(lit)
+		if err != nil {
+			r := delivery.Permanent("5.1.2", fmt.Sprintf("bad address literal %q", domain))
+			return nil, &r
+		}
+		return []delivery.Hop{{Host: ip.String(), Addr: net.JoinHostPort(ip.String(), port)}}, nil
+	}
+	hosts := []string{domain} // implicit MX
+	mxs, err := m.resolver.LookupMX(ctx, domain)
+	switch {
+	case err == nil && len(mxs) == 1 && (mxs[0].Host == "." || mxs[0].Host == ""):
+		r := delivery.Permanent("5.1.10", fmt.Sprintf("domain %s does not accept mail (null MX, RFC 7505)", domain))
+		return nil, &r
+	case err == nil && len(mxs) > 0:
+		hosts = hosts[:0]
+		for _, mx := range mxs {
+			hosts = append(hosts, strings.TrimSuffix(mx.Host, "."))
+		}
+	case err != nil && !isNotFound(err):
+		r := delivery.Temporary("4.4.3", fmt.Sprintf("MX lookup for %s: %v", domain, err))
+		return nil, &r
+	}
+	var hops []delivery.Hop
+	var lastErr error
+	for _, h := range hosts {
+		ips, err := m.resolver.LookupIPAddr(ctx, h)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		for _, ip := range ips {
+			hops = append(hops, delivery.Hop{Host: h, Addr: net.JoinHostPort(ip.IP.String(), port)})
+		}
+		if len(hops) >= maxHops {
+			return hops[:maxHops], nil
+		}
+	}
+	if len(hops) == 0 {
+		if lastErr != nil && isNotFound(lastErr) && len(mxs) == 0 {
+			r := delivery.Permanent("5.1.2", fmt.Sprintf("host or domain name not found: %s", domain))
+			return nil, &r
+		}
+		r := delivery.Temporary("4.4.3", fmt.Sprintf("no address for the mail exchangers of %s: %v", domain, lastErr))
+		return nil, &r
+	}
+	return hops, nil
+}
+
+func isNotFound(err error) bool {
+	var dnsErr *net.DNSError
+	return errors.As(err, &dnsErr) && dnsErr.IsNotFound
+}
+
+// UnmarshalCaddyfile parses:
+//
+//	mx {
+//		tls      [none|may|encrypt|verify] { ... }
+//		resolver <host:port>
+//		port     <port>
+//	}
+func (m *MX) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // "mx"
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "tls":
+			if m.TLS != nil {
+				return d.Err("duplicate tls block")
+			}
+			m.TLS = new(delivery.ClientTLS)
+			if err := m.TLS.UnmarshalCaddyfile(d); err != nil {
+				return err
+			}
+		case "resolver":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			m.Resolver = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case "port":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			p, err := strconv.Atoi(d.Val())
+			if err != nil || p < 1 || p > 65535 {
+				return d.Errf("port: %q is not a port", d.Val())
+			}
+			m.Port = p
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		default:
+			return d.Errf("unknown mx directive %q", d.Val())
+		}
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner     = (*MX)(nil)
+	_ delivery.Deliverer    = (*MX)(nil)
+	_ caddyfile.Unmarshaler = (*MX)(nil)
+)

@@ -1,0 +1,152 @@
+// Package relay is the smtp.delivery.relay module: delivery through one
+// or more smarthosts, tried in order.
+package relay
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddy-smtp/caddy-smtp/delivery"
+)
+
+func init() {
+	caddy.RegisterModule(Relay{})
+}
+
+// Relay delivers every recipient of its route to a smarthost. Hosts are
+// tried in order; the next one is tried only when a host cannot be
+// reached or fails TLS, never after it answered a transaction.
+type Relay struct {
+	// Smarthosts, `host` or `host:port` (default port 25), in order.
+	Addresses []string `json:"addresses,omitempty"`
+
+	// Client TLS policy for the hops: level none, may (default),
+	// encrypt or verify; server_name; trust_pool; protocols.
+	TLS *delivery.ClientTLS `json:"tls,omitempty"`
+
+	// Username for AUTH PLAIN. Credentials are only ever sent inside
+	// TLS: without it the delivery is deferred.
+	Username string `json:"username,omitempty"`
+
+	// Password for AUTH PLAIN. Placeholders like {env.RELAY_PASSWORD}
+	// are replaced at provisioning.
+	Password string `json:"password,omitempty"`
+
+	hops  []delivery.Hop
+	creds *delivery.Credentials
+}
+
+// CaddyModule returns the Caddy module information.
+func (Relay) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "smtp.delivery.relay",
+		New: func() caddy.Module { return new(Relay) },
+	}
+}
+
+// Provision parses the addresses and the TLS policy.
+func (r *Relay) Provision(ctx caddy.Context) error {
+	if len(r.Addresses) == 0 {
+		return fmt.Errorf("relay: addresses: at least one smarthost is required")
+	}
+	for _, a := range r.Addresses {
+		hop, err := ParseHop(a, 25)
+		if err != nil {
+			return fmt.Errorf("relay: addresses: %w", err)
+		}
+		r.hops = append(r.hops, hop)
+	}
+	if r.TLS == nil {
+		r.TLS = new(delivery.ClientTLS)
+	}
+	if err := r.TLS.Provision(ctx); err != nil {
+		return fmt.Errorf("relay: %w", err)
+	}
+	if r.Username != "" || r.Password != "" {
+		repl := caddy.NewReplacer()
+		r.creds = &delivery.Credentials{Username: repl.ReplaceAll(r.Username, ""), Password: repl.ReplaceAll(r.Password, "")}
+		if r.TLS.EffectiveLevel() == delivery.LevelNone {
+			return fmt.Errorf("relay: username/password need TLS, but tls level is none")
+		}
+	}
+	return nil
+}
+
+// ParseHop parses `host` or `host:port`.
+func ParseHop(a string, defaultPort int) (delivery.Hop, error) {
+	host, port, err := net.SplitHostPort(a)
+	if err != nil {
+		host, port = a, strconv.Itoa(defaultPort)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return delivery.Hop{}, fmt.Errorf("%q: bad port", a)
+	}
+	if host == "" {
+		return delivery.Hop{}, fmt.Errorf("%q: no host", a)
+	}
+	return delivery.Hop{Host: host, Addr: net.JoinHostPort(host, port)}, nil
+}
+
+// Destination is the same for every domain: one transaction carries
+// all recipients of the route.
+func (r *Relay) Destination(string) string { return "relay:" + r.hops[0].Addr }
+
+// Deliver tries the smarthosts in order.
+func (r *Relay) Deliver(ctx context.Context, job *delivery.Job) []delivery.Result {
+	var results []delivery.Result
+	for _, hop := range r.hops {
+		var tryNext bool
+		results, tryNext = delivery.SendSMTP(ctx, job, hop, r.TLS, r.creds)
+		if !tryNext || ctx.Err() != nil {
+			break
+		}
+	}
+	return results
+}
+
+// UnmarshalCaddyfile parses:
+//
+//	relay <host[:port]...> {
+//		tls [none|may|encrypt|verify] { ... }
+//		auth <username> <password>
+//	}
+func (r *Relay) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // "relay"
+	r.Addresses = append(r.Addresses, d.RemainingArgs()...)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "to":
+			r.Addresses = append(r.Addresses, d.RemainingArgs()...)
+		case "tls":
+			if r.TLS != nil {
+				return d.Err("duplicate tls block")
+			}
+			r.TLS = new(delivery.ClientTLS)
+			if err := r.TLS.UnmarshalCaddyfile(d); err != nil {
+				return err
+			}
+		case "auth":
+			if !d.AllArgs(&r.Username, &r.Password) {
+				return d.Err("auth needs two arguments: <username> <password>")
+			}
+		default:
+			return d.Errf("unknown relay directive %q", d.Val())
+		}
+	}
+	if len(r.Addresses) == 0 {
+		return d.Err("relay needs at least one smarthost address")
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner     = (*Relay)(nil)
+	_ delivery.Deliverer    = (*Relay)(nil)
+	_ caddyfile.Unmarshaler = (*Relay)(nil)
+)

@@ -1,0 +1,433 @@
+package delivery
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/textproto"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+	"go.uber.org/zap"
+
+	"github.com/caddy-smtp/caddy-smtp/spool"
+)
+
+// Credentials for AUTH PLAIN at a smarthost.
+type Credentials struct {
+	Username string
+	Password string
+}
+
+// Hop is one SMTP next hop: the host name (for certificate checks and
+// logs) and the address to dial.
+type Hop struct {
+	// Host is the name the certificate is checked against.
+	Host string
+	// Addr is host:port or ip:port to dial.
+	Addr string
+}
+
+func (h Hop) String() string {
+	host, port, _ := net.SplitHostPort(h.Addr)
+	if host == h.Host || host == "" {
+		return h.Addr
+	}
+	return fmt.Sprintf("%s[%s]:%s", h.Host, host, port)
+}
+
+// Timeouts of an SMTP client transaction (RFC 5321 4.5.3.2 suggests 5
+// minutes per command and 10 for the end of data).
+const (
+	DialTimeout    = 30 * time.Second
+	CommandTimeout = 5 * time.Minute
+	DataTimeout    = 10 * time.Minute
+)
+
+// SendSMTP runs one SMTP transaction for job to hop under policy. It
+// reports whether the failure was one of the connection (refused, no
+// greeting, TLS required but failed), after which the caller should try
+// its next host; per-recipient replies are final for this attempt.
+//
+// Under level may a failed handshake is followed at once by a second
+// attempt in plaintext, as Postfix does, and logged.
+func SendSMTP(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *Credentials) (results []Result, tryNext bool) {
+	results, tryNext, tlsFailed := sendOnce(ctx, job, hop, policy, creds, true)
+	if tlsFailed && policy.EffectiveLevel() == LevelMay && !job.Envelope.RequireTLS {
+		job.Logger.Info("tls handshake failed; retrying in plaintext (level may)",
+			zap.String("queue_id", job.Envelope.ID), zap.String("relay", hop.String()),
+			zap.String("reason", results[0].Reply))
+		results, tryNext, _ = sendOnce(ctx, job, hop, policy, creds, false)
+	}
+	return results, tryNext
+}
+
+func sendOnce(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *Credentials, useTLS bool) (results []Result, tryNext, tlsFailed bool) {
+	n := len(job.Recipients)
+	remote := hop.String()
+	fail := func(r Result) ([]Result, bool, bool) {
+		r.Remote = remote
+		return All(r, n), true, false
+	}
+	dialer := net.Dialer{Timeout: DialTimeout}
+	conn, err := dialer.DialContext(ctx, "tcp", hop.Addr)
+	if err != nil {
+		return fail(Temporary("4.4.1", fmt.Sprintf("connect to %s: %v", remote, err)))
+	}
+	if ta, ok := conn.RemoteAddr().(*net.TCPAddr); ok {
+		_, port, _ := net.SplitHostPort(hop.Addr)
+		remote = fmt.Sprintf("%s[%s]:%s", hop.Host, ta.IP, port)
+	}
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+
+	level := policy.EffectiveLevel()
+	if job.Envelope.RequireTLS {
+		// RFC 8689 section 5: REQUIRETLS mail goes only over a verified
+		// TLS session.
+		level = LevelVerify
+	}
+	if !useTLS {
+		level = LevelNone
+	}
+	// go-smtp's client has no exported STARTTLS and greets with
+	// "localhost" before it; so the plaintext part up to the handshake
+	// is done here, with our hostname, and go-smtp takes over the
+	// connection after it (DESIGN.md, "What go-smtp leaves to us").
+	var facts tlsFacts
+	var greeting string
+	if level != LevelNone {
+		var offered bool
+		var err error
+		greeting, offered, err = preTLS(conn, job.Hostname)
+		if err != nil {
+			conn.Close()
+			return fail(replyResult(err, "4.4.2", "greeting from "+remote))
+		}
+		switch {
+		case !offered && level != LevelMay:
+			conn.Close()
+			return fail(Temporary("4.7.4", fmt.Sprintf("TLS is required, but was not offered by host %s", remote)))
+		case offered:
+			var verified bool
+			cfg := policy.config(hop.Host, &verified)
+			if level == LevelVerify && cfg.InsecureSkipVerify {
+				// REQUIRETLS raised a weaker route level.
+				cfg = (&ClientTLS{level: LevelVerify, ServerName: cfg.ServerName, roots: cfg.RootCAs,
+					min: cfg.MinVersion, max: cfg.MaxVersion}).config(hop.Host, &verified)
+			}
+			if err := startTLS(conn); err != nil {
+				conn.Close()
+				r := replyResult(err, "4.7.0", "STARTTLS at "+remote)
+				r.Remote = remote
+				return All(r, n), true, true
+			}
+			tc := tls.Client(conn, cfg)
+			tc.SetDeadline(time.Now().Add(CommandTimeout))
+			if err := tc.HandshakeContext(ctx); err != nil {
+				conn.Close()
+				r := Temporary("4.7.5", tlsFailure(err, remote))
+				r.Remote = remote
+				return All(r, n), true, true
+			}
+			tc.SetDeadline(time.Time{})
+			cs := tc.ConnectionState()
+			facts = tlsFacts{on: true, version: tls.VersionName(cs.Version), cipher: tls.CipherSuiteName(cs.CipherSuite), verified: verified}
+			conn = tc
+		}
+	}
+	if greeting != "" {
+		// go-smtp's client starts by reading a greeting; give it the
+		// one we already read.
+		conn = &replayConn{Conn: conn, prefix: []byte("220 " + greeting + "\r\n")}
+	}
+	c := smtp.NewClient(conn)
+	c.CommandTimeout, c.SubmissionTimeout = CommandTimeout, DataTimeout
+	defer c.Close()
+	if err := c.Hello(job.Hostname); err != nil {
+		return fail(replyResult(err, "4.4.2", "greeting from "+remote))
+	}
+
+	if creds != nil {
+		if !facts.on {
+			return fail(Temporary("4.7.0", fmt.Sprintf("refusing to send credentials to %s without TLS", remote)))
+		}
+		if err := c.Auth(sasl.NewPlainClient("", creds.Username, creds.Password)); err != nil {
+			return fail(replyResult(err, "4.7.8", "AUTH at "+remote))
+		}
+	}
+
+	env := job.Envelope
+	mailOpts := &smtp.MailOptions{
+		Body:       smtp.BodyType(env.Body),
+		RequireTLS: env.RequireTLS,
+		UTF8:       env.SMTPUTF8,
+		Return:     smtp.DSNReturn(env.Ret),
+		EnvelopeID: env.EnvID,
+		Size:       env.Size,
+	}
+	if err := c.Mail(env.From, mailOpts); err != nil {
+		var smtpErr *smtp.SMTPError
+		switch {
+		case errors.As(err, &smtpErr):
+			return withFacts(All(replyResult(err, "", ""), n), remote, facts), smtpErr.Code == 421, false
+		case strings.Contains(err.Error(), "SMTPUTF8"):
+			return withFacts(All(Permanent("5.6.7", "next hop "+remote+" does not support SMTPUTF8"), n), remote, facts), false, false
+		case strings.Contains(err.Error(), "REQUIRETLS"):
+			return withFacts(All(Permanent("5.7.30", "REQUIRETLS not supported by next hop "+remote), n), remote, facts), false, false
+		}
+		return fail(Temporary("4.4.2", fmt.Sprintf("lost connection with %s after MAIL: %v", remote, err)))
+	}
+
+	results = make([]Result, n)
+	accepted := 0
+	for i, r := range job.Recipients {
+		if err := c.Rcpt(r.Address, rcptOptions(r)); err != nil {
+			var smtpErr *smtp.SMTPError
+			if !errors.As(err, &smtpErr) {
+				return fail(Temporary("4.4.2", fmt.Sprintf("lost connection with %s after RCPT: %v", remote, err)))
+			}
+			results[i] = replyResult(err, "", "")
+			results[i].Status = statusOf(smtpErr.Code)
+			results[i].Remote = remote
+			continue
+		}
+		results[i].Status = -1 // accepted, pending DATA
+		accepted++
+	}
+	if accepted == 0 {
+		c.Quit()
+		return withFacts(results, remote, facts), false, false
+	}
+
+	final := Result{Status: Sent, Code: "2.0.0", Remote: remote}
+	msg, err := job.Open()
+	if err != nil {
+		final = Temporary("4.3.0", fmt.Sprintf("opening queued message: %v", err))
+	} else {
+		defer msg.Close()
+		final = sendData(c, msg, remote)
+	}
+	for i := range results {
+		if results[i].Status == -1 {
+			results[i] = final
+		}
+	}
+	if final.Status != Deferred || final.Code != "4.4.2" {
+		c.Quit()
+	}
+	return withFacts(results, remote, facts), false, false
+}
+
+// sendData transfers the message and turns the final reply into a result.
+func sendData(c *smtp.Client, msg io.Reader, remote string) Result {
+	w, err := c.Data()
+	if err != nil {
+		var smtpErr *smtp.SMTPError
+		if errors.As(err, &smtpErr) {
+			return replyResult(err, "", "")
+		}
+		return Temporary("4.4.2", fmt.Sprintf("lost connection with %s after DATA: %v", remote, err))
+	}
+	if _, err := io.Copy(w, msg); err != nil {
+		w.Close()
+		return Temporary("4.4.2", fmt.Sprintf("lost connection with %s while sending message: %v", remote, err))
+	}
+	resp, err := w.CloseWithResponse()
+	if err != nil {
+		var smtpErr *smtp.SMTPError
+		if errors.As(err, &smtpErr) {
+			return replyResult(err, "", "")
+		}
+		return Temporary("4.4.2", fmt.Sprintf("lost connection with %s after end of data: %v", remote, err))
+	}
+	return Result{Status: Sent, Code: "2.0.0", Reply: "250 " + resp.StatusText, Remote: remote}
+}
+
+// rcptOptions passes the recipient's DSN parameters on (RFC 3461 5.2).
+func rcptOptions(r *spool.Recipient) *smtp.RcptOptions {
+	opts := &smtp.RcptOptions{}
+	for _, n := range r.Notify {
+		opts.Notify = append(opts.Notify, smtp.DSNNotify(n))
+	}
+	if typ, addr, ok := strings.Cut(r.ORcpt, ";"); ok {
+		opts.OriginalRecipientType = smtp.DSNAddressType(strings.ToUpper(typ))
+		opts.OriginalRecipient = addr
+	}
+	return opts
+}
+
+// replyResult classifies an error from go-smtp's client: an SMTP reply
+// keeps its code and text; anything else is a temporary failure with
+// our reason.
+func replyResult(err error, tempCode, context string) Result {
+	var smtpErr *smtp.SMTPError
+	if errors.As(err, &smtpErr) {
+		code := fmt.Sprintf("%d.0.0", smtpErr.Code/100)
+		if smtpErr.EnhancedCode != smtp.NoEnhancedCode && smtpErr.EnhancedCode != (smtp.EnhancedCode{}) {
+			code = fmt.Sprintf("%d.%d.%d", smtpErr.EnhancedCode[0], smtpErr.EnhancedCode[1], smtpErr.EnhancedCode[2])
+		}
+		reply := fmt.Sprintf("%d %s %s", smtpErr.Code, code, smtpErr.Message)
+		if context != "" {
+			reply = context + ": " + reply
+		}
+		return Result{Status: statusOf(smtpErr.Code), Code: code, Reply: reply}
+	}
+	if tempCode == "" {
+		tempCode = "4.0.0"
+	}
+	return Temporary(tempCode, fmt.Sprintf("%s: %v", context, err))
+}
+
+func statusOf(code int) Status {
+	switch {
+	case code >= 200 && code < 300:
+		return Sent
+	case code >= 500:
+		return Bounced
+	}
+	return Deferred
+}
+
+// tlsFailure words a failed handshake as Postfix's logs do.
+func tlsFailure(err error, remote string) string {
+	var uae x509.UnknownAuthorityError
+	var hne x509.HostnameError
+	var cie x509.CertificateInvalidError
+	var tve *tls.CertificateVerificationError
+	if errors.As(err, &uae) || errors.As(err, &hne) || errors.As(err, &cie) || errors.As(err, &tve) {
+		return fmt.Sprintf("certificate not verified: %s: %v", remote, err)
+	}
+	return fmt.Sprintf("TLS handshake with %s failed: %v", remote, err)
+}
+
+// tlsFacts describe the TLS session of an attempt, for its log line.
+type tlsFacts struct {
+	on       bool
+	version  string
+	cipher   string
+	verified bool
+}
+
+func withFacts(rs []Result, remote string, f tlsFacts) []Result {
+	for i := range rs {
+		if rs[i].Remote == "" {
+			rs[i].Remote = remote
+		}
+		if f.on {
+			rs[i].TLSVersion, rs[i].TLSCipher, rs[i].TLSVerified = f.version, f.cipher, f.verified
+		}
+	}
+	return rs
+}
+
+// preTLS reads the greeting and says EHLO; it returns the greeting text
+// and whether STARTTLS was offered.
+func preTLS(conn net.Conn, hostname string) (greeting string, starttls bool, err error) {
+	conn.SetDeadline(time.Now().Add(CommandTimeout))
+	defer conn.SetDeadline(time.Time{})
+	text := textproto.NewConn(conn)
+	_, greeting, err = text.ReadResponse(220)
+	if err != nil {
+		return "", false, protoErr(err)
+	}
+	greeting, _, _ = strings.Cut(greeting, "\n")
+	if err := text.PrintfLine("EHLO %s", hostname); err != nil {
+		return "", false, err
+	}
+	_, ext, err := text.ReadResponse(250)
+	if err != nil {
+		// No EHLO, no extensions, no STARTTLS (RFC 3207 needs EHLO).
+		if te, ok := err.(*textproto.Error); ok && te.Code >= 500 {
+			return greeting, false, nil
+		}
+		return "", false, protoErr(err)
+	}
+	for _, line := range strings.Split(ext, "\n")[1:] {
+		if strings.EqualFold(strings.TrimSpace(line), "STARTTLS") {
+			starttls = true
+		}
+	}
+	return greeting, starttls, nil
+}
+
+// startTLS sends STARTTLS and reads the 220. Whatever the server sent
+// after it is never read (CVE-2011-0411 class, client side).
+func startTLS(conn net.Conn) error {
+	conn.SetDeadline(time.Now().Add(CommandTimeout))
+	defer conn.SetDeadline(time.Time{})
+	if _, err := io.WriteString(conn, "STARTTLS\r\n"); err != nil {
+		return err
+	}
+	// Read byte by byte so that nothing past the reply's CRLF is
+	// consumed from the TLS stream that follows.
+	var line []byte
+	b := make([]byte, 1)
+	for len(line) < 1024 {
+		if _, err := conn.Read(b); err != nil {
+			return err
+		}
+		line = append(line, b[0])
+		if b[0] == '\n' {
+			if len(line) >= 4 && line[3] == '-' {
+				line = line[:0] // continuation line of a multi-line reply
+				continue
+			}
+			break
+		}
+	}
+	code, msg, _ := strings.Cut(strings.TrimRight(string(line), "\r\n"), " ")
+	if code != "220" {
+		return protoErr(&textproto.Error{Code: atoi(code), Msg: msg})
+	}
+	return nil
+}
+
+func atoi(s string) int {
+	n := 0
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return 0
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n
+}
+
+// protoErr turns a textproto reply error into go-smtp's SMTPError, so
+// that replies are classified one way.
+func protoErr(err error) error {
+	te, ok := err.(*textproto.Error)
+	if !ok {
+		return err
+	}
+	e := &smtp.SMTPError{Code: te.Code, Message: te.Msg}
+	if parts := strings.SplitN(te.Msg, " ", 2); len(parts) == 2 {
+		var a, b, c int
+		if k, _ := fmt.Sscanf(parts[0], "%d.%d.%d", &a, &b, &c); k == 3 {
+			e.EnhancedCode, e.Message = smtp.EnhancedCode{a, b, c}, parts[1]
+		}
+	}
+	return e
+}
+
+// replayConn yields prefix before reading from the connection.
+type replayConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (r *replayConn) Read(p []byte) (int, error) {
+	if len(r.prefix) > 0 {
+		n := copy(p, r.prefix)
+		r.prefix = r.prefix[n:]
+		return n, nil
+	}
+	return r.Conn.Read(p)
+}

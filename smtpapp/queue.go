@@ -1,0 +1,469 @@
+package smtpapp
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net/textproto"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-smtp/caddy-smtp/delivery"
+	"github.com/caddy-smtp/caddy-smtp/spool"
+)
+
+// Queue defaults.
+const (
+	DefaultWorkers           = 16
+	DefaultMaxPerDestination = 10
+	DefaultMinRetryInterval  = 5 * time.Minute
+	DefaultMaxRetryInterval  = time.Hour
+
+	// MaxReceivedHeaders is the hop count past which a message is taken
+	// to be looping and bounced with 5.4.6 (RFC 5321 6.3 suggests 100 at
+	// the most; Postfix uses 50, we follow the 30).
+	MaxReceivedHeaders = 30
+
+	// rescanInterval is how often the spool directory is listed to find
+	// records written by others (the old config's sessions during a
+	// reload), on top of the notifications of our own sessions.
+	rescanInterval = 5 * time.Second
+)
+
+// runner delivers the messages of a spool: a scheduler that knows when
+// each record is next due, and a fixed pool of workers. It is the only
+// deliverer of its spool while it holds the spool lock.
+type runner struct {
+	app    *App
+	spool  *spool.Spool
+	logger *zap.Logger
+
+	maxAge, minRetry, maxRetry time.Duration
+	perDest                    int
+
+	notify chan string // queue ids just committed
+	work   chan string
+
+	mu       sync.Mutex
+	due      map[string]time.Time // id -> next attempt
+	inflight map[string]bool
+	destSem  map[string]chan struct{}
+
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func newRunner(a *App) *runner {
+	q := a.Queue
+	return &runner{
+		app:      a,
+		spool:    a.spool,
+		logger:   a.logger.Named("queue"),
+		maxAge:   time.Duration(q.MaxAge),
+		minRetry: durationOr(q.MinRetryInterval, DefaultMinRetryInterval),
+		maxRetry: durationOr(q.MaxRetryInterval, DefaultMaxRetryInterval),
+		perDest:  q.MaxPerDestination,
+		notify:   make(chan string, 4096),
+		work:     make(chan string),
+		due:      make(map[string]time.Time),
+		inflight: make(map[string]bool),
+		destSem:  make(map[string]chan struct{}),
+		done:     make(chan struct{}),
+	}
+}
+
+// start launches the runner; it waits for the spool lock first.
+func (r *runner) start(workers int) {
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	go func() {
+		defer close(r.done)
+		unlock, err := r.spool.Lock(ctx)
+		if err != nil {
+			if !errors.Is(err, context.Canceled) {
+				r.logger.Error("cannot lock spool; not delivering", zap.Error(err))
+			}
+			return
+		}
+		defer unlock()
+		var wg sync.WaitGroup
+		for i := 0; i < workers; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for id := range r.work {
+					r.attempt(ctx, id)
+					r.mu.Lock()
+					delete(r.inflight, id)
+					r.mu.Unlock()
+				}
+			}()
+		}
+		r.schedule(ctx)
+		close(r.work)
+		wg.Wait()
+	}()
+}
+
+// stop cancels deliveries in flight (they stay queued: delivery is at
+// least once) and waits for the runner to let go of the spool.
+func (r *runner) stop() {
+	r.cancel()
+	<-r.done
+}
+
+// enqueue tells the runner about a record just committed; it never
+// blocks a session (the rescan finds what does not fit).
+func (r *runner) enqueue(id string) {
+	select {
+	case r.notify <- id:
+	default:
+	}
+}
+
+// schedule hands due records to the workers until ctx ends.
+func (r *runner) schedule(ctx context.Context) {
+	r.rescan()
+	rescan := time.NewTicker(rescanInterval)
+	defer rescan.Stop()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for {
+		next := r.dispatch(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		wait := time.Until(next)
+		if next.IsZero() || wait > rescanInterval {
+			wait = rescanInterval
+		}
+		timer.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return
+		case id := <-r.notify:
+			r.mu.Lock()
+			r.due[id] = time.Time{}
+			r.mu.Unlock()
+		case <-rescan.C:
+			r.rescan()
+		case <-timer.C:
+		}
+	}
+}
+
+// rescan lists the spool and adds the records it does not know yet.
+func (r *runner) rescan() {
+	ids, err := r.spool.IDs()
+	if err != nil {
+		r.logger.Error("listing spool", zap.Error(err))
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, id := range ids {
+		if _, ok := r.due[id]; !ok && !r.inflight[id] {
+			r.due[id] = time.Time{} // unknown: look at it now
+		}
+	}
+}
+
+// dispatch sends every due record to a worker, oldest first, and
+// returns when the next one is due.
+func (r *runner) dispatch(ctx context.Context) time.Time {
+	now := time.Now()
+	r.mu.Lock()
+	var ready []string
+	var next time.Time
+	for id, at := range r.due {
+		if r.inflight[id] {
+			continue
+		}
+		if !at.After(now) {
+			ready = append(ready, id)
+		} else if next.IsZero() || at.Before(next) {
+			next = at
+		}
+	}
+	r.mu.Unlock()
+	sort.Strings(ready) // ids sort by arrival
+	for _, id := range ready {
+		r.mu.Lock()
+		r.inflight[id] = true
+		delete(r.due, id)
+		r.mu.Unlock()
+		select {
+		case r.work <- id:
+		case <-ctx.Done():
+			return next
+		}
+	}
+	return next
+}
+
+// reschedule records when a record is next due.
+func (r *runner) reschedule(id string, at time.Time) {
+	r.mu.Lock()
+	r.due[id] = at
+	r.mu.Unlock()
+}
+
+// backoff is the wait before attempt n+1: exponential from the minimum
+// retry interval, capped, with ±25% jitter so that a host coming back
+// is not hit by every deferred message at once.
+func (r *runner) backoff(attempts int) time.Duration {
+	d := r.minRetry
+	for i := 1; i < attempts && d < r.maxRetry; i++ {
+		d *= 2
+	}
+	if d > r.maxRetry {
+		d = r.maxRetry
+	}
+	return time.Duration(float64(d) * (0.75 + rand.Float64()/2))
+}
+
+// destSlot limits concurrent deliveries to one destination.
+func (r *runner) destSlot(ctx context.Context, dest string) (release func(), ok bool) {
+	r.mu.Lock()
+	sem, exists := r.destSem[dest]
+	if !exists {
+		sem = make(chan struct{}, r.perDest)
+		r.destSem[dest] = sem
+	}
+	r.mu.Unlock()
+	select {
+	case sem <- struct{}{}:
+		return func() { <-sem }, true
+	case <-ctx.Done():
+		return nil, false
+	}
+}
+
+// attempt delivers one record's due recipients once, records every
+// result durably, bounces what failed for good, and removes the record
+// when nothing is left to do.
+func (r *runner) attempt(ctx context.Context, id string) {
+	env, err := r.spool.Load(id)
+	if errors.Is(err, spool.ErrNotFound) {
+		return // delivered or deleted meanwhile
+	}
+	if err != nil {
+		r.logger.Error("unreadable queue record; leaving it for an administrator", zap.String("queue_id", id), zap.Error(err))
+		return
+	}
+	now := time.Now()
+	var due []*spool.Recipient
+	var next time.Time
+	for _, rc := range env.Recipients {
+		if !rc.Pending() {
+			continue
+		}
+		if rc.Status == spool.StatusDeferred && rc.NextAttempt.After(now) {
+			if next.IsZero() || rc.NextAttempt.Before(next) {
+				next = rc.NextAttempt
+			}
+			continue
+		}
+		due = append(due, rc)
+	}
+	if len(due) == 0 {
+		if next.IsZero() {
+			r.finish(env)
+		} else {
+			r.reschedule(id, next)
+		}
+		return
+	}
+
+	srv := r.app.Servers[env.Server]
+	results := make(map[*spool.Recipient]delivery.Result, len(due))
+	switch {
+	case r.maxAge > 0 && now.Sub(env.Received) > r.maxAge:
+		for _, rc := range due {
+			reason := "message expired after " + r.maxAge.String() + " in the queue"
+			if rc.LastError != "" {
+				reason += "; last error: " + rc.LastError
+			}
+			results[rc] = delivery.Result{Status: delivery.Bounced, Code: "5.4.7", Reply: reason, Remote: rc.Remote}
+		}
+	case srv == nil:
+		for _, rc := range due {
+			results[rc] = delivery.Temporary("4.3.5", "server "+env.Server+" that accepted the message is no longer configured")
+		}
+	case r.looping(id):
+		for _, rc := range due {
+			results[rc] = delivery.Permanent("5.4.6", "routing loop detected: more than "+strconv.Itoa(MaxReceivedHeaders)+" Received: headers")
+		}
+	default:
+		r.deliver(ctx, srv, env, due, results)
+	}
+	if ctx.Err() != nil {
+		// Stopped mid-way: results may be partial; what was not
+		// recorded is tried again by the next runner.
+		if len(results) == 0 {
+			return
+		}
+	}
+
+	var bounced []*spool.Recipient
+	for _, rc := range due {
+		res, ok := results[rc]
+		if !ok {
+			continue
+		}
+		rc.Attempts++
+		rc.LastError, rc.Code, rc.Remote = res.Reply, res.Code, res.Remote
+		switch res.Status {
+		case delivery.Sent:
+			rc.Status, rc.Done, rc.LastError = spool.StatusSent, time.Now().UTC(), ""
+		case delivery.Bounced:
+			rc.Status, rc.Done = spool.StatusBounced, time.Now().UTC()
+			bounced = append(bounced, rc)
+		default:
+			rc.Status = spool.StatusDeferred
+			rc.NextAttempt = time.Now().Add(r.backoff(rc.Attempts)).UTC()
+		}
+		r.logResult(env, rc, res, now)
+	}
+
+	// The bounce is committed before the failure is recorded: a crash in
+	// between sends it twice rather than never.
+	if len(bounced) > 0 {
+		r.bounce(srv, env, bounced)
+	}
+	if !anyPending(env) {
+		r.finish(env)
+		return
+	}
+	if err := r.spool.Update(env); err != nil {
+		if errors.Is(err, spool.ErrNotFound) {
+			return // deleted by an administrator meanwhile
+		}
+		r.logger.Error("recording delivery results", zap.String("queue_id", id), zap.Error(err))
+	}
+	r.reschedule(id, earliestPending(env))
+}
+
+// deliver groups the due recipients by route and destination and runs
+// one job per group, each under its destination's concurrency limit.
+func (r *runner) deliver(ctx context.Context, srv *Server, env *spool.Envelope, due []*spool.Recipient, results map[*spool.Recipient]delivery.Result) {
+	type key struct {
+		route int
+		dest  string
+	}
+	groups := make(map[key][]*spool.Recipient)
+	var order []key
+	for _, rc := range due {
+		i := srv.routeFor(rc.Address)
+		if i < 0 {
+			results[rc] = delivery.Temporary("4.3.5", "no route to the recipient's domain in the current configuration")
+			continue
+		}
+		k := key{i, srv.Routes[i].deliverer.Destination(domainOf(rc.Address))}
+		if _, ok := groups[k]; !ok {
+			order = append(order, k)
+		}
+		groups[k] = append(groups[k], rc)
+	}
+	for _, k := range order {
+		rcpts := groups[k]
+		release, ok := r.destSlot(ctx, k.dest)
+		if !ok {
+			return
+		}
+		job := &delivery.Job{
+			Envelope:   env,
+			Recipients: rcpts,
+			Open:       func() (io.ReadSeekCloser, error) { return r.spool.OpenMessage(env.ID) },
+			Hostname:   srv.Hostname,
+			Logger:     r.logger,
+		}
+		res := srv.Routes[k.route].deliverer.Deliver(ctx, job)
+		release()
+		if ctx.Err() != nil {
+			return // an attempt cut short proves nothing; retry later
+		}
+		for i, rc := range rcpts {
+			if i < len(res) {
+				results[rc] = res[i]
+			} else {
+				results[rc] = delivery.Temporary("4.3.0", "delivery target returned no result")
+			}
+		}
+	}
+}
+
+// looping counts the Received: headers of the stored message.
+func (r *runner) looping(id string) bool {
+	f, err := r.spool.OpenMessage(id)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	// Header sections are bounded by max_message_size; reading at most
+	// 1 MiB of them is plenty for 30 lines.
+	tp := textproto.NewReader(bufio.NewReader(io.LimitReader(f, 1<<20)))
+	hdr, _ := tp.ReadMIMEHeader()
+	return len(hdr.Values("Received")) > MaxReceivedHeaders
+}
+
+// finish removes a record none of whose recipients is pending.
+func (r *runner) finish(env *spool.Envelope) {
+	if err := r.spool.Remove(env.ID); err != nil && !errors.Is(err, spool.ErrNotFound) {
+		r.logger.Error("removing delivered record", zap.String("queue_id", env.ID), zap.Error(err))
+		return
+	}
+	r.logger.Info("removed", zap.String("queue_id", env.ID))
+}
+
+// logResult writes the attempt's line for one recipient, with the facts
+// of Postfix's "to=<...>, relay=..., delay=..., status=..." line.
+func (r *runner) logResult(env *spool.Envelope, rc *spool.Recipient, res delivery.Result, started time.Time) {
+	fields := []zap.Field{
+		zap.String("queue_id", env.ID),
+		zap.String("from", env.From),
+		zap.String("to", rc.Address),
+		zap.String("relay", res.Remote),
+		zap.Duration("delay", time.Since(env.Received)),
+		zap.Duration("attempt_duration", time.Since(started)),
+		zap.Int("attempts", rc.Attempts),
+		zap.String("status", res.Status.String()),
+		zap.String("dsn", res.Code),
+		zap.String("reply", res.Reply),
+		zap.Bool("tls", res.TLSVersion != ""),
+	}
+	if res.TLSVersion != "" {
+		fields = append(fields, zap.String("tls_version", res.TLSVersion),
+			zap.String("tls_cipher", res.TLSCipher), zap.Bool("tls_verified", res.TLSVerified))
+	}
+	if res.Status == delivery.Deferred {
+		fields = append(fields, zap.Time("next_attempt", rc.NextAttempt))
+	}
+	r.logger.Info("delivery "+res.Status.String(), fields...)
+}
+
+func anyPending(env *spool.Envelope) bool {
+	for _, rc := range env.Recipients {
+		if rc.Pending() {
+			return true
+		}
+	}
+	return false
+}
+
+func earliestPending(env *spool.Envelope) time.Time {
+	var t time.Time
+	for _, rc := range env.Recipients {
+		if rc.Pending() && (t.IsZero() || rc.NextAttempt.Before(t)) {
+			t = rc.NextAttempt
+		}
+	}
+	return t
+}
+
