@@ -27,6 +27,7 @@ func init() {
 // parseSMTP turns the smtp global option into the smtp app.
 func parseSMTP(d *caddyfile.Dispenser, existing any) (any, error) {
 	if existing != nil {
+		d.Next()
 		return nil, d.Err("the smtp global option may appear only once")
 	}
 	app := new(smtpapp.App)

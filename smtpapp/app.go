@@ -95,8 +95,14 @@ func (a *App) Provision(ctx caddy.Context) error {
 		a.Queue = new(QueueConfig)
 	}
 	q := a.Queue
-	if q.MaxAge < 0 || q.MinRetryInterval < 0 || q.MaxRetryInterval < 0 || q.Workers < 0 || q.MaxPerDestination < 0 {
-		return fmt.Errorf("queue: max_age, retry intervals, workers and max_per_destination must not be negative")
+	for name, v := range map[string]int64{
+		"max_age": int64(q.MaxAge), "min_retry_interval": int64(q.MinRetryInterval),
+		"max_retry_interval": int64(q.MaxRetryInterval), "workers": int64(q.Workers),
+		"max_per_destination": int64(q.MaxPerDestination),
+	} {
+		if v < 0 {
+			return fmt.Errorf("queue.%s: must not be negative", name)
+		}
 	}
 	if q.MaxAge == 0 {
 		q.MaxAge = DefaultMaxAge

@@ -63,8 +63,13 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // UnmarshalCaddyfile parses a queue block:
 //
 //	queue {
-//		path    <dir>
-//		max_age <duration>
+//		path                <dir>
+//		max_age             <duration>
+//		min_retry_interval  <duration>
+//		max_retry_interval  <duration>
+//		workers             <n>
+//		max_per_destination <n>
+//		hold
 //	}
 func (q *QueueConfig) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
@@ -80,6 +85,27 @@ func (q *QueueConfig) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := durationArg(d, &q.MaxAge); err != nil {
 				return err
 			}
+		case "min_retry_interval":
+			if err := durationArg(d, &q.MinRetryInterval); err != nil {
+				return err
+			}
+		case "max_retry_interval":
+			if err := durationArg(d, &q.MaxRetryInterval); err != nil {
+				return err
+			}
+		case "workers":
+			if err := intArg(d, &q.Workers); err != nil {
+				return err
+			}
+		case "max_per_destination":
+			if err := intArg(d, &q.MaxPerDestination); err != nil {
+				return err
+			}
+		case "hold":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			q.Hold = true
 		default:
 			return d.Errf("unknown queue directive %q", d.Val())
 		}
@@ -129,7 +155,7 @@ func (s *Server) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "max_message_size":
 			var v string
 			if err = oneArg(d, &v); err == nil {
-				if s.MaxMessageSize, err = ParseSize(v); err != nil {
+				if s.MaxMessageSize, err = ParseSize(v); err != nil || s.MaxMessageSize <= 0 {
 					err = d.Errf("max_message_size: %q is not a size (like 25MiB): %v", v, err)
 				}
 			}
@@ -222,6 +248,9 @@ func (t *ServerTLS) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 					return d.Errf("protocols: %q is not one of tls1.2, tls1.3", p)
 				}
 			}
+			if len(args) == 2 && args[0] == "tls1.3" && args[1] == "tls1.2" {
+				return d.Err("protocols: the minimum tls1.3 is above the maximum tls1.2")
+			}
 			t.Protocols = args
 		case "ciphers":
 			err = argsAppend(d, &t.Ciphers)
@@ -274,26 +303,31 @@ func argsAppend(d *caddyfile.Dispenser, dst *[]string) error {
 }
 
 func intArg(d *caddyfile.Dispenser, dst *int) error {
+	name := d.Val()
 	var v string
 	if err := oneArg(d, &v); err != nil {
 		return err
 	}
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 0 {
-		return d.Errf("%s: %q is not a whole number", d.Val(), v)
+		return d.Errf("%s: %q is not a whole number", name, v)
 	}
 	*dst = n
 	return nil
 }
 
 func durationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+	name := d.Val()
 	var v string
 	if err := oneArg(d, &v); err != nil {
 		return err
 	}
 	dur, err := caddy.ParseDuration(v)
-	if err != nil || dur < 0 {
-		return d.Errf("%q is not a duration (like 30s, 5m, 5d): %v", v, err)
+	if err != nil {
+		return d.Errf("%s: %q is not a duration (like 30s, 5m, 5d)", name, v)
+	}
+	if dur < 0 {
+		return d.Errf("%s: %q must not be negative", name, v)
 	}
 	*dst = caddy.Duration(dur)
 	return nil

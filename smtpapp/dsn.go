@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"net/textproto"
 	"strings"
 	"time"
 
@@ -177,18 +176,20 @@ func writeDSN(w io.Writer, hostname string, env *spool.Envelope, failed []*spool
 	return err
 }
 
-// copyHeaders copies the header section of a message, up to and without
-// the blank line.
+// copyHeaders copies the header section of a message as it is (folded
+// lines stay folded), up to and without the blank line.
 func copyHeaders(w io.Writer, r io.Reader) error {
-	br := textproto.NewReader(bufio.NewReader(io.LimitReader(r, 1<<20)))
+	br := bufio.NewReader(io.LimitReader(r, 1<<20))
 	for {
-		line, err := br.ReadContinuedLineBytes()
-		if err != nil || len(line) == 0 {
+		line, err := br.ReadSlice('\n')
+		if len(line) == 0 || string(line) == "\r\n" || string(line) == "\n" {
 			return nil
 		}
-		// ReadContinuedLineBytes unfolds; refold nothing, just end lines.
-		if _, err := w.Write(append(line, '\r', '\n')); err != nil {
-			return err
+		if _, werr := w.Write(line); werr != nil {
+			return werr
+		}
+		if err != nil && err != bufio.ErrBufferFull {
+			return nil
 		}
 	}
 }

@@ -65,6 +65,10 @@ func newEnv(t *testing.T) *testEnv {
 		if err := caddy.Stop(); err != nil {
 			t.Logf("stopping caddy: %v", err)
 		}
+		if t.Failed() && os.Getenv("KEEP_TEST_DIR") != "" {
+			t.Logf("test dir kept: %s", dir)
+			return
+		}
 		for i := 0; i < 50 && os.RemoveAll(dir) != nil; i++ {
 			time.Sleep(100 * time.Millisecond)
 		}
@@ -93,7 +97,7 @@ func (e *testEnv) config(smtpApp map[string]any, extraApps map[string]any) []byt
 		apps[k] = v
 	}
 	cfg := map[string]any{
-		"admin":   map[string]any{"listen": e.admin},
+		"admin":   map[string]any{"listen": e.admin, "config": map[string]any{"persist": false}},
 		"storage": map[string]any{"module": "file_system", "root": filepath.Join(e.dir, "storage")},
 		"logging": map[string]any{"logs": map[string]any{"default": map[string]any{
 			"level":   "DEBUG",

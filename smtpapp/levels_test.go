@@ -3,10 +3,12 @@ package smtpapp
 import (
 	"crypto/tls"
 	"encoding/json"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestLevels runs every server TLS level against a plaintext client and a
@@ -228,8 +230,16 @@ func TestSpoolRecord(t *testing.T) {
 	if l["queue_id"] != id || l["from"] != "sender@remote.test" || l["tls_version"] != tls.VersionName(cs.Version) {
 		t.Errorf("log line: %v", l)
 	}
+	port := c.conn.LocalAddr().(*net.TCPAddr).Port
 	c.expect("221", "QUIT")
-	cl := e.waitLog("connection closed")
+	var cl map[string]any
+	for deadline := time.Now().Add(5 * time.Second); cl == nil && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		for _, l := range e.logLines("connection closed") {
+			if l["remote_port"] == float64(port) {
+				cl = l
+			}
+		}
+	}
 	if cl["tls"] != true || cl["tls_cipher"] != tls.CipherSuiteName(cs.CipherSuite) || cl["tls_server_name"] != "mx.localhost" {
 		t.Errorf("connection log line: %v", cl)
 	}

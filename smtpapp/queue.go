@@ -47,7 +47,8 @@ type runner struct {
 	maxAge, minRetry, maxRetry time.Duration
 	perDest                    int
 
-	notify chan string // queue ids just committed
+	notify chan string   // queue ids just committed
+	wake   chan struct{} // a record's due time moved earlier
 	work   chan string
 
 	mu       sync.Mutex
@@ -70,6 +71,7 @@ func newRunner(a *App) *runner {
 		maxRetry: durationOr(q.MaxRetryInterval, DefaultMaxRetryInterval),
 		perDest:  q.MaxPerDestination,
 		notify:   make(chan string, 4096),
+		wake:     make(chan struct{}, 1),
 		work:     make(chan string),
 		due:      make(map[string]time.Time),
 		inflight: make(map[string]bool),
@@ -153,6 +155,7 @@ func (r *runner) schedule(ctx context.Context) {
 			r.mu.Unlock()
 		case <-rescan.C:
 			r.rescan()
+		case <-r.wake:
 		case <-timer.C:
 		}
 	}
@@ -207,11 +210,16 @@ func (r *runner) dispatch(ctx context.Context) time.Time {
 	return next
 }
 
-// reschedule records when a record is next due.
+// reschedule records when a record is next due, and wakes the
+// scheduler so that an earlier time is not missed.
 func (r *runner) reschedule(id string, at time.Time) {
 	r.mu.Lock()
 	r.due[id] = at
 	r.mu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
 }
 
 // backoff is the wait before attempt n+1: exponential from the minimum
@@ -466,4 +474,3 @@ func earliestPending(env *spool.Envelope) time.Time {
 	}
 	return t
 }
-

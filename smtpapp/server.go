@@ -161,10 +161,14 @@ func (s *Server) provision(ctx caddy.Context, app *App, name string) error {
 		return fmt.Errorf("%s.%w", field, err)
 	}
 
-	switch {
-	case s.MaxMessageSize < 0, s.MaxRecipients < 0, s.MaxConnections < 0, s.MaxLineLength < 0,
-		s.ReadTimeout < 0, s.WriteTimeout < 0, s.DataTimeout < 0:
-		return fmt.Errorf("%s: limits and timeouts must not be negative", field)
+	for name, v := range map[string]int64{
+		"max_message_size": s.MaxMessageSize, "max_recipients": int64(s.MaxRecipients),
+		"max_connections": int64(s.MaxConnections), "max_line_length": int64(s.MaxLineLength),
+		"read_timeout": int64(s.ReadTimeout), "write_timeout": int64(s.WriteTimeout), "data_timeout": int64(s.DataTimeout),
+	} {
+		if v < 0 {
+			return fmt.Errorf("%s.%s: must not be negative", field, name)
+		}
 	}
 	if s.MaxMessageSize == 0 {
 		s.MaxMessageSize = DefaultMaxMessageSize
@@ -348,7 +352,7 @@ func (z zapPrintfLogger) Println(v ...any) {
 func ParseSize(s string) (int64, error) {
 	n, err := humanize.ParseBytes(s)
 	if err != nil {
-		return 0, err
+		return 0, fmt.Errorf("%q is not a size", s)
 	}
 	if n > 1<<40 {
 		return 0, fmt.Errorf("%s is too large", s)

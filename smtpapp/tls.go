@@ -140,6 +140,9 @@ func (s *Server) provisionTLS(ctx caddy.Context) (*serverTLS, error) {
 		pol.ProtocolMin = t.Protocols[0]
 		if len(t.Protocols) == 2 {
 			pol.ProtocolMax = t.Protocols[1]
+			if caddytls.SupportedProtocols[pol.ProtocolMin] > caddytls.SupportedProtocols[pol.ProtocolMax] {
+				return nil, fmt.Errorf("%s.protocols: the minimum %s is above the maximum %s", field, pol.ProtocolMin, pol.ProtocolMax)
+			}
 		}
 	default:
 		return nil, fmt.Errorf("%s.protocols: give a minimum and at most a maximum version", field)
@@ -204,10 +207,27 @@ func (s *Server) provisionTLS(ctx caddy.Context) (*serverTLS, error) {
 	st.config = &tls.Config{
 		MinVersion: inner.MinVersion,
 		GetConfigForClient: func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-			if c := unwrapConn(hello.Conn); c != nil {
-				c.setSNI(hello.ServerName)
+			cfg, err := inner.GetConfigForClient(hello)
+			c := unwrapConn(hello.Conn)
+			if err != nil || cfg == nil || c == nil {
+				return cfg, err
 			}
-			return inner.GetConfigForClient(hello)
+			c.setSNI(hello.ServerName)
+			// Record the session on the connection as soon as the
+			// handshake completes, so that its log line has the TLS
+			// facts even if the client leaves before saying EHLO.
+			cfg = cfg.Clone()
+			verify := cfg.VerifyConnection
+			cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+				if verify != nil {
+					if err := verify(cs); err != nil {
+						return err
+					}
+				}
+				c.setTLS(cs, st.peerVerified(cs))
+				return nil
+			}
+			return cfg, nil
 		},
 	}
 	return st, nil
