@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 )
 
@@ -24,6 +25,11 @@ type upstream struct {
 	messages []upstreamMessage
 	rcptErr  *smtp.SMTPError // returned for every RCPT, if set
 	dataWait time.Duration   // delay before answering DATA
+	authUser string          // if set, AUTH PLAIN is offered and required
+	authPass string
+	authed   []string // identities that authenticated
+
+	active, maxActive int // sessions in DATA at once, and the most seen
 }
 
 type upstreamMessage struct {
@@ -40,11 +46,13 @@ type upstreamOpts struct {
 	rcptErr    *smtp.SMTPError
 	dataWait   time.Duration
 	listenAddr string
+	authUser   string
+	authPass   string
 }
 
 func newUpstream(t testing.TB, o upstreamOpts) *upstream {
 	t.Helper()
-	u := &upstream{rcptErr: o.rcptErr, dataWait: o.dataWait}
+	u := &upstream{rcptErr: o.rcptErr, dataWait: o.dataWait, authUser: o.authUser, authPass: o.authPass}
 	s := smtp.NewServer(u)
 	s.Domain = "upstream.test"
 	s.ReadTimeout, s.WriteTimeout = 10*time.Second, 10*time.Second
@@ -112,17 +120,43 @@ func (u *upstream) waitMessages(t testing.TB, n int, within time.Duration) []ups
 }
 
 type upstreamSession struct {
-	u    *upstream
-	tls  bool
-	msg  upstreamMessage
-	from bool
+	u      *upstream
+	tls    bool
+	msg    upstreamMessage
+	from   bool
+	authed bool
 }
 
 func (s *upstreamSession) Reset()        { s.msg, s.from = upstreamMessage{}, false }
 func (s *upstreamSession) Logout() error { return nil }
 func (s *upstreamSession) Mail(from string, _ *smtp.MailOptions) error {
+	if s.u.authUser != "" && !s.authed {
+		return smtp.ErrAuthRequired
+	}
 	s.msg.From, s.from = from, true
 	return nil
+}
+
+// AuthMechanisms implements smtp.AuthSession.
+func (s *upstreamSession) AuthMechanisms() []string {
+	if s.u.authUser == "" {
+		return nil
+	}
+	return []string{sasl.Plain}
+}
+
+// Auth implements smtp.AuthSession.
+func (s *upstreamSession) Auth(string) (sasl.Server, error) {
+	return sasl.NewPlainServer(func(_, user, pass string) error {
+		if user != s.u.authUser || pass != s.u.authPass {
+			return smtp.ErrAuthFailed
+		}
+		s.authed = true
+		s.u.mu.Lock()
+		s.u.authed = append(s.u.authed, user)
+		s.u.mu.Unlock()
+		return nil
+	}), nil
 }
 func (s *upstreamSession) Rcpt(to string, _ *smtp.RcptOptions) error {
 	if s.u.rcptErr != nil {
@@ -136,9 +170,16 @@ func (s *upstreamSession) Data(r io.Reader) error {
 	if err != nil {
 		return err
 	}
+	s.u.mu.Lock()
+	s.u.active++
+	s.u.maxActive = max(s.u.maxActive, s.u.active)
+	s.u.mu.Unlock()
 	if s.u.dataWait > 0 {
 		time.Sleep(s.u.dataWait)
 	}
+	s.u.mu.Lock()
+	s.u.active--
+	s.u.mu.Unlock()
 	s.msg.Data, s.msg.TLS = data, s.tls
 	s.u.mu.Lock()
 	s.u.messages = append(s.u.messages, s.msg)
