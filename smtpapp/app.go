@@ -141,6 +141,27 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 
 	a.certNames = make(map[string]struct{})
+	// Caddy binds with SO_REUSEPORT: two servers on one address would
+	// both bind it and split its connections between them.
+	bound := make(map[string]string)
+	for _, name := range a.serverNames() {
+		if a.Servers[name] == nil {
+			continue
+		}
+		for _, l := range a.Servers[name].Listen {
+			addr, err := caddy.ParseNetworkAddressWithDefaults(l, "tcp", 25)
+			if err != nil {
+				continue // reported by the server's provisioning
+			}
+			for _, one := range addr.Expand() {
+				key := one.Network + "/" + one.JoinHostPort(0)
+				if other, dup := bound[key]; dup {
+					return fmt.Errorf("servers.%s.listen: %s is also a listen address of server %s", name, l, other)
+				}
+				bound[key] = name
+			}
+		}
+	}
 	for _, name := range a.serverNames() {
 		s := a.Servers[name]
 		if s == nil {

@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -35,15 +36,26 @@ type testEnv struct {
 	logFile string
 }
 
-// freePort returns a loopback port that was free a moment ago.
+// handedOut remembers the ports freePort gave, so that it never gives
+// one twice: Caddy binds with SO_REUSEPORT, so two servers given the
+// same port would both bind it and share its connections.
+var handedOut sync.Map
+
+// freePort returns a loopback port that was free a moment ago and that
+// no other caller got.
 func freePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		if _, dup := handedOut.LoadOrStore(port, true); !dup {
+			return port
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 func newEnv(t *testing.T) *testEnv {

@@ -290,6 +290,13 @@ func TestConfigErrors(t *testing.T) {
 			t.Errorf("%v: got error %v, want %q", tc.server, err, tc.want)
 		}
 	}
+	// Two servers on one address would silently share it (SO_REUSEPORT).
+	a, _ := server(t, nil)
+	b, _ := server(t, nil)
+	b["listen"] = a["listen"]
+	if err := e.loadErr(app(map[string]any{"a": a, "b": b})); err == nil || !strings.Contains(err.Error(), "servers.b.listen") {
+		t.Errorf("two servers on one address: %v", err)
+	}
 	// A spool that cannot be created is a clear error at load.
 	blocker := filepath.Join(t.TempDir(), "file")
 	os.WriteFile(blocker, nil, 0o600)
