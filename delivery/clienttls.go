@@ -94,7 +94,7 @@ func (t *ClientTLS) Provision(ctx caddy.Context) error {
 		}
 	}
 	if t.min > t.max {
-		return fmt.Errorf("tls.protocols: minimum above maximum")
+		return fmt.Errorf("tls.protocols: the minimum %s is above the maximum %s", t.Protocols[0], t.Protocols[1])
 	}
 	return nil
 }
@@ -194,6 +194,9 @@ func (t *ClientTLS) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				if p != "tls1.2" && p != "tls1.3" {
 					return d.Errf("protocols: %q is not one of tls1.2, tls1.3", p)
 				}
+			}
+			if len(args) == 2 && args[0] == "tls1.3" && args[1] == "tls1.2" {
+				return d.Err("protocols: the minimum tls1.3 is above the maximum tls1.2")
 			}
 			t.Protocols = args
 		default:

@@ -283,6 +283,9 @@ func (a *App) queued(id string) {
 	}
 }
 
+// Server returns the server of that name, or nil.
+func (a *App) Server(name string) *Server { return a.Servers[name] }
+
 // Spool returns the app's spool.
 func (a *App) Spool() *spool.Spool { return a.spool }
 

@@ -155,8 +155,10 @@ func (s *Server) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "max_message_size":
 			var v string
 			if err = oneArg(d, &v); err == nil {
-				if s.MaxMessageSize, err = ParseSize(v); err != nil || s.MaxMessageSize <= 0 {
-					err = d.Errf("max_message_size: %q is not a size (like 25MiB): %v", v, err)
+				if s.MaxMessageSize, err = ParseSize(v); err != nil {
+					err = d.Errf("max_message_size: %v (want a size like 25MiB)", err)
+				} else if s.MaxMessageSize <= 0 {
+					err = d.Errf("max_message_size: %q must be above zero", v)
 				}
 			}
 		case "max_recipients":

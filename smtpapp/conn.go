@@ -58,6 +58,12 @@ type conn struct {
 	peerVerified bool
 	messages     int
 	closed       bool
+
+	// outerTLS is a TLS session the connection came with (layer4's tls
+	// handler); go-smtp cannot see it, the session can.
+	outerTLS *tls.ConnectionState
+	// done is closed when the connection is; ServeConn waits on it.
+	done chan struct{}
 }
 
 func newConn(c net.Conn, srv *Server, remote netip.AddrPort) *conn {
@@ -286,7 +292,11 @@ func (c *conn) Close() error {
 	c.mu.Unlock()
 	c.srv.logger.Info("connection closed", fields...)
 	c.srv.connDone()
-	return c.Conn.Close()
+	err := c.Conn.Close()
+	if c.done != nil {
+		close(c.done)
+	}
+	return err
 }
 
 // tlsFields are the log fields that describe a TLS session, in the

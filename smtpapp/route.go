@@ -106,6 +106,7 @@ func (r *Route) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if len(r.Domains) == 0 {
 		return d.Err("route needs one or more recipient domains, or *")
 	}
+	routeLine := d.Line()
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		if r.DeliverRaw != nil {
 			return d.Errf("route has more than one delivery target (%s)", d.Val())
@@ -118,7 +119,7 @@ func (r *Route) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		r.DeliverRaw = caddyconfig.JSONModuleObject(mod, "via", via, nil)
 	}
 	if r.DeliverRaw == nil {
-		return d.Err("route needs a delivery target: relay, mx or maildir")
+		return d.Errf("route (line %d) needs a delivery target: relay, mx or maildir", routeLine)
 	}
 	return nil
 }

@@ -116,6 +116,11 @@ type Server struct {
 	addrs     []caddy.NetworkAddress
 	listeners []net.Listener
 	smtp      *smtp.Server
+	// go-smtp for connections handed over already in TLS: the same
+	// settings, without STARTTLS.
+	smtpTLS    *smtp.Server
+	handoff    *handoffListener
+	handoffTLS *handoffListener
 
 	maxLineLength int
 	readTimeout   time.Duration
@@ -210,6 +215,18 @@ func (s *Server) provision(ctx caddy.Context, app *App, name string) error {
 		}
 	}
 
+	s.smtp = s.newEngine()
+	if s.tls.config != nil && !s.implicitTLS() {
+		s.smtp.TLSConfig = s.tls.config
+	}
+	s.smtpTLS = s.newEngine()
+	s.handoff, s.handoffTLS = newHandoffListener(name), newHandoffListener(name+"/tls")
+	return nil
+}
+
+// newEngine makes a go-smtp server with this server's settings, and no
+// STARTTLS.
+func (s *Server) newEngine() *smtp.Server {
 	srv := smtp.NewServer(s)
 	srv.Domain = s.Hostname
 	srv.ReadTimeout = s.readTimeout
@@ -222,11 +239,7 @@ func (s *Server) provision(ctx caddy.Context, app *App, name string) error {
 	srv.EnableDSN = true
 	srv.EnableREQUIRETLS = s.RequireTLS
 	srv.ErrorLog = zapPrintfLogger{s.logger}
-	if s.tls.config != nil && !s.implicitTLS() {
-		srv.TLSConfig = s.tls.config
-	}
-	s.smtp = srv
-	return nil
+	return srv
 }
 
 func durationOr(d caddy.Duration, def time.Duration) time.Duration {
@@ -240,6 +253,16 @@ func (s *Server) implicitTLS() bool { return s.TLS != nil && s.TLS.Implicit }
 
 // start binds the listeners and serves them.
 func (s *Server) start(ctx caddy.Context) error {
+	for _, pair := range []struct {
+		srv *smtp.Server
+		ln  net.Listener
+	}{{s.smtp, s.handoff}, {s.smtpTLS, s.handoffTLS}} {
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			pair.srv.Serve(pair.ln)
+		}()
+	}
 	if s.level == LevelEncrypt && !s.implicitTLS() && listensOn(s.addrs, 25) {
 		s.logger.Warn("tls level encrypt on port 25: RFC 3207 says a publicly referenced MX must not require TLS; senders without STARTTLS will not reach you")
 	}
@@ -281,6 +304,8 @@ func (s *Server) stop() error {
 		}
 	}
 	s.listeners = nil
+	s.handoff.Close()
+	s.handoffTLS.Close()
 	return errors.Join(errs...)
 }
 
@@ -355,7 +380,7 @@ func ParseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("%q is not a size", s)
 	}
 	if n > 1<<40 {
-		return 0, fmt.Errorf("%s is too large", s)
+		return 0, fmt.Errorf("%q is too large", s)
 	}
 	return int64(n), nil
 }

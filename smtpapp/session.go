@@ -52,6 +52,8 @@ func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	if cs, ok := c.TLSConnectionState(); ok {
 		sess.tlsState = &cs
 		sess.conn.setTLS(cs, s.tls.peerVerified(cs))
+	} else if sess.conn.outerTLS != nil {
+		sess.tlsState = sess.conn.outerTLS
 	}
 	return sess, nil
 }

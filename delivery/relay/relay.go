@@ -118,10 +118,11 @@ func (r *Relay) Deliver(ctx context.Context, job *delivery.Job) []delivery.Resul
 func (r *Relay) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // "relay"
 	r.Addresses = append(r.Addresses, d.RemainingArgs()...)
+	if len(r.Addresses) == 0 {
+		return d.Err("relay needs at least one smarthost address")
+	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		switch d.Val() {
-		case "to":
-			r.Addresses = append(r.Addresses, d.RemainingArgs()...)
 		case "tls":
 			if r.TLS != nil {
 				return d.Err("duplicate tls block")
@@ -137,9 +138,6 @@ func (r *Relay) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		default:
 			return d.Errf("unknown relay directive %q", d.Val())
 		}
-	}
-	if len(r.Addresses) == 0 {
-		return d.Err("relay needs at least one smarthost address")
 	}
 	return nil
 }
