@@ -29,6 +29,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	st "github.com/caddy-smtp/caddy-smtp/internal/smtptest"
 )
 
 // pebbleVersion is the pebble release the test builds and runs.
@@ -167,8 +169,8 @@ func startPebble(t *testing.T) *pebbleServer {
 	dir := t.TempDir()
 	certFile, keyFile, pool := selfSignedPEM(t, dir)
 
-	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	mgmt := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	listen := fmt.Sprintf("127.0.0.1:%d", st.FreePort(t))
+	mgmt := fmt.Sprintf("127.0.0.1:%d", st.FreePort(t))
 	cfg := map[string]any{"pebble": map[string]any{
 		"listenAddress":           listen,
 		"managementListenAddress": mgmt,
@@ -176,8 +178,8 @@ func startPebble(t *testing.T) *pebbleServer {
 		"privateKey":              keyFile,
 		// Nothing listens on these: with PEBBLE_VA_ALWAYS_VALID the
 		// VA never connects.
-		"httpPort":                       freePort(t),
-		"tlsPort":                        freePort(t),
+		"httpPort":                       st.FreePort(t),
+		"tlsPort":                        st.FreePort(t),
 		"ocspResponderURL":               "",
 		"externalAccountBindingRequired": false,
 		"keyAlgorithm":                   "ecdsa",
@@ -296,9 +298,9 @@ func (p *pebbleServer) mgmtCert(t *testing.T, path string) *x509.Certificate {
 func TestACMEWithPebble(t *testing.T) {
 	const hostname = "mx.example.com"
 	p := startPebble(t) // before newEnv: cleanups stop Caddy before pebble
-	e := newEnv(t)
+	e := st.NewEnv(t)
 
-	srv, addr := server(t, map[string]any{
+	srv, addr := st.ServerConfig(t, map[string]any{
 		"hostname": hostname,
 		"tls":      map[string]any{"level": "may"},
 	})
@@ -312,13 +314,13 @@ func TestACMEWithPebble(t *testing.T) {
 				// Pebble accepts every challenge unseen; keep Caddy
 				// off ports 80 and 443 all the same.
 				"challenges": map[string]any{
-					"http":     map[string]any{"alternate_port": freePort(t)},
+					"http":     map[string]any{"alternate_port": st.FreePort(t)},
 					"tls-alpn": map[string]any{"disabled": true},
 				},
 			}},
 		},
 	}}}
-	e.load(app(map[string]any{"mx": srv}), map[string]any{"tls": tlsApp})
+	e.Load(st.App(map[string]any{"mx": srv}), map[string]any{"tls": tlsApp})
 
 	root := p.mgmtCert(t, "/roots/0")
 	intermediate := p.mgmtCert(t, "/intermediates/0")
@@ -327,13 +329,13 @@ func TestACMEWithPebble(t *testing.T) {
 
 	// The handshake succeeds only once the ACME certificate is served:
 	// nothing else verifies against pebble's root for this name.
-	waitTLS(t, addr, tlsConfig(pebbleRoots, hostname))
+	st.WaitTLS(t, addr, st.TLSConfig(pebbleRoots, hostname))
 
 	// A sender without SNI, as many MTAs are, gets the same certificate.
 	var served []*x509.Certificate
-	c := dial(t, addr)
-	c.expect("250", "EHLO client.test")
-	err := c.startTLS(&tls.Config{
+	c := st.Dial(t, addr)
+	c.Expect("250", "EHLO client.test")
+	err := c.StartTLS(&tls.Config{
 		InsecureSkipVerify: true, // checked below, against pebble's root
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			if cs.ServerName != "" {
@@ -375,9 +377,9 @@ func TestACMEWithPebble(t *testing.T) {
 	}
 
 	// And the session carries mail.
-	c.expect("250", "EHLO client.test")
-	if got := c.send("sender@remote.test", "user@example.test", testMessage); !strings.HasPrefix(got, "250") {
+	c.Expect("250", "EHLO client.test")
+	if got := c.Send("sender@remote.test", "user@example.test", st.Message); !strings.HasPrefix(got, "250") {
 		t.Fatalf("message over TLS without SNI: got %q, want 250", got)
 	}
-	c.expect("221", "QUIT")
+	c.Expect("221", "QUIT")
 }

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	st "github.com/caddy-smtp/caddy-smtp/internal/smtptest"
+
 	"github.com/emersion/go-smtp"
 )
 
@@ -19,35 +21,35 @@ import (
 // NOTIFY=NEVER get none; a message past max_age bounces with 5.4.7; a
 // looping message bounces with 5.4.6.
 func TestBounces(t *testing.T) {
-	e := newEnv(t)
+	e := st.NewEnv(t)
 	// Mail for reject.test is refused by its upstream; everything else
 	// (the sender's domain, where bounces go) reaches the sink.
-	sink := newUpstream(t, upstreamOpts{})
-	rejecter := newUpstream(t, upstreamOpts{rcptErr: &smtp.SMTPError{
+	sink := st.NewUpstream(t, st.UpstreamOpts{})
+	rejecter := st.NewUpstream(t, st.UpstreamOpts{RcptErr: &smtp.SMTPError{
 		Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user here"}})
-	deferrer := newUpstream(t, upstreamOpts{rcptErr: &smtp.SMTPError{
+	deferrer := st.NewUpstream(t, st.UpstreamOpts{RcptErr: &smtp.SMTPError{
 		Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "greylisted"}})
 	route := func(domain, addr string) map[string]any {
 		return map[string]any{"domains": []string{domain}, "deliver": map[string]any{
 			"via": "relay", "addresses": []string{addr}, "tls": map[string]any{"level": "none"}}}
 	}
-	s, addr := server(t, map[string]any{
+	s, addr := st.ServerConfig(t, map[string]any{
 		"hostname":       "gw.example.test",
 		"tls":            map[string]any{"level": "none"},
 		"relay_networks": []string{"127.0.0.1"},
 		"routes": []any{
-			route("reject.test", rejecter.addr),
-			route("slow.test", deferrer.addr),
-			route("*", sink.addr),
+			route("reject.test", rejecter.Addr),
+			route("slow.test", deferrer.Addr),
+			route("*", sink.Addr),
 		},
 	})
-	e.load(e.deliveringApp(map[string]any{"gw": s}, map[string]any{
+	e.Load(e.DeliveringApp(map[string]any{"gw": s}, map[string]any{
 		"max_age": "2s", "min_retry_interval": "300ms", "max_retry_interval": "500ms"}), nil)
 
 	t.Run("permanent", func(t *testing.T) {
-		id := submit(t, addr, "sender@example.test", "nobody@reject.test",
+		id := st.Submit(t, addr, "sender@example.test", "nobody@reject.test",
 			"Subject: doomed\r\nMessage-ID: <doomed@example.test>\r\n\r\nsecret body text\r\n.\r\n")
-		if l := e.deliveryLine(t, id); l["status"] != "bounced" {
+		if l := e.DeliveryLine(t, id); l["status"] != "bounced" {
 			t.Fatalf("delivery: %v", l)
 		}
 		dsn := waitBounce(t, sink, "sender@example.test", "<doomed@example.test>")
@@ -68,31 +70,31 @@ func TestBounces(t *testing.T) {
 	})
 
 	t.Run("null-sender-gets-no-bounce", func(t *testing.T) {
-		id := submit(t, addr, "", "nobody@reject.test", "Subject: bounce-of-bounce\r\n\r\nbody\r\n.\r\n")
-		if l := e.deliveryLine(t, id); l["status"] != "bounced" {
+		id := st.Submit(t, addr, "", "nobody@reject.test", "Subject: bounce-of-bounce\r\n\r\nbody\r\n.\r\n")
+		if l := e.DeliveryLine(t, id); l["status"] != "bounced" {
 			t.Fatalf("delivery: %v", l)
 		}
 		waitLogWith(t, e, "no bounce sent", "queue_id", id)
 	})
 
 	t.Run("notify-never", func(t *testing.T) {
-		c := dial(t, addr)
-		c.expect("250", "EHLO client.test")
-		c.expect("250", "MAIL FROM:<sender@example.test>")
-		c.expect("250", "RCPT TO:<nobody@reject.test> NOTIFY=NEVER")
-		c.expect("354", "DATA")
-		c.conn.Write([]byte("Subject: never\r\n\r\nbody\r\n.\r\n"))
-		code, msg := c.read()
+		c := st.Dial(t, addr)
+		c.Expect("250", "EHLO client.test")
+		c.Expect("250", "MAIL FROM:<sender@example.test>")
+		c.Expect("250", "RCPT TO:<nobody@reject.test> NOTIFY=NEVER")
+		c.Expect("354", "DATA")
+		c.Conn.Write([]byte("Subject: never\r\n\r\nbody\r\n.\r\n"))
+		code, msg := c.Read()
 		if code != 250 {
 			t.Fatal(msg)
 		}
 		id := strings.TrimPrefix(msg, "2.0.0 OK: queued as ")
-		e.deliveryLine(t, id)
+		e.DeliveryLine(t, id)
 		waitLogWith(t, e, "no bounce sent", "queue_id", id)
 	})
 
 	t.Run("expired", func(t *testing.T) {
-		submit(t, addr, "sender@example.test", "someone@slow.test",
+		st.Submit(t, addr, "sender@example.test", "someone@slow.test",
 			"Subject: slow\r\nMessage-ID: <slow@example.test>\r\n\r\nbody\r\n.\r\n")
 		dsn := waitBounce(t, sink, "sender@example.test", "<slow@example.test>")
 		report := parseReport(t, dsn)
@@ -107,9 +109,9 @@ func TestBounces(t *testing.T) {
 			hdr.WriteString("Received: from hop.test by hop.test; Fri, 27 Nov 2026 10:00:00 +0000\r\n")
 		}
 		// Ours makes it one more than the limit.
-		id := submit(t, addr, "sender@example.test", "user@elsewhere.test",
+		id := st.Submit(t, addr, "sender@example.test", "user@elsewhere.test",
 			hdr.String()+"Subject: loop\r\nMessage-ID: <loop@example.test>\r\n\r\nbody\r\n.\r\n")
-		if l := e.deliveryLine(t, id); l["status"] != "bounced" || l["dsn"] != "5.4.6" {
+		if l := e.DeliveryLine(t, id); l["status"] != "bounced" || l["dsn"] != "5.4.6" {
 			t.Fatalf("delivery: %v", l)
 		}
 		report := parseReport(t, waitBounce(t, sink, "sender@example.test", "<loop@example.test>"))
@@ -120,11 +122,11 @@ func TestBounces(t *testing.T) {
 }
 
 // waitBounce waits for a bounce (null sender) to rcpt about msgID.
-func waitBounce(t *testing.T, sink *upstream, rcpt, msgID string) upstreamMessage {
+func waitBounce(t *testing.T, sink *st.Upstream, rcpt, msgID string) st.UpstreamMessage {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
-		for _, m := range sink.received() {
+		for _, m := range sink.Received() {
 			if m.From == "" && len(m.To) == 1 && m.To[0] == rcpt && bytes.Contains(m.Data, []byte(msgID)) {
 				return m
 			}
@@ -132,14 +134,14 @@ func waitBounce(t *testing.T, sink *upstream, rcpt, msgID string) upstreamMessag
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("no bounce to %s about %s", rcpt, msgID)
-	return upstreamMessage{}
+	return st.UpstreamMessage{}
 }
 
-func waitLogWith(t *testing.T, e *testEnv, msg, key, val string) {
+func waitLogWith(t *testing.T, e *st.Env, msg, key, val string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		for _, l := range e.logLines(msg) {
+		for _, l := range e.LogLines(msg) {
 			if l[key] == val {
 				return
 			}
@@ -154,7 +156,7 @@ type report struct {
 }
 
 // parseReport parses a multipart/report DSN with the standard library.
-func parseReport(t *testing.T, m upstreamMessage) report {
+func parseReport(t *testing.T, m st.UpstreamMessage) report {
 	t.Helper()
 	msg, err := mail.ReadMessage(bytes.NewReader(m.Data))
 	if err != nil {

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	st "github.com/caddy-smtp/caddy-smtp/internal/smtptest"
 )
 
 // buildCaddy builds this repository's cmd/caddy once per test binary.
@@ -76,8 +78,8 @@ func TestCrashLosesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	sink := newUpstream(t, upstreamOpts{dataWait: 50 * time.Millisecond})
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	sink := st.NewUpstream(t, st.UpstreamOpts{DataWait: 50 * time.Millisecond})
+	addr := fmt.Sprintf("127.0.0.1:%d", st.FreePort(t))
 	cfg := map[string]any{
 		"admin":   map[string]any{"disabled": true, "config": map[string]any{"persist": false}},
 		"storage": map[string]any{"module": "file_system", "root": filepath.Join(dir, "storage")},
@@ -88,7 +90,7 @@ func TestCrashLosesNothing(t *testing.T) {
 				"listen": []string{addr}, "hostname": "gw.example.test",
 				"tls":            map[string]any{"level": "none"},
 				"relay_networks": []string{"127.0.0.1"},
-				"routes":         relayRoute(sink.addr, map[string]any{"level": "none"}),
+				"routes":         st.RelayRoute(sink.Addr, map[string]any{"level": "none"}),
 			}},
 		}},
 	}
@@ -103,27 +105,27 @@ func TestCrashLosesNothing(t *testing.T) {
 	acked := make(map[string]bool)
 	var mu sync.Mutex
 	sendOne := func(i int) bool {
-		c, err := netDial(addr)
+		c, err := st.NetDial(addr)
 		if err != nil {
 			return false
 		}
 		defer c.Close()
-		cl := &client{t: t, conn: c, text: newText(c)}
-		if code, _ := cl.read(); code != 220 {
+		cl := &st.Client{T: t, Conn: c, Text: st.NewText(c)}
+		if code, _ := cl.Read(); code != 220 {
 			return false
 		}
 		steps := []string{"EHLO client.test", "MAIL FROM:<sender@example.test>", "RCPT TO:<rcpt@remote.test>"}
 		for _, s := range steps {
-			if code, _ := cl.cmd("%s", s); code != 250 {
+			if code, _ := cl.Cmd("%s", s); code != 250 {
 				return false
 			}
 		}
-		if code, _ := cl.cmd("DATA"); code != 354 {
+		if code, _ := cl.Cmd("DATA"); code != 354 {
 			return false
 		}
 		subject := fmt.Sprintf("crash-%03d", i)
 		fmt.Fprintf(c, "Subject: %s\r\n\r\nbody\r\n.\r\n", subject)
-		if code, _ := cl.read(); code != 250 {
+		if code, _ := cl.Read(); code != 250 {
 			return false
 		}
 		mu.Lock()
@@ -146,7 +148,7 @@ func TestCrashLosesNothing(t *testing.T) {
 		sendOne(i)
 	}
 	// Kill mid-delivery: once some, not all, have arrived.
-	for len(sink.received()) < 3 {
+	for len(sink.Received()) < 3 {
 		time.Sleep(5 * time.Millisecond)
 	}
 	p.kill()
@@ -161,7 +163,7 @@ func TestCrashLosesNothing(t *testing.T) {
 	var seen map[string]int
 	for time.Now().Before(deadline) {
 		seen = make(map[string]int)
-		for _, m := range sink.received() {
+		for _, m := range sink.Received() {
 			if s := subjectRe.FindSubmatch(m.Data); s != nil {
 				seen[string(s[1])]++
 			}

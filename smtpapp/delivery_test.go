@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	st "github.com/caddy-smtp/caddy-smtp/internal/smtptest"
+
 	"github.com/emersion/go-smtp"
 )
 
@@ -15,23 +17,23 @@ import (
 // that fails, and with 4xx and 5xx replies, and checks the outcome
 // (sent, deferred, bounced), what was logged, and what arrived.
 func TestClientLevels(t *testing.T) {
-	e := newEnv(t)
-	ca := newTestCA(t, "Upstream CA")
-	selfCA := newTestCA(t, "Self-signed")
-	right := ca.issue(t, "upstream.test", "upstream.test")
-	wrong := ca.issue(t, "wrong.test", "wrong.test")
-	self := selfCA.issue(t, "upstream.test", "upstream.test")
+	e := st.NewEnv(t)
+	ca := st.NewCA(t, "Upstream CA")
+	selfCA := st.NewCA(t, "Self-signed")
+	right := ca.Issue(t, "upstream.test", "upstream.test")
+	wrong := ca.Issue(t, "wrong.test", "wrong.test")
+	self := selfCA.Issue(t, "upstream.test", "upstream.test")
 	tlsWith := func(c tls.Certificate) *tls.Config { return &tls.Config{Certificates: []tls.Certificate{c}} }
 
-	upstreams := map[string]*upstream{
-		"plain":       newUpstream(t, upstreamOpts{}),
-		"self-signed": newUpstream(t, upstreamOpts{tls: tlsWith(self)}),
-		"ca-right":    newUpstream(t, upstreamOpts{tls: tlsWith(right)}),
-		"ca-wrong":    newUpstream(t, upstreamOpts{tls: tlsWith(wrong)}),
-		"broken-tls":  newUpstream(t, upstreamOpts{brokenTLS: true}),
-		"4xx": newUpstream(t, upstreamOpts{tls: tlsWith(right), rcptErr: &smtp.SMTPError{
+	upstreams := map[string]*st.Upstream{
+		"plain":       st.NewUpstream(t, st.UpstreamOpts{}),
+		"self-signed": st.NewUpstream(t, st.UpstreamOpts{TLS: tlsWith(self)}),
+		"ca-right":    st.NewUpstream(t, st.UpstreamOpts{TLS: tlsWith(right)}),
+		"ca-wrong":    st.NewUpstream(t, st.UpstreamOpts{TLS: tlsWith(wrong)}),
+		"broken-tls":  st.NewUpstream(t, st.UpstreamOpts{BrokenTLS: true}),
+		"4xx": st.NewUpstream(t, st.UpstreamOpts{TLS: tlsWith(right), RcptErr: &smtp.SMTPError{
 			Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "try later"}}),
-		"5xx": newUpstream(t, upstreamOpts{tls: tlsWith(right), rcptErr: &smtp.SMTPError{
+		"5xx": st.NewUpstream(t, st.UpstreamOpts{TLS: tlsWith(right), RcptErr: &smtp.SMTPError{
 			Code: 550, EnhancedCode: smtp.EnhancedCode{5, 1, 1}, Message: "no such user"}}),
 	}
 	levels := []string{"none", "may", "encrypt", "verify"}
@@ -67,30 +69,30 @@ func TestClientLevels(t *testing.T) {
 			// Every level gets the trust pool: verify needs it, and
 			// may/encrypt use it to log whether the peer was trusted.
 			policy := map[string]any{"level": level, "server_name": "upstream.test",
-				"trust_pool": map[string]any{"provider": "file", "pem_files": []string{ca.pemFile}}}
-			s, addr := server(t, map[string]any{
+				"trust_pool": map[string]any{"provider": "file", "pem_files": []string{ca.PEMFile}}}
+			s, addr := st.ServerConfig(t, map[string]any{
 				"hostname":       "gw.example.test",
 				"relay_networks": []string{"127.0.0.1"},
 				"tls":            map[string]any{"level": "none"},
-				"routes":         relayRoute(u.addr, policy),
+				"routes":         st.RelayRoute(u.Addr, policy),
 			})
 			key := name + "/" + level
 			servers[strings.ReplaceAll(key, "/", "-")] = s
 			gateways[key] = addr
 		}
 	}
-	e.load(e.deliveringApp(servers, nil), nil)
+	e.Load(e.DeliveringApp(servers, nil), nil)
 
 	ids := make(map[string]string)
 	for key, addr := range gateways {
-		ids[key] = submit(t, addr, "sender@example.test", "rcpt@remote.test", "Subject: "+key+"\r\n\r\nbody\r\n.\r\n")
+		ids[key] = st.Submit(t, addr, "sender@example.test", "rcpt@remote.test", "Subject: "+key+"\r\n\r\nbody\r\n.\r\n")
 	}
 	for name := range upstreams {
 		for _, level := range levels {
 			key := name + "/" + level
 			t.Run(key, func(t *testing.T) {
 				w := expect[name][level]
-				l := e.deliveryLine(t, ids[key])
+				l := e.DeliveryLine(t, ids[key])
 				if l["status"] != w.status {
 					t.Fatalf("status %v, want %s: %v", l["status"], w.status, l["reply"])
 				}
@@ -109,7 +111,7 @@ func TestClientLevels(t *testing.T) {
 				// Sent means it arrived, over TLS exactly when logged so.
 				if w.status == "sent" {
 					found := false
-					for _, m := range upstreams[name].received() {
+					for _, m := range upstreams[name].Received() {
 						if strings.Contains(string(m.Data), "Subject: "+key+"\r\n") {
 							found = true
 							if m.TLS != w.tls {
@@ -126,14 +128,14 @@ func TestClientLevels(t *testing.T) {
 	}
 	// The gateway never greets as "localhost", before or after STARTTLS.
 	for name, u := range upstreams {
-		for _, h := range u.helloNames() {
+		for _, h := range u.HelloNames() {
 			if h != "gw.example.test" {
 				t.Errorf("%s: gateway said EHLO %q", name, h)
 			}
 		}
 	}
 	// may logged its fallback to plaintext.
-	if len(e.logLines("tls handshake failed; retrying in plaintext (level may)")) == 0 {
+	if len(e.LogLines("tls handshake failed; retrying in plaintext (level may)")) == 0 {
 		t.Error("no log line for the plaintext retry under may")
 	}
 }

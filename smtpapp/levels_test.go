@@ -9,110 +9,112 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	st "github.com/caddy-smtp/caddy-smtp/internal/smtptest"
 )
 
 // TestLevels runs every server TLS level against a plaintext client and a
 // STARTTLS client, and checks the exact replies DESIGN.md gives.
 func TestLevels(t *testing.T) {
-	e := newEnv(t)
-	none, noneAddr := server(t, map[string]any{"tls": map[string]any{"level": "none"}})
-	may, mayAddr := server(t, map[string]any{"tls": map[string]any{"level": "may"}})
-	def, defAddr := server(t, nil) // no tls block: may is the default
-	enc, encAddr := server(t, map[string]any{"tls": map[string]any{"level": "encrypt"}})
-	e.load(app(map[string]any{"none": none, "may": may, "default": def, "encrypt": enc}), nil)
-	waitTLS(t, mayAddr, tlsConfig(nil, ""))
-	waitTLS(t, defAddr, tlsConfig(nil, ""))
-	waitTLS(t, encAddr, tlsConfig(nil, ""))
+	e := st.NewEnv(t)
+	none, noneAddr := st.ServerConfig(t, map[string]any{"tls": map[string]any{"level": "none"}})
+	may, mayAddr := st.ServerConfig(t, map[string]any{"tls": map[string]any{"level": "may"}})
+	def, defAddr := st.ServerConfig(t, nil) // no tls block: may is the default
+	enc, encAddr := st.ServerConfig(t, map[string]any{"tls": map[string]any{"level": "encrypt"}})
+	e.Load(st.App(map[string]any{"none": none, "may": may, "default": def, "encrypt": enc}), nil)
+	st.WaitTLS(t, mayAddr, st.TLSConfig(nil, ""))
+	st.WaitTLS(t, defAddr, st.TLSConfig(nil, ""))
+	st.WaitTLS(t, encAddr, st.TLSConfig(nil, ""))
 
 	t.Run("none/plaintext", func(t *testing.T) {
-		c := dial(t, noneAddr)
-		if ehlo := c.expect("250", "EHLO client.test"); strings.Contains(ehlo, "STARTTLS") {
+		c := st.Dial(t, noneAddr)
+		if ehlo := c.Expect("250", "EHLO client.test"); strings.Contains(ehlo, "STARTTLS") {
 			t.Fatalf("level none advertises STARTTLS: %q", ehlo)
 		}
-		if got := c.send("a@remote.test", "b@example.test", testMessage); !strings.HasPrefix(got, "250 2.0.0 OK: queued as ") {
+		if got := c.Send("a@remote.test", "b@example.test", st.Message); !strings.HasPrefix(got, "250 2.0.0 OK: queued as ") {
 			t.Fatalf("DATA: %q", got)
 		}
 	})
 	t.Run("none/starttls", func(t *testing.T) {
-		c := dial(t, noneAddr)
-		c.expect("250", "EHLO client.test")
-		c.expect("502 5.5.1", "STARTTLS")
+		c := st.Dial(t, noneAddr)
+		c.Expect("250", "EHLO client.test")
+		c.Expect("502 5.5.1", "STARTTLS")
 		// The session goes on in plaintext.
-		c.expect("250", "MAIL FROM:<a@remote.test>")
+		c.Expect("250", "MAIL FROM:<a@remote.test>")
 	})
 	for _, addr := range []string{mayAddr, defAddr} {
 		t.Run("may/plaintext", func(t *testing.T) {
-			c := dial(t, addr)
-			if ehlo := c.expect("250", "EHLO client.test"); !strings.Contains(ehlo, "STARTTLS") {
+			c := st.Dial(t, addr)
+			if ehlo := c.Expect("250", "EHLO client.test"); !strings.Contains(ehlo, "STARTTLS") {
 				t.Fatalf("level may does not advertise STARTTLS: %q", ehlo)
 			}
-			if got := c.send("a@remote.test", "b@example.test", testMessage); !strings.HasPrefix(got, "250") {
+			if got := c.Send("a@remote.test", "b@example.test", st.Message); !strings.HasPrefix(got, "250") {
 				t.Fatalf("DATA: %q", got)
 			}
 		})
 		t.Run("may/starttls", func(t *testing.T) {
-			c := dial(t, addr)
-			c.expect("250", "EHLO client.test")
-			if err := c.startTLS(tlsConfig(nil, "")); err != nil {
+			c := st.Dial(t, addr)
+			c.Expect("250", "EHLO client.test")
+			if err := c.StartTLS(st.TLSConfig(nil, "")); err != nil {
 				t.Fatal(err)
 			}
-			if ehlo := c.expect("250", "EHLO client.test"); strings.Contains(ehlo, "STARTTLS") {
+			if ehlo := c.Expect("250", "EHLO client.test"); strings.Contains(ehlo, "STARTTLS") {
 				t.Fatalf("STARTTLS advertised again inside TLS: %q", ehlo)
 			}
-			c.expect("502 5.5.1", "STARTTLS")
-			if got := c.send("a@remote.test", "b@example.test", testMessage); !strings.HasPrefix(got, "250") {
+			c.Expect("502 5.5.1", "STARTTLS")
+			if got := c.Send("a@remote.test", "b@example.test", st.Message); !strings.HasPrefix(got, "250") {
 				t.Fatalf("DATA: %q", got)
 			}
 		})
 	}
 	t.Run("encrypt/plaintext", func(t *testing.T) {
-		c := dial(t, encAddr)
-		if ehlo := c.expect("250", "EHLO client.test"); !strings.Contains(ehlo, "STARTTLS") {
+		c := st.Dial(t, encAddr)
+		if ehlo := c.Expect("250", "EHLO client.test"); !strings.Contains(ehlo, "STARTTLS") {
 			t.Fatalf("level encrypt does not advertise STARTTLS: %q", ehlo)
 		}
 		const refused = "530 5.7.0 Must issue a STARTTLS command first"
-		c.expect(refused, "MAIL FROM:<a@remote.test>")
-		c.expect(refused, "RCPT TO:<b@example.test>")
-		c.expect(refused, "DATA")
-		c.expect(refused, "AUTH PLAIN AGFAYg==")
+		c.Expect(refused, "MAIL FROM:<a@remote.test>")
+		c.Expect(refused, "RCPT TO:<b@example.test>")
+		c.Expect(refused, "DATA")
+		c.Expect(refused, "AUTH PLAIN AGFAYg==")
 		// RFC 3030: the chunk follows BDAT at once; it is discarded.
-		c.conn.Write([]byte("BDAT 5 LAST\r\nhello"))
-		if code, msg := c.read(); code != 530 {
+		c.Conn.Write([]byte("BDAT 5 LAST\r\nhello"))
+		if code, msg := c.Read(); code != 530 {
 			t.Fatalf("BDAT: %d %s", code, msg)
 		}
-		c.expect("250", "NOOP")
-		c.expect("250", "RSET")
+		c.Expect("250", "NOOP")
+		c.Expect("250", "RSET")
 		// STARTTLS still works after refusals.
-		if err := c.startTLS(tlsConfig(nil, "")); err != nil {
+		if err := c.StartTLS(st.TLSConfig(nil, "")); err != nil {
 			t.Fatal(err)
 		}
-		c.expect("250", "EHLO client.test")
-		if got := c.send("a@remote.test", "b@example.test", testMessage); !strings.HasPrefix(got, "250") {
+		c.Expect("250", "EHLO client.test")
+		if got := c.Send("a@remote.test", "b@example.test", st.Message); !strings.HasPrefix(got, "250") {
 			t.Fatalf("DATA after STARTTLS: %q", got)
 		}
 	})
 	t.Run("encrypt/starttls", func(t *testing.T) {
-		c := dial(t, encAddr)
-		c.expect("250", "EHLO client.test")
-		if err := c.startTLS(tlsConfig(nil, "")); err != nil {
+		c := st.Dial(t, encAddr)
+		c.Expect("250", "EHLO client.test")
+		if err := c.StartTLS(st.TLSConfig(nil, "")); err != nil {
 			t.Fatal(err)
 		}
-		c.expect("250", "EHLO client.test")
-		if got := c.send("a@remote.test", "b@example.test", testMessage); !strings.HasPrefix(got, "250") {
+		c.Expect("250", "EHLO client.test")
+		if got := c.Send("a@remote.test", "b@example.test", st.Message); !strings.HasPrefix(got, "250") {
 			t.Fatalf("DATA: %q", got)
 		}
 	})
 	t.Run("encrypt/too-many-refusals", func(t *testing.T) {
-		c := dial(t, encAddr)
-		c.expect("250", "EHLO client.test")
+		c := st.Dial(t, encAddr)
+		c.Expect("250", "EHLO client.test")
 		for i := 0; i < maxGateErrors-1; i++ {
-			c.expect("530", "MAIL FROM:<a@remote.test>")
+			c.Expect("530", "MAIL FROM:<a@remote.test>")
 		}
-		c.expect("530", "MAIL FROM:<a@remote.test>")
-		if code, msg := c.read(); code != 421 {
+		c.Expect("530", "MAIL FROM:<a@remote.test>")
+		if code, msg := c.Read(); code != 421 {
 			t.Fatalf("after %d refusals: %d %s, want 421", maxGateErrors, code, msg)
 		}
-		if code, _ := c.read(); code != 0 {
+		if code, _ := c.Read(); code != 0 {
 			t.Fatalf("connection still open after 421")
 		}
 	})
@@ -123,11 +125,11 @@ func TestEncryptOnPort25Warns(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("binding port 25 needs root")
 	}
-	e := newEnv(t)
-	s, _ := server(t, map[string]any{"tls": map[string]any{"level": "encrypt"}})
+	e := st.NewEnv(t)
+	s, _ := st.ServerConfig(t, map[string]any{"tls": map[string]any{"level": "encrypt"}})
 	s["listen"] = []string{"127.0.0.1:25"}
-	e.load(app(map[string]any{"mx": s}), nil)
-	w := e.waitLog("tls level encrypt on port 25: RFC 3207 says a publicly referenced MX must not require TLS; senders without STARTTLS will not reach you")
+	e.Load(st.App(map[string]any{"mx": s}), nil)
+	w := e.WaitLog("tls level encrypt on port 25: RFC 3207 says a publicly referenced MX must not require TLS; senders without STARTTLS will not reach you")
 	if w["level"] != "warn" {
 		t.Fatalf("logged at %v, want warn", w["level"])
 	}
@@ -136,30 +138,30 @@ func TestEncryptOnPort25Warns(t *testing.T) {
 // TestSpoolRecord checks the record on disk after 250: envelope facts,
 // and the Received: header with ESMTPS and the TLS version and cipher.
 func TestSpoolRecord(t *testing.T) {
-	e := newEnv(t)
-	s, addr := server(t, map[string]any{"hostname": "mx.localhost"})
-	e.load(app(map[string]any{"mx": s}), nil)
-	waitTLS(t, addr, tlsConfig(nil, ""))
+	e := st.NewEnv(t)
+	s, addr := st.ServerConfig(t, map[string]any{"hostname": "mx.localhost"})
+	e.Load(st.App(map[string]any{"mx": s}), nil)
+	st.WaitTLS(t, addr, st.TLSConfig(nil, ""))
 
-	c := dial(t, addr)
-	c.expect("250", "EHLO client.test")
-	if err := c.startTLS(tlsConfig(nil, "mx.localhost")); err != nil {
+	c := st.Dial(t, addr)
+	c.Expect("250", "EHLO client.test")
+	if err := c.StartTLS(st.TLSConfig(nil, "mx.localhost")); err != nil {
 		t.Fatal(err)
 	}
-	cs := c.conn.(*tls.Conn).ConnectionState()
-	c.expect("250", "EHLO client.test")
-	c.expect("250", "MAIL FROM:<sender@remote.test> SIZE=100 ENVID=abc123 RET=HDRS")
-	c.expect("250", "RCPT TO:<one@example.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;one@example.test")
-	c.expect("250", "RCPT TO:<two@example.test>")
-	c.expect("354", "DATA")
-	c.conn.Write([]byte(testMessage))
-	code, msg := c.read()
+	cs := c.Conn.(*tls.Conn).ConnectionState()
+	c.Expect("250", "EHLO client.test")
+	c.Expect("250", "MAIL FROM:<sender@remote.test> SIZE=100 ENVID=abc123 RET=HDRS")
+	c.Expect("250", "RCPT TO:<one@example.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;one@example.test")
+	c.Expect("250", "RCPT TO:<two@example.test>")
+	c.Expect("354", "DATA")
+	c.Conn.Write([]byte(st.Message))
+	code, msg := c.Read()
 	if code != 250 || !strings.HasPrefix(msg, "2.0.0 OK: queued as ") {
 		t.Fatalf("DATA: %d %s", code, msg)
 	}
 	id := strings.TrimPrefix(msg, "2.0.0 OK: queued as ")
 
-	raw, err := os.ReadFile(filepath.Join(e.spoolDir(), id+".json"))
+	raw, err := os.ReadFile(filepath.Join(e.SpoolDir(), id+".json"))
 	if err != nil {
 		t.Fatalf("envelope not on disk after 250: %v", err)
 	}
@@ -204,7 +206,7 @@ func TestSpoolRecord(t *testing.T) {
 		t.Fatalf("envelope tls: %s", raw)
 	}
 
-	data, err := os.ReadFile(filepath.Join(e.spoolDir(), id+".eml"))
+	data, err := os.ReadFile(filepath.Join(e.SpoolDir(), id+".eml"))
 	if err != nil {
 		t.Fatalf("message not on disk after 250: %v", err)
 	}
@@ -226,15 +228,15 @@ func TestSpoolRecord(t *testing.T) {
 	}
 
 	// The accepted-message log line carries the facts.
-	l := e.waitLog("message accepted")
+	l := e.WaitLog("message accepted")
 	if l["queue_id"] != id || l["from"] != "sender@remote.test" || l["tls_version"] != tls.VersionName(cs.Version) {
 		t.Errorf("log line: %v", l)
 	}
-	port := c.conn.LocalAddr().(*net.TCPAddr).Port
-	c.expect("221", "QUIT")
+	port := c.Conn.LocalAddr().(*net.TCPAddr).Port
+	c.Expect("221", "QUIT")
 	var cl map[string]any
 	for deadline := time.Now().Add(5 * time.Second); cl == nil && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		for _, l := range e.logLines("connection closed") {
+		for _, l := range e.LogLines("connection closed") {
 			if l["remote_port"] == float64(port) {
 				cl = l
 			}

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	st "github.com/caddy-smtp/caddy-smtp/internal/smtptest"
+
 	"github.com/miekg/dns"
 )
 
@@ -62,10 +64,10 @@ func mxRR(pref uint16, host string) *dns.MX { return &dns.MX{Preference: pref, M
 // (A record) when there is none, null MX and NXDOMAIN bounce, a
 // SERVFAIL defers.
 func TestMXDelivery(t *testing.T) {
-	e := newEnv(t)
-	low := newUpstream(t, upstreamOpts{}) // 127.0.0.1:P
-	_, port, _ := net.SplitHostPort(low.addr)
-	high := newUpstream(t, upstreamOpts{listenAddr: "127.0.0.3:" + port})
+	e := st.NewEnv(t)
+	low := st.NewUpstream(t, st.UpstreamOpts{}) // 127.0.0.1:P
+	_, port, _ := net.SplitHostPort(low.Addr)
+	high := st.NewUpstream(t, st.UpstreamOpts{ListenAddr: "127.0.0.3:" + port})
 	zone := &testDNS{
 		mx: map[string][]*dns.MX{
 			"pref.test.":    {mxRR(10, "mx-high.pref.test."), mxRR(20, "mx-low.pref.test.")},
@@ -82,21 +84,21 @@ func TestMXDelivery(t *testing.T) {
 		fail: map[string]int{"servfail.test.": dns.RcodeServerFailure},
 	}
 	resolver := newTestDNS(t, zone)
-	s, addr := server(t, map[string]any{
+	s, addr := st.ServerConfig(t, map[string]any{
 		"hostname":       "gw.example.test",
 		"tls":            map[string]any{"level": "none"},
 		"relay_networks": []string{"127.0.0.1"},
 		"routes": []any{map[string]any{"domains": []string{"*"}, "deliver": map[string]any{
 			"via": "mx", "resolver": resolver, "port": atoiT(t, port), "tls": map[string]any{"level": "may"}}}},
 	})
-	e.load(e.deliveringApp(map[string]any{"gw": s}, nil), nil)
+	e.Load(e.DeliveringApp(map[string]any{"gw": s}, nil), nil)
 
 	cases := []struct {
 		domain string
 		status string
 		relay  string // substring of the logged relay
 		dsn    string
-		at     *upstream
+		at     *st.Upstream
 	}{
 		{"pref.test", "sent", "mx-high.pref.test[127.0.0.3]", "2.0.0", high},
 		{"reverse.test", "sent", "mx-low.pref.test[127.0.0.1]", "2.0.0", low},
@@ -109,21 +111,21 @@ func TestMXDelivery(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.domain, func(t *testing.T) {
 			subject := "Subject: to " + tc.domain
-			id := submit(t, addr, "sender@example.test", "user@"+tc.domain, subject+"\r\n\r\nbody\r\n.\r\n")
-			l := e.deliveryLine(t, id)
+			id := st.Submit(t, addr, "sender@example.test", "user@"+tc.domain, subject+"\r\n\r\nbody\r\n.\r\n")
+			l := e.DeliveryLine(t, id)
 			if l["status"] != tc.status || l["dsn"] != tc.dsn || !strings.Contains(fmt.Sprint(l["relay"]), tc.relay) {
 				t.Fatalf("got status=%v dsn=%v relay=%v reply=%v; want %s %s %s",
 					l["status"], l["dsn"], l["relay"], l["reply"], tc.status, tc.dsn, tc.relay)
 			}
 			if tc.at != nil {
 				found := false
-				for _, m := range tc.at.received() {
+				for _, m := range tc.at.Received() {
 					if strings.Contains(string(m.Data), subject+"\r\n") {
 						found = true
 					}
 				}
 				if !found {
-					t.Fatalf("did not arrive at %s", tc.at.addr)
+					t.Fatalf("did not arrive at %s", tc.at.Addr)
 				}
 			}
 		})

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"testing/iotest"
+	"time"
 )
 
 func TestRelayPolicy(t *testing.T) {
@@ -146,3 +147,11 @@ func TestReceivedHeader(t *testing.T) {
 }
 
 var testTime = mustTime("2026-11-27T10:00:00Z")
+
+func mustTime(s string) time.Time {
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		panic(err)
+	}
+	return t
+}

@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	st "github.com/caddy-smtp/caddy-smtp/internal/smtptest"
 )
 
 // TestSmuggling sends every end-of-data look-alike from the 2023 SMTP
@@ -16,10 +18,10 @@ import (
 // refused with 550 5.5.2, with normalize each is stored as CRLF and the
 // message stays one message.
 func TestSmuggling(t *testing.T) {
-	e := newEnv(t)
-	rej, rejAddr := server(t, map[string]any{"tls": map[string]any{"level": "none"}})
-	norm, normAddr := server(t, map[string]any{"tls": map[string]any{"level": "none"}, "bare_newlines": "normalize"})
-	e.load(app(map[string]any{"reject": rej, "normalize": norm}), nil)
+	e := st.NewEnv(t)
+	rej, rejAddr := st.ServerConfig(t, map[string]any{"tls": map[string]any{"level": "none"}})
+	norm, normAddr := st.ServerConfig(t, map[string]any{"tls": map[string]any{"level": "none"}, "bare_newlines": "normalize"})
+	e.Load(st.App(map[string]any{"reject": rej, "normalize": norm}), nil)
 
 	variants := map[string]string{
 		`\n.\n`:         "\n.\n",
@@ -36,9 +38,9 @@ func TestSmuggling(t *testing.T) {
 	for name, v := range variants {
 		smuggled := "Subject: s\r\n\r\nbefore" + v + "MAIL FROM:<evil@evil.test>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nafter\r\n.\r\n"
 		t.Run("reject/"+name, func(t *testing.T) {
-			c := dial(t, rejAddr)
-			c.expect("250", "EHLO client.test")
-			got := c.send("a@remote.test", "b@example.test", smuggled)
+			c := st.Dial(t, rejAddr)
+			c.Expect("250", "EHLO client.test")
+			got := c.Send("a@remote.test", "b@example.test", smuggled)
 			if name == `\r\n\x00.\r\n` || name == `\r\n.\r` {
 				// No bare line end reaches the spool: a NUL is not a
 				// line end, and go-smtp's dot-unstuffing drops the "."
@@ -47,7 +49,7 @@ func TestSmuggling(t *testing.T) {
 				if !strings.HasPrefix(got, "250") {
 					t.Fatalf("got %q, want 250", got)
 				}
-				c.expect("250", "NOOP")
+				c.Expect("250", "NOOP")
 				assertCRLFOnly(t, e, strings.TrimPrefix(got, "250 2.0.0 OK: queued as "))
 				return
 			}
@@ -55,16 +57,16 @@ func TestSmuggling(t *testing.T) {
 				t.Fatalf("got %q, want 550 5.5.2", got)
 			}
 			// The session is usable and in sync afterwards.
-			c.expect("250", "NOOP")
+			c.Expect("250", "NOOP")
 		})
 		t.Run("normalize/"+name, func(t *testing.T) {
-			c := dial(t, normAddr)
-			c.expect("250", "EHLO client.test")
-			got := c.send("a@remote.test", "b@example.test", smuggled)
+			c := st.Dial(t, normAddr)
+			c.Expect("250", "EHLO client.test")
+			got := c.Send("a@remote.test", "b@example.test", smuggled)
 			if !strings.HasPrefix(got, "250 2.0.0 OK: queued as ") {
 				t.Fatalf("got %q", got)
 			}
-			c.expect("250", "NOOP") // nothing else was executed
+			c.Expect("250", "NOOP") // nothing else was executed
 			data := assertCRLFOnly(t, e, strings.TrimPrefix(got, "250 2.0.0 OK: queued as "))
 			if !strings.Contains(string(data), "Subject: smuggled") {
 				t.Fatalf("second part missing from the one message: %q", data)
@@ -74,9 +76,9 @@ func TestSmuggling(t *testing.T) {
 }
 
 // assertCRLFOnly fails if the stored message has a bare CR or LF.
-func assertCRLFOnly(t *testing.T, e *testEnv, id string) []byte {
+func assertCRLFOnly(t *testing.T, e *st.Env, id string) []byte {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(e.spoolDir(), id+".eml"))
+	data, err := os.ReadFile(filepath.Join(e.SpoolDir(), id+".eml"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,119 +92,119 @@ func assertCRLFOnly(t *testing.T, e *testEnv, id string) []byte {
 
 // TestLimits checks each limit's reply.
 func TestLimits(t *testing.T) {
-	e := newEnv(t)
-	s, addr := server(t, map[string]any{
+	e := st.NewEnv(t)
+	s, addr := st.ServerConfig(t, map[string]any{
 		"tls":              map[string]any{"level": "none"},
 		"max_message_size": 1000,
 		"max_recipients":   2,
 		"max_line_length":  600,
 		"relay_networks":   []string{"192.0.2.0/24"},
 	})
-	e.load(app(map[string]any{"mx": s}), nil)
+	e.Load(st.App(map[string]any{"mx": s}), nil)
 
 	t.Run("size-declared", func(t *testing.T) {
-		c := dial(t, addr)
-		if ehlo := c.expect("250", "EHLO client.test"); !strings.Contains(ehlo, "SIZE 1000") {
+		c := st.Dial(t, addr)
+		if ehlo := c.Expect("250", "EHLO client.test"); !strings.Contains(ehlo, "SIZE 1000") {
 			t.Fatalf("SIZE not advertised: %q", ehlo)
 		}
-		c.expect("552 5.3.4", "MAIL FROM:<a@remote.test> SIZE=1001")
+		c.Expect("552 5.3.4", "MAIL FROM:<a@remote.test> SIZE=1001")
 	})
 	t.Run("size-actual", func(t *testing.T) {
-		c := dial(t, addr)
-		c.expect("250", "EHLO client.test")
+		c := st.Dial(t, addr)
+		c.Expect("250", "EHLO client.test")
 		body := "Subject: big\r\n\r\n" + strings.Repeat(strings.Repeat("x", 98)+"\r\n", 20) + ".\r\n"
-		if got := c.send("a@remote.test", "b@example.test", body); !strings.HasPrefix(got, "552 5.3.4") {
+		if got := c.Send("a@remote.test", "b@example.test", body); !strings.HasPrefix(got, "552 5.3.4") {
 			t.Fatalf("got %q", got)
 		}
-		c.expect("250", "NOOP")
+		c.Expect("250", "NOOP")
 	})
 	t.Run("recipients", func(t *testing.T) {
-		c := dial(t, addr)
-		c.expect("250", "EHLO client.test")
-		c.expect("250", "MAIL FROM:<a@remote.test>")
-		c.expect("250", "RCPT TO:<one@example.test>")
-		c.expect("250", "RCPT TO:<two@example.test>")
-		c.expect("452 4.5.3", "RCPT TO:<three@example.test>")
+		c := st.Dial(t, addr)
+		c.Expect("250", "EHLO client.test")
+		c.Expect("250", "MAIL FROM:<a@remote.test>")
+		c.Expect("250", "RCPT TO:<one@example.test>")
+		c.Expect("250", "RCPT TO:<two@example.test>")
+		c.Expect("452 4.5.3", "RCPT TO:<three@example.test>")
 	})
 	t.Run("relay-denied", func(t *testing.T) {
-		c := dial(t, addr)
-		c.expect("250", "EHLO client.test")
-		c.expect("250", "MAIL FROM:<a@remote.test>")
-		c.expect("554 5.7.1 Relay access denied", "RCPT TO:<someone@elsewhere.test>")
-		c.expect("554 5.7.1 Relay access denied", "RCPT TO:<someone@[127.0.0.1]>")
-		c.expect("554 5.7.1 Relay access denied", "RCPT TO:<someone@example.test.evil.test>")
-		c.expect("250", "RCPT TO:<someone@EXAMPLE.test>")
+		c := st.Dial(t, addr)
+		c.Expect("250", "EHLO client.test")
+		c.Expect("250", "MAIL FROM:<a@remote.test>")
+		c.Expect("554 5.7.1 Relay access denied", "RCPT TO:<someone@elsewhere.test>")
+		c.Expect("554 5.7.1 Relay access denied", "RCPT TO:<someone@[127.0.0.1]>")
+		c.Expect("554 5.7.1 Relay access denied", "RCPT TO:<someone@example.test.evil.test>")
+		c.Expect("250", "RCPT TO:<someone@EXAMPLE.test>")
 	})
 	t.Run("line-length", func(t *testing.T) {
-		c := dial(t, addr)
-		c.expect("250", "EHLO client.test")
-		c.expect("500 5.4.0", "NOOP %s", strings.Repeat("x", 700))
-		if code, _ := c.read(); code != 0 {
+		c := st.Dial(t, addr)
+		c.Expect("250", "EHLO client.test")
+		c.Expect("500 5.4.0", "NOOP %s", strings.Repeat("x", 700))
+		if code, _ := c.Read(); code != 0 {
 			t.Fatal("connection open after an over-long line")
 		}
 	})
 	t.Run("requiretls-plaintext", func(t *testing.T) {
-		c := dial(t, addr)
-		c.expect("250", "EHLO client.test")
-		c.expect("504", "MAIL FROM:<a@remote.test> REQUIRETLS") // not advertised here
+		c := st.Dial(t, addr)
+		c.Expect("250", "EHLO client.test")
+		c.Expect("504", "MAIL FROM:<a@remote.test> REQUIRETLS") // not advertised here
 	})
 	t.Run("smtputf8", func(t *testing.T) {
-		c := dial(t, addr)
-		c.expect("250", "EHLO client.test")
-		c.expect("553 5.6.7", "MAIL FROM:<jös@remote.test>")
-		c.expect("250", "MAIL FROM:<jös@remote.test> SMTPUTF8")
-		c.expect("250", "RCPT TO:<b@example.test>")
+		c := st.Dial(t, addr)
+		c.Expect("250", "EHLO client.test")
+		c.Expect("553 5.6.7", "MAIL FROM:<jös@remote.test>")
+		c.Expect("250", "MAIL FROM:<jös@remote.test> SMTPUTF8")
+		c.Expect("250", "RCPT TO:<b@example.test>")
 	})
 }
 
 // TestRequireTLS: REQUIRETLS is advertised only inside TLS and refused
 // on a plaintext session.
 func TestRequireTLS(t *testing.T) {
-	e := newEnv(t)
-	s, addr := server(t, map[string]any{"requiretls": true})
-	e.load(app(map[string]any{"mx": s}), nil)
-	waitTLS(t, addr, tlsConfig(nil, ""))
-	c := dial(t, addr)
-	if ehlo := c.expect("250", "EHLO client.test"); strings.Contains(ehlo, "REQUIRETLS") {
+	e := st.NewEnv(t)
+	s, addr := st.ServerConfig(t, map[string]any{"requiretls": true})
+	e.Load(st.App(map[string]any{"mx": s}), nil)
+	st.WaitTLS(t, addr, st.TLSConfig(nil, ""))
+	c := st.Dial(t, addr)
+	if ehlo := c.Expect("250", "EHLO client.test"); strings.Contains(ehlo, "REQUIRETLS") {
 		t.Fatal("REQUIRETLS advertised in plaintext")
 	}
-	c.expect("530 5.7.10", "MAIL FROM:<a@remote.test> REQUIRETLS")
-	if err := c.startTLS(tlsConfig(nil, "")); err != nil {
+	c.Expect("530 5.7.10", "MAIL FROM:<a@remote.test> REQUIRETLS")
+	if err := c.StartTLS(st.TLSConfig(nil, "")); err != nil {
 		t.Fatal(err)
 	}
-	if ehlo := c.expect("250", "EHLO client.test"); !strings.Contains(ehlo, "REQUIRETLS") {
+	if ehlo := c.Expect("250", "EHLO client.test"); !strings.Contains(ehlo, "REQUIRETLS") {
 		t.Fatal("REQUIRETLS not advertised in TLS")
 	}
-	c.expect("250", "MAIL FROM:<a@remote.test> REQUIRETLS")
+	c.Expect("250", "MAIL FROM:<a@remote.test> REQUIRETLS")
 }
 
 // TestMaxConnections: the connection past the limit gets 421.
 func TestMaxConnections(t *testing.T) {
-	e := newEnv(t)
-	s, addr := server(t, map[string]any{"tls": map[string]any{"level": "none"}, "max_connections": 2})
-	e.load(app(map[string]any{"mx": s}), nil)
-	dial(t, addr)
-	second := dial(t, addr)
-	c, err := netDial(addr)
+	e := st.NewEnv(t)
+	s, addr := st.ServerConfig(t, map[string]any{"tls": map[string]any{"level": "none"}, "max_connections": 2})
+	e.Load(st.App(map[string]any{"mx": s}), nil)
+	st.Dial(t, addr)
+	second := st.Dial(t, addr)
+	c, err := st.NetDial(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	third := &client{t: t, conn: c, text: newText(c)}
-	if code, msg := third.read(); code != 421 || !strings.Contains(msg, "4.7.0") {
+	third := &st.Client{T: t, Conn: c, Text: st.NewText(c)}
+	if code, msg := third.Read(); code != 421 || !strings.Contains(msg, "4.7.0") {
 		t.Fatalf("third connection: %d %s, want 421 4.7.0", code, msg)
 	}
 	// A slot frees up when a session ends.
-	second.expect("221", "QUIT")
-	second.read()
+	second.Expect("221", "QUIT")
+	second.Read()
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
-		c, err := netDial(addr)
+		c, err := st.NetDial(addr)
 		if err != nil {
 			t.Fatal(err)
 		}
-		cl := &client{t: t, conn: c, text: newText(c)}
-		code, _ := cl.read()
+		cl := &st.Client{T: t, Conn: c, Text: st.NewText(c)}
+		code, _ := cl.Read()
 		c.Close()
 		if code == 220 {
 			return
@@ -215,29 +217,29 @@ func TestMaxConnections(t *testing.T) {
 // TestDataTimeout: a client that trickles data is cut off at the data
 // timeout, however steadily it sends, with 421.
 func TestDataTimeout(t *testing.T) {
-	e := newEnv(t)
-	s, addr := server(t, map[string]any{"tls": map[string]any{"level": "none"}, "data_timeout": "1s", "read_timeout": "10s"})
-	e.load(app(map[string]any{"mx": s}), nil)
-	c := dial(t, addr)
-	c.expect("250", "EHLO client.test")
-	c.expect("250", "MAIL FROM:<a@remote.test>")
-	c.expect("250", "RCPT TO:<b@example.test>")
-	c.expect("354", "DATA")
+	e := st.NewEnv(t)
+	s, addr := st.ServerConfig(t, map[string]any{"tls": map[string]any{"level": "none"}, "data_timeout": "1s", "read_timeout": "10s"})
+	e.Load(st.App(map[string]any{"mx": s}), nil)
+	c := st.Dial(t, addr)
+	c.Expect("250", "EHLO client.test")
+	c.Expect("250", "MAIL FROM:<a@remote.test>")
+	c.Expect("250", "RCPT TO:<b@example.test>")
+	c.Expect("354", "DATA")
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		for i := 0; i < 40; i++ {
-			if _, err := c.conn.Write([]byte("x\r\n")); err != nil {
+			if _, err := c.Conn.Write([]byte("x\r\n")); err != nil {
 				return
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
 	}()
-	code, msg := c.read()
+	code, msg := c.Read()
 	if code != 421 || !strings.HasPrefix(msg, "4.4.2") {
 		t.Fatalf("got %d %s, want 421 4.4.2", code, msg)
 	}
-	if code, _ := c.read(); code != 0 {
+	if code, _ := c.Read(); code != 0 {
 		t.Fatal("connection open after data timeout")
 	}
 	<-done
@@ -246,27 +248,27 @@ func TestDataTimeout(t *testing.T) {
 // TestSpoolUnavailable: when the spool cannot be written the reply is
 // 452 4.3.1 and nothing is acknowledged.
 func TestSpoolUnavailable(t *testing.T) {
-	e := newEnv(t)
-	s, addr := server(t, map[string]any{"tls": map[string]any{"level": "none"}})
-	e.load(app(map[string]any{"mx": s}), nil)
+	e := st.NewEnv(t)
+	s, addr := st.ServerConfig(t, map[string]any{"tls": map[string]any{"level": "none"}})
+	e.Load(st.App(map[string]any{"mx": s}), nil)
 	// Root ignores permissions, so take the directory away instead.
-	if err := os.RemoveAll(e.spoolDir()); err != nil {
+	if err := os.RemoveAll(e.SpoolDir()); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(e.spoolDir(), []byte("not a directory"), 0o600); err != nil {
+	if err := os.WriteFile(e.SpoolDir(), []byte("not a directory"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c := dial(t, addr)
-	c.expect("250", "EHLO client.test")
-	if got := c.send("a@remote.test", "b@example.test", testMessage); !strings.HasPrefix(got, "452 4.3.1") {
+	c := st.Dial(t, addr)
+	c.Expect("250", "EHLO client.test")
+	if got := c.Send("a@remote.test", "b@example.test", st.Message); !strings.HasPrefix(got, "452 4.3.1") {
 		t.Fatalf("got %q, want 452 4.3.1", got)
 	}
-	e.waitLog("spool unavailable")
+	e.WaitLog("spool unavailable")
 }
 
 // TestConfigErrors: invalid JSON configs are refused with the field named.
 func TestConfigErrors(t *testing.T) {
-	e := newEnv(t)
+	e := st.NewEnv(t)
 	cases := []struct {
 		server map[string]any
 		want   string
@@ -284,24 +286,24 @@ func TestConfigErrors(t *testing.T) {
 		{map[string]any{"listen": []string{"udp/127.0.0.1:2525"}}, "servers.mx.listen"},
 	}
 	for _, tc := range cases {
-		s, _ := server(t, tc.server)
-		err := e.loadErr(app(map[string]any{"mx": s}))
+		s, _ := st.ServerConfig(t, tc.server)
+		err := e.LoadErr(st.App(map[string]any{"mx": s}))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: got error %v, want %q", tc.server, err, tc.want)
 		}
 	}
 	// Two servers on one address would silently share it (SO_REUSEPORT).
-	a, _ := server(t, nil)
-	b, _ := server(t, nil)
+	a, _ := st.ServerConfig(t, nil)
+	b, _ := st.ServerConfig(t, nil)
 	b["listen"] = a["listen"]
-	if err := e.loadErr(app(map[string]any{"a": a, "b": b})); err == nil || !strings.Contains(err.Error(), "servers.b.listen") {
+	if err := e.LoadErr(st.App(map[string]any{"a": a, "b": b})); err == nil || !strings.Contains(err.Error(), "servers.b.listen") {
 		t.Errorf("two servers on one address: %v", err)
 	}
 	// A spool that cannot be created is a clear error at load.
 	blocker := filepath.Join(t.TempDir(), "file")
 	os.WriteFile(blocker, nil, 0o600)
-	s, _ := server(t, nil)
-	err := e.loadErr(map[string]any{"queue": map[string]any{"path": filepath.Join(blocker, "queue")},
+	s, _ := st.ServerConfig(t, nil)
+	err := e.LoadErr(map[string]any{"queue": map[string]any{"path": filepath.Join(blocker, "queue")},
 		"servers": map[string]any{"mx": s}})
 	if err == nil || !strings.Contains(err.Error(), "queue.path") {
 		t.Errorf("unwritable spool: %v", err)
@@ -312,22 +314,22 @@ func TestConfigErrors(t *testing.T) {
 // session is open and clients keep connecting: the session finishes with
 // 250, no connection is refused, and new sessions see the new config.
 func TestReload(t *testing.T) {
-	e := newEnv(t)
-	s, addr := server(t, map[string]any{"tls": map[string]any{"level": "none"}, "max_recipients": 5})
+	e := st.NewEnv(t)
+	s, addr := st.ServerConfig(t, map[string]any{"tls": map[string]any{"level": "none"}, "max_recipients": 5})
 	cfg := func(rcpts int) map[string]any {
 		s2 := make(map[string]any)
 		for k, v := range s {
 			s2[k] = v
 		}
 		s2["max_recipients"] = rcpts
-		return app(map[string]any{"mx": s2})
+		return st.App(map[string]any{"mx": s2})
 	}
-	e.load(cfg(5), nil)
+	e.Load(cfg(5), nil)
 
-	open := dial(t, addr)
-	open.expect("250", "EHLO client.test")
-	open.expect("250", "MAIL FROM:<a@remote.test>")
-	open.expect("250", "RCPT TO:<b@example.test>")
+	open := st.Dial(t, addr)
+	open.Expect("250", "EHLO client.test")
+	open.Expect("250", "MAIL FROM:<a@remote.test>")
+	open.Expect("250", "RCPT TO:<b@example.test>")
 
 	var stop atomic.Bool
 	var dials, refused atomic.Int64
@@ -337,14 +339,14 @@ func TestReload(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 0; i < 2000 && !stop.Load(); i++ {
-				c, err := netDial(addr)
+				c, err := st.NetDial(addr)
 				dials.Add(1)
 				if err != nil {
 					refused.Add(1)
 					continue
 				}
-				cl := &client{t: t, conn: c, text: newText(c)}
-				if code, _ := cl.read(); code != 220 {
+				cl := &st.Client{T: t, Conn: c, Text: st.NewText(c)}
+				if code, _ := cl.Read(); code != 220 {
 					refused.Add(1)
 				}
 				c.Close()
@@ -352,17 +354,17 @@ func TestReload(t *testing.T) {
 		}()
 	}
 	time.Sleep(100 * time.Millisecond)
-	e.postLoad(cfg(6))
+	e.PostLoad(cfg(6))
 	time.Sleep(100 * time.Millisecond)
-	e.postLoad(cfg(7))
+	e.PostLoad(cfg(7))
 	time.Sleep(100 * time.Millisecond)
 	stop.Store(true)
 	wg.Wait()
 
-	open.expect("250", "RCPT TO:<c@example.test>")
-	open.expect("354", "DATA")
-	open.conn.Write([]byte(testMessage))
-	if code, msg := open.read(); code != 250 {
+	open.Expect("250", "RCPT TO:<c@example.test>")
+	open.Expect("354", "DATA")
+	open.Conn.Write([]byte(st.Message))
+	if code, msg := open.Read(); code != 250 {
 		t.Fatalf("session across reloads: %d %s", code, msg)
 	}
 	// Linux drops the connections queued on a closing SO_REUSEPORT
@@ -376,8 +378,8 @@ func TestReload(t *testing.T) {
 		}
 	}
 	t.Logf("%d connections during two reloads, %d refused", dials.Load(), refused.Load())
-	fresh := dial(t, addr)
-	if ehlo := fresh.expect("250", "EHLO client.test"); !strings.Contains(ehlo, fmt.Sprintf("RCPTMAX=%d", 7)) {
+	fresh := st.Dial(t, addr)
+	if ehlo := fresh.Expect("250", "EHLO client.test"); !strings.Contains(ehlo, fmt.Sprintf("RCPTMAX=%d", 7)) {
 		t.Fatalf("new session does not see the new config: %q", ehlo)
 	}
 }

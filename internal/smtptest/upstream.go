@@ -1,4 +1,4 @@
-package smtpapp
+package smtptest
 
 import (
 	"crypto/tls"
@@ -16,57 +16,64 @@ import (
 
 // upstream is a real SMTP server (go-smtp) that the gateway delivers
 // to in tests; it records what it receives.
-type upstream struct {
-	addr string
+type Upstream struct {
+	// Addr is where it listens.
+	Addr string
 	srv  *smtp.Server
 
-	mu       sync.Mutex
+	// Mu guards the fields below.
+	Mu       sync.Mutex
 	helos    []string // every HELO/EHLO name, before and after STARTTLS
-	messages []upstreamMessage
+	messages []UpstreamMessage
 	rcptErr  *smtp.SMTPError // returned for every RCPT, if set
 	dataWait time.Duration   // delay before answering DATA
 	authUser string          // if set, AUTH PLAIN is offered and required
 	authPass string
-	authed   []string // identities that authenticated
+	// Authed lists the identities that authenticated.
+	Authed []string
 
-	active, maxActive int // sessions in DATA at once, and the most seen
+	active int
+	// MaxActive is the most sessions seen in DATA at once.
+	MaxActive int
 }
 
-type upstreamMessage struct {
+// UpstreamMessage is one message an Upstream received.
+type UpstreamMessage struct {
 	From string
 	To   []string
 	Data []byte
 	TLS  bool
 }
 
-// upstreamOpts configures a test upstream.
-type upstreamOpts struct {
-	tls        *tls.Config // nil: no STARTTLS
-	brokenTLS  bool        // advertise STARTTLS, fail every handshake
-	rcptErr    *smtp.SMTPError
-	dataWait   time.Duration
-	listenAddr string
-	authUser   string
-	authPass   string
+// UpstreamOpts configures a test upstream.
+type UpstreamOpts struct {
+	TLS        *tls.Config // nil: no STARTTLS
+	BrokenTLS  bool        // advertise STARTTLS, fail every handshake
+	RcptErr    *smtp.SMTPError
+	DataWait   time.Duration
+	ListenAddr string
+	AuthUser   string // if set, AUTH PLAIN is offered and required
+	AuthPass   string
 }
 
-func newUpstream(t testing.TB, o upstreamOpts) *upstream {
+// NewUpstream starts an upstream on loopback, closed when the test ends.
+func NewUpstream(t testing.TB, o UpstreamOpts) *Upstream {
 	t.Helper()
-	u := &upstream{rcptErr: o.rcptErr, dataWait: o.dataWait, authUser: o.authUser, authPass: o.authPass}
+	u := &Upstream{rcptErr: o.RcptErr, dataWait: o.DataWait, authUser: o.AuthUser, authPass: o.AuthPass}
 	s := smtp.NewServer(u)
 	s.Domain = "upstream.test"
 	s.ReadTimeout, s.WriteTimeout = 10*time.Second, 10*time.Second
 	s.EnableDSN, s.EnableSMTPUTF8 = true, true
 	s.ErrorLog = nopLogger{}
 	switch {
-	case o.brokenTLS:
+	case o.BrokenTLS:
 		s.TLSConfig = &tls.Config{GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return nil, errors.New("no certificate today")
 		}}
-	case o.tls != nil:
-		s.TLSConfig = o.tls
+	case o.TLS != nil:
+		s.TLSConfig = o.TLS
 	}
-	addr := o.listenAddr
+	addr := o.ListenAddr
 	if addr == "" {
 		addr = "127.0.0.1:0"
 	}
@@ -74,7 +81,7 @@ func newUpstream(t testing.TB, o upstreamOpts) *upstream {
 	if err != nil {
 		t.Fatal(err)
 	}
-	u.addr, u.srv = ln.Addr().String(), s
+	u.Addr, u.srv = ln.Addr().String(), s
 	go s.Serve(ln)
 	t.Cleanup(func() { s.Close() })
 	return u
@@ -85,49 +92,52 @@ type nopLogger struct{}
 func (nopLogger) Printf(string, ...any) {}
 func (nopLogger) Println(...any)        {}
 
-func (u *upstream) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	u.mu.Lock()
+// NewSession implements smtp.Backend.
+func (u *Upstream) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	u.Mu.Lock()
 	u.helos = append(u.helos, c.Hostname())
-	u.mu.Unlock()
+	u.Mu.Unlock()
 	_, isTLS := c.TLSConnectionState()
 	return &upstreamSession{u: u, tls: isTLS}, nil
 }
 
-func (u *upstream) received() []upstreamMessage {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return append([]upstreamMessage(nil), u.messages...)
+// Received returns the messages received so far.
+func (u *Upstream) Received() []UpstreamMessage {
+	u.Mu.Lock()
+	defer u.Mu.Unlock()
+	return append([]UpstreamMessage(nil), u.messages...)
 }
 
-func (u *upstream) helloNames() []string {
-	u.mu.Lock()
-	defer u.mu.Unlock()
+// HelloNames returns every HELO/EHLO name clients gave.
+func (u *Upstream) HelloNames() []string {
+	u.Mu.Lock()
+	defer u.Mu.Unlock()
 	return append([]string(nil), u.helos...)
 }
 
 // waitMessages waits until n messages arrived.
-func (u *upstream) waitMessages(t testing.TB, n int, within time.Duration) []upstreamMessage {
+func (u *Upstream) WaitMessages(t testing.TB, n int, within time.Duration) []UpstreamMessage {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {
-		if m := u.received(); len(m) >= n {
+		if m := u.Received(); len(m) >= n {
 			return m
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	t.Fatalf("upstream %s: %d messages after %s, want %d", u.addr, len(u.received()), within, n)
+	t.Fatalf("upstream %s: %d messages after %s, want %d", u.Addr, len(u.Received()), within, n)
 	return nil
 }
 
 type upstreamSession struct {
-	u      *upstream
+	u      *Upstream
 	tls    bool
-	msg    upstreamMessage
+	msg    UpstreamMessage
 	from   bool
 	authed bool
 }
 
-func (s *upstreamSession) Reset()        { s.msg, s.from = upstreamMessage{}, false }
+func (s *upstreamSession) Reset()        { s.msg, s.from = UpstreamMessage{}, false }
 func (s *upstreamSession) Logout() error { return nil }
 func (s *upstreamSession) Mail(from string, _ *smtp.MailOptions) error {
 	if s.u.authUser != "" && !s.authed {
@@ -152,9 +162,9 @@ func (s *upstreamSession) Auth(string) (sasl.Server, error) {
 			return smtp.ErrAuthFailed
 		}
 		s.authed = true
-		s.u.mu.Lock()
-		s.u.authed = append(s.u.authed, user)
-		s.u.mu.Unlock()
+		s.u.Mu.Lock()
+		s.u.Authed = append(s.u.Authed, user)
+		s.u.Mu.Unlock()
 		return nil
 	}), nil
 }
@@ -170,25 +180,25 @@ func (s *upstreamSession) Data(r io.Reader) error {
 	if err != nil {
 		return err
 	}
-	s.u.mu.Lock()
+	s.u.Mu.Lock()
 	s.u.active++
-	s.u.maxActive = max(s.u.maxActive, s.u.active)
-	s.u.mu.Unlock()
+	s.u.MaxActive = max(s.u.MaxActive, s.u.active)
+	s.u.Mu.Unlock()
 	if s.u.dataWait > 0 {
 		time.Sleep(s.u.dataWait)
 	}
-	s.u.mu.Lock()
+	s.u.Mu.Lock()
 	s.u.active--
-	s.u.mu.Unlock()
+	s.u.Mu.Unlock()
 	s.msg.Data, s.msg.TLS = data, s.tls
-	s.u.mu.Lock()
+	s.u.Mu.Lock()
 	s.u.messages = append(s.u.messages, s.msg)
-	s.u.mu.Unlock()
+	s.u.Mu.Unlock()
 	return nil
 }
 
-// relayRoute is a route of every domain to a relay with a TLS policy.
-func relayRoute(addr string, tlsPolicy map[string]any) []any {
+// RelayRoute is a route of every domain to a relay with a TLS policy.
+func RelayRoute(addr string, tlsPolicy map[string]any) []any {
 	deliver := map[string]any{"via": "relay", "addresses": []string{addr}}
 	if tlsPolicy != nil {
 		deliver["tls"] = tlsPolicy
@@ -198,8 +208,8 @@ func relayRoute(addr string, tlsPolicy map[string]any) []any {
 
 // deliveringApp is an smtp app whose queue delivers, retrying deferred
 // mail only after an hour unless told otherwise.
-func (e *testEnv) deliveringApp(servers map[string]any, queue map[string]any) map[string]any {
-	q := map[string]any{"path": e.spoolDir(), "min_retry_interval": "1h"}
+func (e *Env) DeliveringApp(servers map[string]any, queue map[string]any) map[string]any {
+	q := map[string]any{"path": e.SpoolDir(), "min_retry_interval": "1h"}
 	for k, v := range queue {
 		q[k] = v
 	}
@@ -207,12 +217,12 @@ func (e *testEnv) deliveringApp(servers map[string]any, queue map[string]any) ma
 }
 
 // deliveryLine waits for the delivery log line of a queue id.
-func (e *testEnv) deliveryLine(t testing.TB, id string) map[string]any {
+func (e *Env) DeliveryLine(t testing.TB, id string) map[string]any {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
 		for _, status := range []string{"sent", "deferred", "bounced"} {
-			for _, l := range e.logLines("delivery " + status) {
+			for _, l := range e.LogLines("delivery " + status) {
 				if l["queue_id"] == id {
 					return l
 				}
@@ -226,15 +236,15 @@ func (e *testEnv) deliveryLine(t testing.TB, id string) map[string]any {
 
 // submit sends one message to a gateway in plaintext and returns its
 // queue id.
-func submit(t testing.TB, addr, from, to, body string) string {
+func Submit(t testing.TB, addr, from, to, body string) string {
 	t.Helper()
-	c := dial(t, addr)
-	c.expect("250", "EHLO client.test")
-	got := c.send(from, to, body)
+	c := Dial(t, addr)
+	c.Expect("250", "EHLO Client.test")
+	got := c.Send(from, to, body)
 	var id string
 	if _, err := fmt.Sscanf(got, "250 2.0.0 OK: queued as %s", &id); err != nil {
 		t.Fatalf("submit: %q", got)
 	}
-	c.cmd("QUIT")
+	c.Cmd("QUIT")
 	return id
 }

@@ -1,4 +1,6 @@
-package smtpapp
+// Package smtptest is the test harness of caddy-smtp: an in-process
+// Caddy, a line-level SMTP client, upstream SMTP servers, and a test CA.
+package smtptest
 
 // Test harness: a real Caddy loaded in-process with caddy.Load, real TCP
 // on loopback, real TLS. caddy.Load runs one config per process, so the
@@ -28,22 +30,25 @@ import (
 	_ "github.com/caddy-smtp/caddy-smtp/delivery/relay"
 )
 
-// testEnv is one in-process Caddy with the smtp app.
-type testEnv struct {
-	t       *testing.T
-	dir     string // storage, spool and log live here
-	admin   string // admin API address
-	logFile string
+// Env is one in-process Caddy with the smtp app.
+type Env struct {
+	t *testing.T
+	// Dir holds the storage, the spool and the log.
+	Dir string
+	// Admin is the admin API address.
+	Admin string
+	// LogFile is where Caddy logs, as JSON lines.
+	LogFile string
 }
 
-// handedOut remembers the ports freePort gave, so that it never gives
+// handedOut remembers the ports FreePort gave, so that it never gives
 // one twice: Caddy binds with SO_REUSEPORT, so two servers given the
 // same port would both bind it and share its connections.
 var handedOut sync.Map
 
-// freePort returns a loopback port that was free a moment ago and that
+// FreePort returns a loopback port that was free a moment ago and that
 // no other caller got.
-func freePort(t testing.TB) int {
+func FreePort(t testing.TB) int {
 	t.Helper()
 	for {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -58,7 +63,9 @@ func freePort(t testing.TB) int {
 	}
 }
 
-func newEnv(t *testing.T) *testEnv {
+// NewEnv prepares a temp directory for one in-process Caddy, stopped
+// and removed when the test ends (kept with KEEP_TEST_DIR=1 on failure).
+func NewEnv(t *testing.T) *Env {
 	t.Helper()
 	// Not t.TempDir: certificate issuance may still be writing to
 	// storage for a moment after caddy.Stop, which TempDir's cleanup
@@ -67,11 +74,11 @@ func newEnv(t *testing.T) *testEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &testEnv{
+	e := &Env{
 		t:       t,
-		dir:     dir,
-		admin:   fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		logFile: filepath.Join(dir, "caddy.log"),
+		Dir:     dir,
+		Admin:   fmt.Sprintf("127.0.0.1:%d", FreePort(t)),
+		LogFile: filepath.Join(dir, "caddy.log"),
 	}
 	t.Cleanup(func() {
 		if err := caddy.Stop(); err != nil {
@@ -89,15 +96,15 @@ func newEnv(t *testing.T) *testEnv {
 }
 
 // spoolDir is where the env's queue lives.
-func (e *testEnv) spoolDir() string { return filepath.Join(e.dir, "queue") }
+func (e *Env) SpoolDir() string { return filepath.Join(e.Dir, "queue") }
 
 // config wraps the smtp app (and optional extra apps) into a whole Caddy
 // config: admin on a free port, storage and logs in the temp dir, and
 // Caddy's local CA kept out of the system trust store.
-func (e *testEnv) config(smtpApp map[string]any, extraApps map[string]any) []byte {
+func (e *Env) Config(smtpApp map[string]any, extraApps map[string]any) []byte {
 	if _, ok := smtpApp["queue"]; !ok {
 		// Receiving tests look at the spool: keep what they send there.
-		smtpApp["queue"] = map[string]any{"path": e.spoolDir(), "hold": true}
+		smtpApp["queue"] = map[string]any{"path": e.SpoolDir(), "hold": true}
 	}
 	apps := map[string]any{
 		"smtp": smtpApp,
@@ -109,11 +116,11 @@ func (e *testEnv) config(smtpApp map[string]any, extraApps map[string]any) []byt
 		apps[k] = v
 	}
 	cfg := map[string]any{
-		"admin":   map[string]any{"listen": e.admin, "config": map[string]any{"persist": false}},
-		"storage": map[string]any{"module": "file_system", "root": filepath.Join(e.dir, "storage")},
+		"admin":   map[string]any{"listen": e.Admin, "config": map[string]any{"persist": false}},
+		"storage": map[string]any{"module": "file_system", "root": filepath.Join(e.Dir, "storage")},
 		"logging": map[string]any{"logs": map[string]any{"default": map[string]any{
 			"level":   "DEBUG",
-			"writer":  map[string]any{"output": "file", "filename": e.logFile},
+			"writer":  map[string]any{"output": "file", "filename": e.LogFile},
 			"encoder": map[string]any{"format": "json"},
 		}}},
 		"apps": apps,
@@ -126,23 +133,23 @@ func (e *testEnv) config(smtpApp map[string]any, extraApps map[string]any) []byt
 }
 
 // load runs a config in-process.
-func (e *testEnv) load(smtpApp map[string]any, extraApps map[string]any) {
+func (e *Env) Load(smtpApp map[string]any, extraApps map[string]any) {
 	e.t.Helper()
-	if err := caddy.Load(e.config(smtpApp, extraApps), true); err != nil {
+	if err := caddy.Load(e.Config(smtpApp, extraApps), true); err != nil {
 		e.t.Fatalf("loading config: %v", err)
 	}
 }
 
 // loadErr loads a config expecting it to be refused.
-func (e *testEnv) loadErr(smtpApp map[string]any) error {
-	return caddy.Load(e.config(smtpApp, nil), true)
+func (e *Env) LoadErr(smtpApp map[string]any) error {
+	return caddy.Load(e.Config(smtpApp, nil), true)
 }
 
 // postLoad replaces the running config through the admin API, as a
 // user's reload does.
-func (e *testEnv) postLoad(smtpApp map[string]any) {
+func (e *Env) PostLoad(smtpApp map[string]any) {
 	e.t.Helper()
-	resp, err := http.Post("http://"+e.admin+"/load", "application/json", bytes.NewReader(e.config(smtpApp, nil)))
+	resp, err := http.Post("http://"+e.Admin+"/load", "application/json", bytes.NewReader(e.Config(smtpApp, nil)))
 	if err != nil {
 		e.t.Fatalf("POST /load: %v", err)
 	}
@@ -155,8 +162,8 @@ func (e *testEnv) postLoad(smtpApp map[string]any) {
 }
 
 // logLines returns the log entries with the given message.
-func (e *testEnv) logLines(msg string) []map[string]any {
-	data, _ := os.ReadFile(e.logFile)
+func (e *Env) LogLines(msg string) []map[string]any {
+	data, _ := os.ReadFile(e.LogFile)
 	var out []map[string]any
 	for _, line := range bytes.Split(data, []byte("\n")) {
 		var m map[string]any
@@ -168,11 +175,11 @@ func (e *testEnv) logLines(msg string) []map[string]any {
 }
 
 // waitLog waits until an entry with msg is logged, and returns the last.
-func (e *testEnv) waitLog(msg string) map[string]any {
+func (e *Env) WaitLog(msg string) map[string]any {
 	e.t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
-		if l := e.logLines(msg); len(l) > 0 {
+		if l := e.LogLines(msg); len(l) > 0 {
 			return l[len(l)-1]
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -182,9 +189,9 @@ func (e *testEnv) waitLog(msg string) map[string]any {
 }
 
 // localCARoot is the root of Caddy's internal CA for this env.
-func (e *testEnv) localCARoot() *x509.CertPool {
+func (e *Env) LocalCARoot() *x509.CertPool {
 	e.t.Helper()
-	pemData, err := os.ReadFile(filepath.Join(e.dir, "storage", "pki", "authorities", "local", "root.crt"))
+	pemData, err := os.ReadFile(filepath.Join(e.Dir, "storage", "pki", "authorities", "local", "root.crt"))
 	if err != nil {
 		e.t.Fatalf("reading local CA root: %v", err)
 	}
@@ -197,8 +204,8 @@ func (e *testEnv) localCARoot() *x509.CertPool {
 
 // server builds a server config on a free port; it returns the config
 // and the address.
-func server(t *testing.T, fields map[string]any) (map[string]any, string) {
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+func ServerConfig(t *testing.T, fields map[string]any) (map[string]any, string) {
+	addr := fmt.Sprintf("127.0.0.1:%d", FreePort(t))
 	s := map[string]any{
 		"listen":         []string{addr},
 		"hostname":       "localhost",
@@ -215,27 +222,28 @@ func server(t *testing.T, fields map[string]any) (map[string]any, string) {
 }
 
 // app is the smtp app with the given servers.
-func app(servers map[string]any) map[string]any {
+func App(servers map[string]any) map[string]any {
 	return map[string]any{"servers": servers}
 }
 
-// client is a line-level SMTP client for tests, so that every reply is
+// Client is a line-level SMTP Client for tests, so that every reply is
 // seen exactly as sent.
-type client struct {
-	t    testing.TB
-	conn net.Conn
-	text *textproto.Conn
+type Client struct {
+	T    testing.TB
+	Conn net.Conn
+	Text *textproto.Conn
 }
 
-func dial(t testing.TB, addr string) *client {
+// Dial connects to an SMTP server and reads its 220 greeting.
+func Dial(t testing.TB, addr string) *Client {
 	t.Helper()
 	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		t.Fatalf("dial %s: %v", addr, err)
 	}
-	c := &client{t: t, conn: conn, text: textproto.NewConn(conn)}
+	c := &Client{T: t, Conn: conn, Text: textproto.NewConn(conn)}
 	t.Cleanup(func() { conn.Close() })
-	code, msg := c.read()
+	code, msg := c.Read()
 	if code != 220 {
 		t.Fatalf("greeting: %d %s", code, msg)
 	}
@@ -243,9 +251,9 @@ func dial(t testing.TB, addr string) *client {
 }
 
 // read reads one reply; code 0 means the connection ended.
-func (c *client) read() (int, string) {
-	c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	code, msg, err := c.text.ReadResponse(0)
+func (c *Client) Read() (int, string) {
+	c.Conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	code, msg, err := c.Text.ReadResponse(0)
 	if err != nil && code == 0 {
 		return 0, err.Error()
 	}
@@ -253,71 +261,71 @@ func (c *client) read() (int, string) {
 }
 
 // cmd sends one command line and reads its reply.
-func (c *client) cmd(format string, args ...any) (int, string) {
-	c.t.Helper()
-	if err := c.text.PrintfLine(format, args...); err != nil {
+func (c *Client) Cmd(format string, args ...any) (int, string) {
+	c.T.Helper()
+	if err := c.Text.PrintfLine(format, args...); err != nil {
 		return 0, err.Error()
 	}
-	return c.read()
+	return c.Read()
 }
 
 // expect sends a command and fails unless the reply starts with want
 // ("530 5.7.0 Must issue...", or just "250").
-func (c *client) expect(want, format string, args ...any) string {
-	c.t.Helper()
-	code, msg := c.cmd(format, args...)
+func (c *Client) Expect(want, format string, args ...any) string {
+	c.T.Helper()
+	code, msg := c.Cmd(format, args...)
 	got := fmt.Sprintf("%d %s", code, msg)
 	if !strings.HasPrefix(got, want) {
-		c.t.Fatalf("%s: got %q, want %q", fmt.Sprintf(format, args...), got, want)
+		c.T.Fatalf("%s: got %q, want %q", fmt.Sprintf(format, args...), got, want)
 	}
 	return got
 }
 
 // startTLS does STARTTLS and the handshake; the error is the handshake's.
-func (c *client) startTLS(cfg *tls.Config) error {
-	c.t.Helper()
-	c.expect("220", "STARTTLS")
-	tc := tls.Client(c.conn, cfg)
+func (c *Client) StartTLS(cfg *tls.Config) error {
+	c.T.Helper()
+	c.Expect("220", "STARTTLS")
+	tc := tls.Client(c.Conn, cfg)
 	tc.SetDeadline(time.Now().Add(10 * time.Second))
 	if err := tc.Handshake(); err != nil {
 		return err
 	}
 	tc.SetDeadline(time.Time{})
-	c.conn = tc
-	c.text = textproto.NewConn(tc)
+	c.Conn = tc
+	c.Text = textproto.NewConn(tc)
 	return nil
 }
 
 // send does a whole transaction and returns the final reply.
-func (c *client) send(from, to, body string) string {
-	c.t.Helper()
-	c.expect("250", "MAIL FROM:<%s>", from)
-	c.expect("250", "RCPT TO:<%s>", to)
-	c.expect("354", "DATA")
-	c.conn.Write([]byte(body))
-	code, msg := c.read()
+func (c *Client) Send(from, to, body string) string {
+	c.T.Helper()
+	c.Expect("250", "MAIL FROM:<%s>", from)
+	c.Expect("250", "RCPT TO:<%s>", to)
+	c.Expect("354", "DATA")
+	c.Conn.Write([]byte(body))
+	code, msg := c.Read()
 	return fmt.Sprintf("%d %s", code, msg)
 }
 
-// tlsConfig trusts pool (or nothing, when nil) for name.
-func tlsConfig(pool *x509.CertPool, name string) *tls.Config {
+// TLSConfig trusts pool (or nothing, when nil) for name.
+func TLSConfig(pool *x509.CertPool, name string) *tls.Config {
 	if pool == nil {
 		return &tls.Config{InsecureSkipVerify: true, ServerName: name}
 	}
 	return &tls.Config{RootCAs: pool, ServerName: name}
 }
 
-// waitTLS retries until the server can complete a STARTTLS handshake:
+// WaitTLS retries until the server can complete a STARTTLS handshake:
 // certificates are obtained asynchronously after Start, as in Caddy.
-func waitTLS(t *testing.T, addr string, cfg *tls.Config) {
+func WaitTLS(t *testing.T, addr string, cfg *tls.Config) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	var lastErr error
 	for time.Now().Before(deadline) {
-		c := dial(t, addr)
-		c.expect("250", "EHLO client.test")
-		lastErr = c.startTLS(cfg)
-		c.conn.Close()
+		c := Dial(t, addr)
+		c.Expect("250", "EHLO Client.test")
+		lastErr = c.StartTLS(cfg)
+		c.Conn.Close()
 		if lastErr == nil {
 			return
 		}
@@ -326,16 +334,11 @@ func waitTLS(t *testing.T, addr string, cfg *tls.Config) {
 	t.Fatalf("no TLS handshake with %s within 30s: %v", addr, lastErr)
 }
 
-const testMessage = "Subject: test\r\nFrom: <sender@remote.test>\r\n\r\nHello.\r\n.\r\n"
+// Message is a small message in DATA form, end-of-data line included.
+const Message = "Subject: test\r\nFrom: <sender@remote.test>\r\n\r\nHello.\r\n.\r\n"
 
-func newText(c net.Conn) *textproto.Conn { return textproto.NewConn(c) }
+// NewText wraps a connection for line-level SMTP.
+func NewText(c net.Conn) *textproto.Conn { return textproto.NewConn(c) }
 
-func netDial(addr string) (net.Conn, error) { return net.DialTimeout("tcp", addr, 5*time.Second) }
-
-func mustTime(s string) time.Time {
-	t, err := time.Parse(time.RFC3339, s)
-	if err != nil {
-		panic(err)
-	}
-	return t
-}
+// NetDial dials TCP with a timeout.
+func NetDial(addr string) (net.Conn, error) { return net.DialTimeout("tcp", addr, 5*time.Second) }
