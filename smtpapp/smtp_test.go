@@ -354,9 +354,9 @@ func TestReload(t *testing.T) {
 		}()
 	}
 	time.Sleep(100 * time.Millisecond)
-	e.PostLoad(cfg(6))
+	e.PostLoad(cfg(6), nil)
 	time.Sleep(100 * time.Millisecond)
-	e.PostLoad(cfg(7))
+	e.PostLoad(cfg(7), nil)
 	time.Sleep(100 * time.Millisecond)
 	stop.Store(true)
 	wg.Wait()

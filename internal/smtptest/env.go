@@ -147,9 +147,9 @@ func (e *Env) LoadErr(smtpApp map[string]any) error {
 
 // postLoad replaces the running config through the admin API, as a
 // user's reload does.
-func (e *Env) PostLoad(smtpApp map[string]any) {
+func (e *Env) PostLoad(smtpApp map[string]any, extraApps map[string]any) {
 	e.t.Helper()
-	resp, err := http.Post("http://"+e.Admin+"/load", "application/json", bytes.NewReader(e.Config(smtpApp, nil)))
+	resp, err := http.Post("http://"+e.Admin+"/load", "application/json", bytes.NewReader(e.Config(smtpApp, extraApps)))
 	if err != nil {
 		e.t.Fatalf("POST /load: %v", err)
 	}
