@@ -186,22 +186,32 @@ func (t *ClientTLS) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			t.TrustPoolRaw = caddyconfig.JSONModuleObject(mod, "provider", modName, nil)
 		case "protocols":
-			args := d.RemainingArgs()
-			if len(args) == 0 || len(args) > 2 {
-				return d.Err("protocols needs a minimum and optionally a maximum: tls1.2 [tls1.3]")
+			protocols, err := ProtocolsArgs(d)
+			if err != nil {
+				return err
 			}
-			for _, p := range args {
-				if p != "tls1.2" && p != "tls1.3" {
-					return d.Errf("protocols: %q is not one of tls1.2, tls1.3", p)
-				}
-			}
-			if len(args) == 2 && args[0] == "tls1.3" && args[1] == "tls1.2" {
-				return d.Err("protocols: the minimum tls1.3 is above the maximum tls1.2")
-			}
-			t.Protocols = args
+			t.Protocols = protocols
 		default:
 			return d.Errf("unknown tls directive %q", d.Val())
 		}
 	}
 	return nil
+}
+
+// ProtocolsArgs parses the arguments of a `protocols <min> [<max>]`
+// directive (servers and delivery targets share it).
+func ProtocolsArgs(d *caddyfile.Dispenser) ([]string, error) {
+	args := d.RemainingArgs()
+	if len(args) == 0 || len(args) > 2 {
+		return nil, d.Err("protocols needs a minimum and optionally a maximum: tls1.2 [tls1.3]")
+	}
+	for _, p := range args {
+		if p != "tls1.2" && p != "tls1.3" {
+			return nil, d.Errf("protocols: %q is not one of tls1.2, tls1.3", p)
+		}
+	}
+	if len(args) == 2 && args[0] == "tls1.3" && args[1] == "tls1.2" {
+		return nil, d.Err("protocols: the minimum tls1.3 is above the maximum tls1.2")
+	}
+	return args, nil
 }

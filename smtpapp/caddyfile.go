@@ -5,6 +5,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/caddy-smtp/caddy-smtp/delivery"
 )
 
 // UnmarshalCaddyfile sets up the app from the body of the `smtp` global
@@ -241,19 +243,7 @@ func (t *ServerTLS) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			t.Certificate = &CertificateFiles{Certificate: cert, Key: key}
 		case "protocols":
-			args := d.RemainingArgs()
-			if len(args) == 0 || len(args) > 2 {
-				return d.Err("protocols needs a minimum and optionally a maximum: tls1.2 [tls1.3]")
-			}
-			for _, p := range args {
-				if p != "tls1.2" && p != "tls1.3" {
-					return d.Errf("protocols: %q is not one of tls1.2, tls1.3", p)
-				}
-			}
-			if len(args) == 2 && args[0] == "tls1.3" && args[1] == "tls1.2" {
-				return d.Err("protocols: the minimum tls1.3 is above the maximum tls1.2")
-			}
-			t.Protocols = args
+			t.Protocols, err = delivery.ProtocolsArgs(d)
 		case "ciphers":
 			err = argsAppend(d, &t.Ciphers)
 		case "session_tickets":
