@@ -78,6 +78,9 @@ type Result struct {
 	TLSVersion, TLSCipher string
 	// TLSVerified says whether the next hop's certificate verified.
 	TLSVerified bool
+	// Via is the type of target that produced the result (relay, mx,
+	// maildir...); the queue sets it.
+	Via string
 }
 
 // Temporary makes a deferred result with our own reason.

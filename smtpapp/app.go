@@ -39,7 +39,8 @@ type App struct {
 	logger *zap.Logger
 	spool  *spool.Spool
 	tlsApp *caddytls.TLS
-	runner *atomic.Pointer[runner] // set in Provision; read by sessions
+	runner  *atomic.Pointer[runner] // set in Provision; read by sessions
+	metrics *metrics
 	// names whose certificates the tls app manages for us
 	certNames map[string]struct{}
 }
@@ -91,6 +92,11 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
 	a.logger = ctx.Logger()
 	a.runner = new(atomic.Pointer[runner])
+	m, err := newMetrics(ctx, a)
+	if err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
+	}
+	a.metrics = m
 	if a.Queue == nil {
 		a.Queue = new(QueueConfig)
 	}

@@ -92,6 +92,7 @@ func (c *conn) Write(p []byte) (int, error) {
 	c.mu.Unlock()
 	if c.tlsStarted.Load() && !isTLSRecord(p) {
 		// go-smtp's plaintext 550 after a failed handshake: hang up.
+		c.srv.app.metrics.handshakes.WithLabelValues(c.srv.name, "in", "", "failed").Inc()
 		c.srv.logger.Info("tls handshake failed",
 			zap.String("remote_ip", c.remote.Addr().String()),
 			zap.String("server_name", c.serverName()))
@@ -183,6 +184,7 @@ func (c *conn) gateRead(p []byte) (int, error) {
 		c.writeGateReply(fmt.Sprintf("%d %d.%d.%d %s", errTLSRequired.Code,
 			errTLSRequired.EnhancedCode[0], errTLSRequired.EnhancedCode[1],
 			errTLSRequired.EnhancedCode[2], errTLSRequired.Message))
+		c.srv.reject("tls_required")
 		c.gateErrors++
 		if c.gateErrors >= maxGateErrors {
 			c.writeGateReply("421 4.7.0 Too many commands refused before STARTTLS, closing connection")
@@ -259,6 +261,9 @@ func (c *conn) serverName() string {
 // setTLS records the TLS facts once the handshake is done.
 func (c *conn) setTLS(cs tls.ConnectionState, verified bool) {
 	c.mu.Lock()
+	if c.tlsState == nil {
+		c.srv.app.metrics.handshakes.WithLabelValues(c.srv.name, "in", tls.VersionName(cs.Version), "ok").Inc()
+	}
 	c.tlsState = &cs
 	c.peerVerified = verified
 	c.mu.Unlock()

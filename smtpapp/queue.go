@@ -394,6 +394,7 @@ func (r *runner) deliver(ctx context.Context, srv *Server, env *spool.Envelope, 
 		}
 		res := srv.Routes[k.route].deliverer.Deliver(ctx, job)
 		release()
+		via := srv.Routes[k.route].via
 		if ctx.Err() != nil {
 			return // an attempt cut short proves nothing; retry later
 		}
@@ -403,6 +404,9 @@ func (r *runner) deliver(ctx context.Context, srv *Server, env *spool.Envelope, 
 			} else {
 				results[rc] = delivery.Temporary("4.3.0", "delivery target returned no result")
 			}
+			r := results[rc]
+			r.Via = via
+			results[rc] = r
 		}
 	}
 }
@@ -454,6 +458,23 @@ func (r *runner) logResult(env *spool.Envelope, rc *spool.Recipient, res deliver
 		fields = append(fields, zap.Time("next_attempt", rc.NextAttempt))
 	}
 	r.logger.Info("delivery "+res.Status.String(), fields...)
+
+	m := r.app.metrics
+	via := res.Via
+	if via == "" {
+		via = "none"
+	}
+	outcome := tlsOutcome(res.TLSVersion, res.TLSVerified, res.Reply)
+	m.deliveries.WithLabelValues(env.Server, via, res.Status.String(), outcome).Inc()
+	switch outcome {
+	case "verified", "untrusted":
+		m.handshakes.WithLabelValues(env.Server, "out", res.TLSVersion, "ok").Inc()
+	case "failed":
+		m.handshakes.WithLabelValues(env.Server, "out", "", "failed").Inc()
+	}
+	if res.Status != delivery.Deferred {
+		m.deliveryDelay.WithLabelValues(env.Server, res.Status.String()).Observe(time.Since(env.Received).Seconds())
+	}
 }
 
 func anyPending(env *spool.Envelope) bool {

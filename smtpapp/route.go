@@ -35,6 +35,7 @@ type Route struct {
 	DeliverRaw json.RawMessage `json:"deliver,omitempty" caddy:"namespace=smtp.delivery inline_key=via"`
 
 	deliverer delivery.Deliverer
+	via       string // the target's module name, for metrics
 }
 
 // provision loads the route's target.
@@ -61,6 +62,9 @@ func (r *Route) provision(ctx caddy.Context, field string) error {
 		return fmt.Errorf("%s.deliver: module %T is not a delivery target", field, mod)
 	}
 	r.deliverer = d
+	if m, ok := mod.(caddy.Module); ok {
+		r.via = m.CaddyModule().ID.Name()
+	}
 	return nil
 }
 

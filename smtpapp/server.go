@@ -339,6 +339,7 @@ func (l *listener) Accept() (net.Conn, error) {
 func (s *Server) admit(nc net.Conn) bool {
 	if n := s.active.Add(1); n > int64(s.MaxConnections) {
 		s.active.Add(-1)
+		s.app.metrics.connections.WithLabelValues(s.name, "refused_max_connections").Inc()
 		s.logger.Warn("connection refused: too many connections",
 			zap.String("remote_ip", remoteAddrPort(nc).Addr().String()),
 			zap.Int("max_connections", s.MaxConnections))
@@ -350,7 +351,13 @@ func (s *Server) admit(nc net.Conn) bool {
 		}()
 		return false
 	}
+	s.app.metrics.connections.WithLabelValues(s.name, "accepted").Inc()
 	return true
+}
+
+// reject counts a refused transaction or command.
+func (s *Server) reject(reason string) {
+	s.app.metrics.messages.WithLabelValues(s.name, "rejected", reason).Inc()
 }
 
 func remoteAddrPort(nc net.Conn) netip.AddrPort {

@@ -86,15 +86,18 @@ func (ss *session) Logout() error { return nil }
 // Mail implements smtp.Session.
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	if requiresTLSFirst(ss.srv.level, ss.isTLS(), "MAIL") {
+		ss.srv.reject("tls_required")
 		return errTLSRequired
 	}
 	if opts == nil {
 		opts = &smtp.MailOptions{}
 	}
 	if opts.RequireTLS && !ss.isTLS() {
+		ss.srv.reject("requiretls_plaintext")
 		return errRequireTLSPlaintext
 	}
 	if !opts.UTF8 && !isASCII(from) {
+		ss.srv.reject("needs_smtputf8")
 		return errNeedsSMTPUTF8
 	}
 	ss.Reset()
@@ -114,12 +117,14 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		return errNeedsSMTPUTF8
 	}
 	if !ss.srv.relay.Accepts(to, ss.conn.remote.Addr(), ss.authID != "") {
+		ss.srv.reject("relay_denied")
 		ss.srv.logger.Info("recipient refused: relay access denied",
 			zap.String("remote_ip", ss.conn.remote.Addr().String()),
 			zap.String("from", ss.from), zap.String("to", to))
 		return errRelayDenied
 	}
 	if ss.srv.routeFor(to) < 0 {
+		ss.srv.reject("no_route")
 		ss.srv.logger.Info("recipient refused: no route",
 			zap.String("remote_ip", ss.conn.remote.Addr().String()),
 			zap.String("from", ss.from), zap.String("to", to))
@@ -159,6 +164,7 @@ func (ss *session) Data(r io.Reader) error {
 	sp := ss.srv.app.spool
 	draft, err := sp.Create()
 	if err != nil {
+		ss.srv.reject("spool")
 		ss.srv.logger.Error("spool unavailable", zap.Error(err))
 		return errSpoolUnavailable
 	}
@@ -179,12 +185,19 @@ func (ss *session) Data(r io.Reader) error {
 		var netErr net.Error
 		switch {
 		case errors.As(err, &smtpErr):
+			switch smtpErr {
+			case errBareNewline:
+				ss.srv.reject("bare_newline")
+			case smtp.ErrDataTooLarge:
+				ss.srv.reject("size")
+			}
 			if smtpErr == errBareNewline {
 				ss.srv.logger.Info("message refused: bare newline in data",
 					zap.String("remote_ip", remote.String()), zap.String("from", ss.from))
 			}
 			return smtpErr // 552 too large, 550 bare newline
 		case errors.As(err, &netErr) && netErr.Timeout():
+			ss.srv.reject("data_timeout")
 			ss.conn.hangUpAfterReply()
 			return errDataTimeout
 		case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
@@ -211,9 +224,14 @@ func (ss *session) Data(r io.Reader) error {
 		},
 		Received: start.UTC(),
 	}
+	committing := time.Now()
 	if err := draft.Commit(env); err != nil {
 		return ss.spoolFailed(err)
 	}
+	m := ss.srv.app.metrics
+	m.acceptLatency.WithLabelValues(ss.srv.name).Observe(time.Since(committing).Seconds())
+	m.messages.WithLabelValues(ss.srv.name, "accepted", "").Inc()
+	m.bytes.WithLabelValues(ss.srv.name).Add(float64(env.Size))
 	ss.conn.countMessage()
 	ss.srv.app.queued(env.ID)
 	fields := []zap.Field{
@@ -239,6 +257,7 @@ func (ss *session) Data(r io.Reader) error {
 }
 
 func (ss *session) spoolFailed(err error) error {
+	ss.srv.reject("spool")
 	ss.srv.logger.Error("writing to spool failed; message not accepted", zap.Error(err))
 	return errSpoolUnavailable
 }

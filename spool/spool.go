@@ -26,6 +26,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
 )
 
@@ -47,6 +49,13 @@ var ErrNotFound = errors.New("spool: no such record")
 // concurrent use, also by several Spool values on the same directory.
 type Spool struct {
 	dir string
+
+	// Updates and removals of records are serialized, in this process
+	// by mu and across processes (or the two app instances of a config
+	// reload) by a flock on recordsLock, so that an update never brings
+	// back a record that was just removed.
+	mu          sync.Mutex
+	recordsLock *os.File
 }
 
 // Open prepares dir (creating it with mode 0700 if needed), checks that
@@ -62,11 +71,28 @@ func Open(dir string) (*Spool, error) {
 	probe.Close()
 	os.Remove(probe.Name())
 
-	s := &Spool{dir: dir}
+	lock, err := os.OpenFile(filepath.Join(dir, ".records.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("opening spool records lock: %w", err)
+	}
+	s := &Spool{dir: dir, recordsLock: lock}
 	if err := s.removeDebris(time.Now().Add(-debrisAge)); err != nil {
 		return nil, err
 	}
 	return s, nil
+}
+
+// Close releases the spool's files.
+func (s *Spool) Close() error { return s.recordsLock.Close() }
+
+// lockRecords takes the records lock for one update or removal.
+func (s *Spool) lockRecords() (unlock func()) {
+	s.mu.Lock()
+	syscall.Flock(int(s.recordsLock.Fd()), syscall.LOCK_EX)
+	return func() {
+		syscall.Flock(int(s.recordsLock.Fd()), syscall.LOCK_UN)
+		s.mu.Unlock()
+	}
 }
 
 // Dir returns the spool directory.
@@ -277,6 +303,7 @@ func (s *Spool) Update(env *Envelope) error {
 	if !validID(env.ID) {
 		return ErrNotFound
 	}
+	defer s.lockRecords()()
 	if _, err := os.Stat(s.envelopePath(env.ID)); err != nil {
 		return ErrNotFound
 	}
@@ -289,6 +316,7 @@ func (s *Spool) Remove(id string) error {
 	if !validID(id) {
 		return ErrNotFound
 	}
+	defer s.lockRecords()()
 	if err := os.Remove(s.envelopePath(id)); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return ErrNotFound

@@ -76,8 +76,7 @@ func TestCommitLoadUpdateRemove(t *testing.T) {
 	if err := s.Update(again); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Update after Remove resurrected the record: %v", err)
 	}
-	entries, _ := os.ReadDir(s.Dir())
-	if len(entries) != 0 {
+	if entries := records(t, s.Dir()); len(entries) != 0 {
 		t.Fatalf("files left after Remove: %v", entries)
 	}
 }
@@ -87,8 +86,7 @@ func TestAbortLeavesNothing(t *testing.T) {
 	d, _ := s.Create()
 	io.WriteString(d, "data")
 	d.Abort()
-	entries, _ := os.ReadDir(s.Dir())
-	if len(entries) != 0 {
+	if entries := records(t, s.Dir()); len(entries) != 0 {
 		t.Fatalf("files left after Abort: %v", entries)
 	}
 }
@@ -116,12 +114,8 @@ func TestDebrisRemoved(t *testing.T) {
 	if _, err := Open(dir); err != nil {
 		t.Fatal(err)
 	}
-	entries, _ := os.ReadDir(dir)
-	var names []string
-	for _, e := range entries {
-		names = append(names, e.Name())
-	}
-	if len(entries) != 3 || !strings.Contains(strings.Join(names, " "), "1111111111111111111.eml") {
+	names := records(t, dir)
+	if len(names) != 3 || !strings.Contains(strings.Join(names, " "), "1111111111111111111.eml") {
 		t.Fatalf("after Open: %v", names)
 	}
 }
@@ -158,4 +152,20 @@ func TestIDsSortByTime(t *testing.T) {
 	if !(a < b) || !validID(a) {
 		t.Fatalf("ids %s %s", a, b)
 	}
+}
+
+// records lists the files of a spool directory but its lock files.
+func records(t *testing.T, dir string) []string {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".lock") {
+			names = append(names, e.Name())
+		}
+	}
+	return names
 }
