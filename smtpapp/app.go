@@ -35,10 +35,10 @@ type App struct {
 	// layer4 app refers to a server.
 	Servers map[string]*Server `json:"servers,omitempty"`
 
-	ctx    caddy.Context
-	logger *zap.Logger
-	spool  *spool.Spool
-	tlsApp *caddytls.TLS
+	ctx     caddy.Context
+	logger  *zap.Logger
+	spool   *spool.Spool
+	tlsApp  *caddytls.TLS
 	runner  *atomic.Pointer[runner] // set in Provision; read by sessions
 	metrics *metrics
 	// names whose certificates the tls app manages for us

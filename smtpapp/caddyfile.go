@@ -126,6 +126,7 @@ func (q *QueueConfig) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		max_message_size <size>        # 25MiB, 10MB, 1048576
 //		max_recipients   <n>
 //		max_connections  <n>
+//		max_connections_per_ip <n>
 //		max_line_length  <n>
 //		read_timeout     <duration>
 //		write_timeout    <duration>
@@ -167,6 +168,8 @@ func (s *Server) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = intArg(d, &s.MaxRecipients)
 		case "max_connections":
 			err = intArg(d, &s.MaxConnections)
+		case "max_connections_per_ip":
+			err = intArg(d, &s.MaxConnectionsPerIP)
 		case "max_line_length":
 			err = intArg(d, &s.MaxLineLength)
 		case "read_timeout":

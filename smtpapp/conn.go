@@ -296,7 +296,7 @@ func (c *conn) Close() error {
 	}
 	c.mu.Unlock()
 	c.srv.logger.Info("connection closed", fields...)
-	c.srv.connDone()
+	c.srv.connDone(c.remote.Addr())
 	err := c.Conn.Close()
 	if c.done != nil {
 		close(c.done)

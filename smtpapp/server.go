@@ -23,6 +23,7 @@ const (
 	DefaultMaxMessageSize = 25 << 20 // 25 MiB
 	DefaultMaxRecipients  = 100      // RFC 5321 4.5.3.1.8: the minimum a server must take
 	DefaultMaxConnections = 1000
+	DefaultMaxPerIP       = 50
 	DefaultMaxLineLength  = 2000 // twice RFC 5321's 1000, as go-smtp and Postfix allow
 	DefaultReadTimeout    = 5 * time.Minute
 	DefaultWriteTimeout   = 5 * time.Minute
@@ -76,6 +77,11 @@ type Server struct {
 	// `421 4.7.0 Too many connections` and are closed. Default: 1000.
 	MaxConnections int `json:"max_connections,omitempty"`
 
+	// Most simultaneous connections from one client address; further
+	// ones get `421 4.7.0 Too many connections from your address` and
+	// are closed. Default: 50 (Postfix's smtpd_client_connection_count_limit).
+	MaxConnectionsPerIP int `json:"max_connections_per_ip,omitempty"`
+
 	// Longest command or data line in bytes; a longer one gets
 	// `500 5.4.0` and the connection is closed. Default: 2000.
 	MaxLineLength int `json:"max_line_length,omitempty"`
@@ -128,6 +134,8 @@ type Server struct {
 	dataTimeout   time.Duration
 
 	active atomic.Int64 // open connections
+	ipMu   sync.Mutex
+	perIP  map[netip.Addr]int // open connections by client address
 	wg     sync.WaitGroup
 }
 
@@ -169,7 +177,8 @@ func (s *Server) provision(ctx caddy.Context, app *App, name string) error {
 	for name, v := range map[string]int64{
 		"max_message_size": s.MaxMessageSize, "max_recipients": int64(s.MaxRecipients),
 		"max_connections": int64(s.MaxConnections), "max_line_length": int64(s.MaxLineLength),
-		"read_timeout": int64(s.ReadTimeout), "write_timeout": int64(s.WriteTimeout), "data_timeout": int64(s.DataTimeout),
+		"max_connections_per_ip": int64(s.MaxConnectionsPerIP),
+		"read_timeout":           int64(s.ReadTimeout), "write_timeout": int64(s.WriteTimeout), "data_timeout": int64(s.DataTimeout),
 	} {
 		if v < 0 {
 			return fmt.Errorf("%s.%s: must not be negative", field, name)
@@ -184,6 +193,10 @@ func (s *Server) provision(ctx caddy.Context, app *App, name string) error {
 	if s.MaxConnections == 0 {
 		s.MaxConnections = DefaultMaxConnections
 	}
+	if s.MaxConnectionsPerIP == 0 {
+		s.MaxConnectionsPerIP = DefaultMaxPerIP
+	}
+	s.perIP = make(map[netip.Addr]int)
 	s.maxLineLength = s.MaxLineLength
 	if s.maxLineLength == 0 {
 		s.maxLineLength = DefaultMaxLineLength
@@ -309,7 +322,14 @@ func (s *Server) stop() error {
 	return errors.Join(errs...)
 }
 
-func (s *Server) connDone() { s.active.Add(-1) }
+func (s *Server) connDone(ip netip.Addr) {
+	s.active.Add(-1)
+	s.ipMu.Lock()
+	if s.perIP[ip]--; s.perIP[ip] <= 0 {
+		delete(s.perIP, ip)
+	}
+	s.ipMu.Unlock()
+}
 
 // listener admits connections under max_connections and wraps them.
 type listener struct {
@@ -337,20 +357,33 @@ func (l *listener) Accept() (net.Conn, error) {
 // admit counts the connection, or refuses it with 421 when the server
 // is full.
 func (s *Server) admit(nc net.Conn) bool {
-	if n := s.active.Add(1); n > int64(s.MaxConnections) {
-		s.active.Add(-1)
-		s.app.metrics.connections.WithLabelValues(s.name, "refused_max_connections").Inc()
-		s.logger.Warn("connection refused: too many connections",
-			zap.String("remote_ip", remoteAddrPort(nc).Addr().String()),
-			zap.Int("max_connections", s.MaxConnections))
+	ip := remoteAddrPort(nc).Addr()
+	refuse := func(reason, reply string) bool {
+		s.app.metrics.connections.WithLabelValues(s.name, "refused_"+reason).Inc()
+		s.logger.Warn("connection refused: "+strings.ReplaceAll(reason, "_", " "),
+			zap.String("remote_ip", ip.String()),
+			zap.Int("max_connections", s.MaxConnections),
+			zap.Int("max_connections_per_ip", s.MaxConnectionsPerIP))
 		go func() {
 			// RFC 5321 3.8: a server may refuse with 421 at greeting.
 			nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
-			fmt.Fprintf(nc, "421 4.7.0 %s Too many connections, try again later\r\n", s.Hostname)
+			fmt.Fprintf(nc, "421 4.7.0 %s %s\r\n", s.Hostname, reply)
 			nc.Close()
 		}()
 		return false
 	}
+	if n := s.active.Add(1); n > int64(s.MaxConnections) {
+		s.active.Add(-1)
+		return refuse("max_connections", "Too many connections, try again later")
+	}
+	s.ipMu.Lock()
+	if s.perIP[ip] >= s.MaxConnectionsPerIP {
+		s.ipMu.Unlock()
+		s.active.Add(-1)
+		return refuse("max_connections_per_ip", "Too many connections from your address, try again later")
+	}
+	s.perIP[ip]++
+	s.ipMu.Unlock()
 	s.app.metrics.connections.WithLabelValues(s.name, "accepted").Inc()
 	return true
 }

@@ -2,6 +2,7 @@ package smtpapp
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -212,6 +213,36 @@ func TestMaxConnections(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatal("no slot after a session ended")
+}
+
+// TestMaxConnectionsPerIP: a client address past its own limit gets
+// 421 while the server as a whole has room.
+func TestMaxConnectionsPerIP(t *testing.T) {
+	e := st.NewEnv(t)
+	s, addr := st.ServerConfig(t, map[string]any{"tls": map[string]any{"level": "none"}, "max_connections_per_ip": 2})
+	e.Load(st.App(map[string]any{"mx": s}), nil)
+	st.Dial(t, addr)
+	st.Dial(t, addr)
+	c, err := st.NetDial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	third := &st.Client{T: t, Conn: c, Text: st.NewText(c)}
+	if code, msg := third.Read(); code != 421 || !strings.Contains(msg, "Too many connections from your address") {
+		t.Fatalf("third connection from one address: %d %s", code, msg)
+	}
+	// Another address (127.0.0.2 is loopback too) is another client.
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+	oc, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer oc.Close()
+	other := &st.Client{T: t, Conn: oc, Text: st.NewText(oc)}
+	if code, msg := other.Read(); code != 220 {
+		t.Fatalf("another address: %d %s", code, msg)
+	}
 }
 
 // TestDataTimeout: a client that trickles data is cut off at the data
