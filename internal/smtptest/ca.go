@@ -24,7 +24,7 @@ type CA struct {
 }
 
 // NewCA makes a CA certificate and key, and writes the certificate as PEM.
-func NewCA(t *testing.T, name string) *CA {
+func NewCA(t testing.TB, name string) *CA {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{
@@ -47,7 +47,7 @@ func NewCA(t *testing.T, name string) *CA {
 }
 
 // issue makes a leaf certificate for cn, for Client or server use.
-func (ca *CA) Issue(t *testing.T, cn string, dnsNames ...string) tls.Certificate {
+func (ca *CA) Issue(t testing.TB, cn string, dnsNames ...string) tls.Certificate {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{
@@ -67,7 +67,7 @@ func (ca *CA) Issue(t *testing.T, cn string, dnsNames ...string) tls.Certificate
 }
 
 // WritePair writes a certificate and key as PEM files.
-func WritePair(t *testing.T, c tls.Certificate) (certFile, keyFile string) {
+func WritePair(t testing.TB, c tls.Certificate) (certFile, keyFile string) {
 	dir := t.TempDir()
 	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 	keyDER, err := x509.MarshalPKCS8PrivateKey(c.PrivateKey)
@@ -86,4 +86,9 @@ func Pool(certs []*x509.Certificate) *x509.CertPool {
 		p.AddCert(c)
 	}
 	return p
+}
+
+// TLSServerConfig serves one certificate.
+func TLSServerConfig(c tls.Certificate) *tls.Config {
+	return &tls.Config{Certificates: []tls.Certificate{c}}
 }

@@ -8,6 +8,7 @@ package smtptest
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -32,7 +33,7 @@ import (
 
 // Env is one in-process Caddy with the smtp app.
 type Env struct {
-	t *testing.T
+	t testing.TB
 	// Dir holds the storage, the spool and the log.
 	Dir string
 	// Admin is the admin API address.
@@ -65,7 +66,7 @@ func FreePort(t testing.TB) int {
 
 // NewEnv prepares a temp directory for one in-process Caddy, stopped
 // and removed when the test ends (kept with KEEP_TEST_DIR=1 on failure).
-func NewEnv(t *testing.T) *Env {
+func NewEnv(t testing.TB) *Env {
 	t.Helper()
 	// Not t.TempDir: certificate issuance may still be writing to
 	// storage for a moment after caddy.Stop, which TempDir's cleanup
@@ -204,7 +205,7 @@ func (e *Env) LocalCARoot() *x509.CertPool {
 
 // server builds a server config on a free port; it returns the config
 // and the address.
-func ServerConfig(t *testing.T, fields map[string]any) (map[string]any, string) {
+func ServerConfig(t testing.TB, fields map[string]any) (map[string]any, string) {
 	addr := fmt.Sprintf("127.0.0.1:%d", FreePort(t))
 	s := map[string]any{
 		"listen":         []string{addr},
@@ -317,7 +318,7 @@ func TLSConfig(pool *x509.CertPool, name string) *tls.Config {
 
 // WaitTLS retries until the server can complete a STARTTLS handshake:
 // certificates are obtained asynchronously after Start, as in Caddy.
-func WaitTLS(t *testing.T, addr string, cfg *tls.Config) {
+func WaitTLS(t testing.TB, addr string, cfg *tls.Config) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	var lastErr error
@@ -342,3 +343,11 @@ func NewText(c net.Conn) *textproto.Conn { return textproto.NewConn(c) }
 
 // NetDial dials TCP with a timeout.
 func NetDial(addr string) (net.Conn, error) { return net.DialTimeout("tcp", addr, 5*time.Second) }
+
+// CaddyContext is a bare Caddy context for provisioning modules in
+// tests, cancelled when the test ends.
+func CaddyContext(t testing.TB) caddy.Context {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	return ctx
+}

@@ -1,0 +1,417 @@
+#!/usr/bin/env bash
+# Interop test: a Caddy binary with caddy-smtp, driven by real clients
+# (swaks, openssl s_client) on loopback.
+#
+#   .ci/interop.sh <caddy-binary>
+#
+# Starts the binary with .ci/interop.Caddyfile (servers at TLS levels
+# none on 127.0.0.1:2601, may on :2602, encrypt on :2603; certificates
+# from Caddy's internal CA), prints one PASS/FAIL line per check and
+# "interop: N passed, M failed", and exits non-zero if any check failed.
+# Needs: bash, swaks (with Net::SSLeay), openssl, jq, coreutils.
+# Set INTEROP_KEEP=1 to keep the temporary directory.
+set -uo pipefail # no -e: every check runs and is counted
+
+if [[ $# -ne 1 ]]; then
+	echo "usage: $0 <caddy-binary>" >&2
+	exit 2
+fi
+caddy_bin=$(realpath "$1") || exit 2
+[[ -x $caddy_bin ]] || { echo "interop: $1 is not executable" >&2; exit 2; }
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+config=$here/interop.Caddyfile
+
+for tool in swaks openssl jq timeout; do
+	command -v "$tool" >/dev/null || { echo "interop: $tool not found" >&2; exit 2; }
+done
+
+readonly HOST=127.0.0.1 PORT_NONE=2601 PORT_MAY=2602 PORT_ENCRYPT=2603
+readonly RCPT=postmaster@example.test SENDER=interop@client.example.net
+readonly ISSUER_CN="Caddy Local Authority - ECC Intermediate"
+
+work=$(mktemp -d /tmp/caddy-smtp-interop.XXXXXX)
+export INTEROP_DIR=$work
+# Keep Caddy's data and autosaved config out of $HOME.
+export XDG_DATA_HOME=$work/data XDG_CONFIG_HOME=$work/config
+queue=$work/queue
+root_ca=$work/storage/pki/authorities/local/root.crt
+caddy_log=$work/caddy.log # the JSON log (Caddyfile `log` option)
+caddy_out=$work/caddy.out # the process's stdout and stderr
+mkdir -p "$work/t"
+
+passed=0 failed=0 caddy_pid=
+pass() { passed=$((passed + 1)); printf 'PASS  %s\n' "$1"; }
+fail() {
+	failed=$((failed + 1))
+	printf 'FAIL  %s\n' "$1"
+	shift
+	(($# == 0)) || printf '%s\n' "$@" | sed 's/^/        /'
+}
+# show FILE: the end of a file, for a failure's details
+show() { tail -n 40 "$1" 2>&1 | sed 's/^/| /'; }
+
+cleanup() {
+	local rc=$?
+	if [[ -n $caddy_pid ]] && kill -0 "$caddy_pid" 2>/dev/null; then
+		kill -TERM "$caddy_pid" 2>/dev/null
+		for _ in $(seq 50); do
+			kill -0 "$caddy_pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -KILL "$caddy_pid" 2>/dev/null
+		wait "$caddy_pid" 2>/dev/null
+	fi
+	if [[ $rc -ne 0 || $failed -ne 0 ]]; then
+		echo "---- caddy stdout/stderr (last 30 lines) ----"
+		tail -n 30 "$caddy_out" 2>/dev/null
+		echo "---- caddy JSON log (last 30 lines) ----"
+		tail -n 30 "$caddy_log" 2>/dev/null
+		echo "----"
+	fi
+	if [[ ${INTEROP_KEEP:-} == 1 ]]; then
+		echo "interop: kept $work"
+	else
+		rm -rf "$work"
+	fi
+	echo "interop: $passed passed, $failed failed"
+	((rc != 0 || failed == 0)) || rc=1
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+caddy_alive() { [[ -n $caddy_pid ]] && kill -0 "$caddy_pid" 2>/dev/null; }
+
+port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+
+# smtp_dialog PORT CMD...: a plain SMTP conversation over bash's
+# /dev/tcp; prints the banner, then each command (">> ") and the
+# server's reply lines ("<< "). Fails if a reply does not come in 10s.
+smtp_dialog() {
+	local port=$1 cmd
+	shift
+	exec 3<>"/dev/tcp/$HOST/$port" || return 1
+	_smtp_reply || { exec 3>&-; return 1; }
+	for cmd in "$@"; do
+		printf '%s\r\n' "$cmd" >&3
+		printf '>> %s\n' "$cmd"
+		_smtp_reply || { exec 3>&-; return 1; }
+	done
+	exec 3>&-
+}
+_smtp_reply() {
+	local line
+	while IFS= read -r -t 10 line <&3; do
+		line=${line%$'\r'}
+		printf '<< %s\n' "$line"
+		[[ $line =~ ^[0-9]{3}- ]] || return 0
+	done
+	return 1
+}
+
+# send NAME PORT [SWAKS-OPTIONS...]: one message with swaks; the
+# transcript goes to $work/t/NAME.log, the exit code to $swaks_rc, and
+# the queue id of a "250 ... queued as ID" reply to $queue_id.
+send() {
+	local name=$1 port=$2
+	shift 2
+	swaks_log=$work/t/$name.log
+	timeout 60 swaks --server "$HOST" --port "$port" \
+		--ehlo client.example.net --from "$SENDER" --to "$RCPT" \
+		--header "Subject: caddy-smtp interop $name" \
+		--timeout 15 "$@" </dev/null >"$swaks_log" 2>&1
+	swaks_rc=$?
+	queue_id=$(sed -n 's/^<[-~] *250 .*queued as \([A-Za-z0-9_-]*\).*/\1/p' "$swaks_log" | tail -n 1)
+}
+
+# check_delivered CHECK-NAME: the last send got a 250 with a queue id and
+# the spool holds that record.
+check_delivered() {
+	if [[ $swaks_rc -eq 0 && -n $queue_id && -f $queue/$queue_id.json && -f $queue/$queue_id.eml ]]; then
+		pass "$1 (swaks exit 0, queued as $queue_id)"
+	else
+		fail "$1" "swaks exit $swaks_rc, queue id '${queue_id}'" "$(show "$swaks_log")"
+	fi
+}
+
+# record_field ID JQ-FILTER: a field of a spool envelope.
+record_field() { jq -r "$2" "$queue/$1.json" 2>/dev/null; }
+
+# tls_probe NAME PORT [S_CLIENT-OPTIONS...]: STARTTLS with openssl
+# s_client; output in $work/t/NAME.log, exit code in $probe_rc, the
+# server's leaf certificate in $work/t/NAME.pem.
+tls_probe() {
+	local name=$1 port=$2
+	shift 2
+	probe_log=$work/t/$name.log
+	probe_pem=$work/t/$name.pem
+	timeout 20 openssl s_client -starttls smtp -connect "$HOST:$port" "$@" \
+		</dev/null >"$probe_log" 2>&1
+	probe_rc=$?
+	sed -n '/-----BEGIN CERTIFICATE-----/,/-----END CERTIFICATE-----/p' "$probe_log" |
+		awk '{print} /-----END CERTIFICATE-----/{exit}' >"$probe_pem"
+}
+
+# check_cert CHECK-NAME: the last probe's leaf is for localhost and was
+# issued by Caddy's local CA.
+check_cert() {
+	local subject issuer san
+	subject=$(openssl x509 -in "$probe_pem" -noout -subject -nameopt RFC2253 2>/dev/null)
+	issuer=$(openssl x509 -in "$probe_pem" -noout -issuer -nameopt RFC2253 2>/dev/null)
+	san=$(openssl x509 -in "$probe_pem" -noout -ext subjectAltName 2>/dev/null | tail -n +2 | tr -d ' ')
+	if [[ $probe_rc -eq 0 && $issuer == *"CN=$ISSUER_CN"* &&
+		( ",$san," == *",DNS:localhost,"* || $subject == *"CN=localhost"* ) ]]; then
+		pass "$1 (${subject:-subject=}; SAN $san; $issuer)"
+	else
+		fail "$1" "openssl exit $probe_rc; ${subject:-no subject}; SAN '${san}'; ${issuer:-no issuer}" "$(show "$probe_log")"
+	fi
+}
+
+# check_verified CHECK-NAME: the last probe verified the chain.
+check_verified() {
+	if [[ $probe_rc -eq 0 ]] && grep -q 'Verify return code: 0 (ok)' "$probe_log"; then
+		pass "$1"
+	else
+		fail "$1" "openssl exit $probe_rc" "$(show "$probe_log")"
+	fi
+}
+
+echo "interop: $("$caddy_bin" version)"
+echo "interop: work directory $work"
+
+# ---- start --------------------------------------------------------------
+
+if "$caddy_bin" adapt --config "$config" --adapter caddyfile >"$work/adapted.json" 2>"$work/adapt.err" &&
+	jq -e '.apps.smtp.servers | keys == ["encrypt","may","none"]' "$work/adapted.json" >/dev/null; then
+	pass "config: interop.Caddyfile adapts to apps.smtp with servers none, may, encrypt"
+else
+	fail "config: interop.Caddyfile adapts" "$(show "$work/adapt.err")"
+	exit 1
+fi
+
+for port in $PORT_NONE $PORT_MAY $PORT_ENCRYPT 2604 2699; do
+	if port_open "$port"; then
+		fail "start: port $port is free" "something already listens on $HOST:$port"
+		exit 1
+	fi
+done
+
+"$caddy_bin" run --config "$config" --adapter caddyfile </dev/null >"$caddy_out" 2>&1 &
+caddy_pid=$!
+
+deadline=$((SECONDS + 30))
+until port_open $PORT_NONE && port_open $PORT_MAY && port_open $PORT_ENCRYPT; do
+	if ! caddy_alive || ((SECONDS > deadline)); then
+		fail "start: caddy listens on $PORT_NONE, $PORT_MAY, $PORT_ENCRYPT" \
+			"$(caddy_alive && echo 'still not listening after 30s' || echo 'caddy exited')"
+		exit 1
+	fi
+	sleep 0.2
+done
+pass "start: caddy (pid $caddy_pid) listens on $PORT_NONE, $PORT_MAY, $PORT_ENCRYPT"
+
+# The internal CA issues the certificate asynchronously after start.
+deadline=$((SECONDS + 30))
+while :; do
+	tls_probe ready $PORT_MAY -servername localhost
+	[[ $probe_rc -eq 0 && -s $probe_pem ]] && break
+	if ! caddy_alive || ((SECONDS > deadline)); then
+		break
+	fi
+	sleep 1
+done
+if [[ $probe_rc -eq 0 && -s $probe_pem ]]; then
+	pass "start: TLS handshake on $PORT_MAY works (certificate ready)"
+else
+	fail "start: TLS handshake on $PORT_MAY within 30s" "$(show "$probe_log")"
+	exit 1
+fi
+
+# ---- level none ---------------------------------------------------------
+
+smtp_dialog $PORT_NONE "EHLO client.example.net" "STARTTLS" "QUIT" >"$work/t/none-raw.log" 2>&1
+if grep -q '^<< 250[- ]' "$work/t/none-raw.log" && ! grep -qi '^<< 250[- ]STARTTLS' "$work/t/none-raw.log"; then
+	pass "none: EHLO reply does not advertise STARTTLS"
+else
+	fail "none: EHLO reply does not advertise STARTTLS" "$(show "$work/t/none-raw.log")"
+fi
+reply=$(sed -n '/^>> STARTTLS/{n;p;}' "$work/t/none-raw.log")
+if [[ $reply == "<< 502 5.5.1 "* ]]; then
+	pass "none: STARTTLS gets '${reply#<< }'"
+else
+	fail "none: STARTTLS gets 502 5.5.1" "$(show "$work/t/none-raw.log")"
+fi
+
+send none-plain $PORT_NONE
+check_delivered "none: plaintext mail accepted"
+
+send none-tls $PORT_NONE --tls
+if [[ $swaks_rc -ne 0 && -z $queue_id ]]; then
+	pass "none: swaks --tls fails (exit $swaks_rc: $(grep -m1 -i 'starttls' "$swaks_log" | sed 's/^[^ ]* *//'))"
+else
+	fail "none: swaks --tls fails" "swaks exit $swaks_rc, queue id '${queue_id}'" "$(show "$swaks_log")"
+fi
+
+# ---- level may ----------------------------------------------------------
+
+smtp_dialog $PORT_MAY "EHLO client.example.net" "QUIT" >"$work/t/may-raw.log" 2>&1
+if grep -qi '^<< 250[- ]STARTTLS$' "$work/t/may-raw.log"; then
+	pass "may: EHLO reply advertises STARTTLS"
+else
+	fail "may: EHLO reply advertises STARTTLS" "$(show "$work/t/may-raw.log")"
+fi
+
+send may-plain $PORT_MAY
+check_delivered "may: plaintext mail accepted"
+if [[ -n $queue_id ]]; then
+	proto=$(record_field "$queue_id" '.client.protocol')
+	tls=$(record_field "$queue_id" '.client.tls')
+	if [[ $proto == ESMTP && $tls == null ]]; then
+		pass "may: plaintext record has client.protocol ESMTP and no tls"
+	else
+		fail "may: plaintext record has client.protocol ESMTP and no tls" "protocol '$proto', tls $tls"
+	fi
+fi
+
+records_before=$(find "$queue" -maxdepth 1 -name '*.json' ! -name '.*' | wc -l)
+send may-tls $PORT_MAY --tls
+check_delivered "may: STARTTLS mail accepted"
+records_after=$(find "$queue" -maxdepth 1 -name '*.json' ! -name '.*' | wc -l)
+if ((records_after == records_before + 1)); then
+	pass "may: spool got one new record ($records_before -> $records_after *.json)"
+else
+	fail "may: spool got one new record" "$records_before -> $records_after *.json"
+fi
+if [[ -n $queue_id ]]; then
+	proto=$(record_field "$queue_id" '.client.protocol')
+	tlsver=$(record_field "$queue_id" '.client.tls.version // empty')
+	if [[ $proto == ESMTPS && -n $tlsver ]]; then
+		pass "may: STARTTLS record has client.protocol ESMTPS ($tlsver, $(record_field "$queue_id" '.client.tls.cipher'))"
+	else
+		fail "may: STARTTLS record has client.protocol ESMTPS" "protocol '$proto', tls version '$tlsver'" "$(show "$queue/$queue_id.json")"
+	fi
+	if grep -q 'with ESMTPS id' "$queue/$queue_id.eml"; then
+		pass "may: Received header says 'with ESMTPS'"
+	else
+		fail "may: Received header says 'with ESMTPS'" "$(head -n 5 "$queue/$queue_id.eml")"
+	fi
+fi
+
+# ---- level encrypt ------------------------------------------------------
+
+smtp_dialog $PORT_ENCRYPT "EHLO client.example.net" "QUIT" >"$work/t/encrypt-raw.log" 2>&1
+if grep -qi '^<< 250[- ]STARTTLS$' "$work/t/encrypt-raw.log"; then
+	pass "encrypt: EHLO reply advertises STARTTLS"
+else
+	fail "encrypt: EHLO reply advertises STARTTLS" "$(show "$work/t/encrypt-raw.log")"
+fi
+
+send encrypt-plain $PORT_ENCRYPT
+reply=$(sed -n '/^ *-> MAIL FROM/{n;p;}' "$swaks_log")
+if [[ $swaks_rc -eq 23 && -z $queue_id && $reply == *"530 5.7.0 Must issue a STARTTLS command first"* ]]; then
+	pass "encrypt: plaintext MAIL gets '${reply#'<** '}' (swaks exit 23)"
+else
+	fail "encrypt: plaintext MAIL gets 530 5.7.0 Must issue a STARTTLS command first" \
+		"swaks exit $swaks_rc, queue id '${queue_id}'" "$(show "$swaks_log")"
+fi
+
+send encrypt-tls $PORT_ENCRYPT --tls --tls-sni localhost
+check_delivered "encrypt: STARTTLS mail accepted (SNI localhost)"
+if [[ -n $queue_id ]]; then
+	proto=$(record_field "$queue_id" '.client.protocol')
+	sni=$(record_field "$queue_id" '.client.tls.server_name // empty')
+	if [[ $proto == ESMTPS && $sni == localhost ]]; then
+		pass "encrypt: STARTTLS record has client.protocol ESMTPS and tls.server_name localhost"
+	else
+		fail "encrypt: STARTTLS record has client.protocol ESMTPS and tls.server_name localhost" \
+			"protocol '$proto', server_name '$sni'" "$(show "$queue/$queue_id.json")"
+	fi
+fi
+
+# ---- certificates -------------------------------------------------------
+
+tls_probe cert-sni $PORT_MAY -servername localhost
+check_cert "cert: STARTTLS with SNI localhost on $PORT_MAY serves the internal-CA certificate"
+tls_probe cert-nosni $PORT_MAY -noservername
+check_cert "cert: STARTTLS without SNI on $PORT_MAY serves it too (hostname is the default SNI)"
+tls_probe cert-encrypt $PORT_ENCRYPT -noservername
+check_cert "cert: STARTTLS without SNI on $PORT_ENCRYPT serves it"
+
+if [[ -s $root_ca ]]; then
+	pass "cert: local CA root at storage/pki/authorities/local/root.crt"
+else
+	fail "cert: local CA root at storage/pki/authorities/local/root.crt" "$(find "$work/storage" 2>&1 | head -n 20)"
+fi
+tls_probe verify-sni $PORT_MAY -servername localhost \
+	-CAfile "$root_ca" -verify_return_error -verify_hostname localhost
+check_verified "cert: chain verifies against the local CA root for localhost (SNI)"
+tls_probe verify-nosni $PORT_MAY -noservername \
+	-CAfile "$root_ca" -verify_return_error -verify_hostname localhost
+check_verified "cert: chain verifies against the local CA root for localhost (no SNI)"
+
+# ---- log ----------------------------------------------------------------
+
+# The log is written as connections close; give the last ones a moment.
+closed_tls='select(.msg == "connection closed" and .tls == true and (.tls_version // "") != "")'
+closed_plain='select(.msg == "connection closed" and .tls == false)'
+# the swaks STARTTLS session on the may server: the one TLS session there
+# that carried a message
+closed_may_tls="$closed_tls"' | select(.server == "may" and .messages == 1)'
+deadline=$((SECONDS + 5))
+until [[ -n $(jq -c "$closed_may_tls" "$caddy_log" 2>/dev/null | head -n 1) ]] || ((SECONDS > deadline)); do
+	sleep 0.2
+done
+line=$(jq -c "$closed_may_tls" "$caddy_log" 2>/dev/null | head -n 1)
+if [[ -n $line ]]; then
+	pass "log: 'connection closed' of the may STARTTLS session has tls_version: $(jq -r '"\(.tls_version) \(.tls_cipher)"' <<<"$line")"
+else
+	fail "log: 'connection closed' of the may STARTTLS session has tls_version" \
+		"$(jq -c 'select(.msg == "connection closed" and .server == "may")' "$caddy_log" 2>&1)"
+fi
+line=$(jq -c "$closed_tls"' | select(.server == "encrypt" and .tls_server_name == "localhost")' "$caddy_log" 2>/dev/null | head -n 1)
+if [[ -n $line ]]; then
+	pass "log: 'connection closed' of the encrypt session has tls_server_name localhost"
+else
+	fail "log: 'connection closed' of the encrypt session has tls_server_name localhost" \
+		"$(jq -c 'select(.msg == "connection closed" and .server == "encrypt")' "$caddy_log" 2>&1)"
+fi
+if [[ -n $(jq -c "$closed_plain" "$caddy_log" 2>/dev/null | head -n 1) ]]; then
+	pass "log: 'connection closed' with tls false for plaintext sessions"
+else
+	fail "log: 'connection closed' with tls false for plaintext sessions"
+fi
+n=$(jq -c 'select(.msg == "message accepted")' "$caddy_log" 2>/dev/null | wc -l)
+if ((n == 4)); then
+	pass "log: 'message accepted' for each of the 4 accepted messages"
+else
+	fail "log: 'message accepted' for each of the 4 accepted messages" "found $n"
+fi
+
+# A client that completes the STARTTLS handshake and then hangs up (here
+# openssl s_client, no EHLO after TLS) still had a TLS connection, and
+# the log must say so (DESIGN.md: every TLS connection is logged with
+# protocol version and cipher).
+closed_encrypt='select(.msg == "connection closed" and .server == "encrypt")'
+n_before=$(jq -c "$closed_encrypt" "$caddy_log" 2>/dev/null | wc -l)
+tls_probe handshake-only $PORT_ENCRYPT -servername localhost
+deadline=$((SECONDS + 5))
+until (($(jq -c "$closed_encrypt" "$caddy_log" 2>/dev/null | wc -l) > n_before)) || ((SECONDS > deadline)); do
+	sleep 0.2
+done
+line=$(jq -c "$closed_encrypt" "$caddy_log" 2>/dev/null | tail -n +$((n_before + 1)) | head -n 1)
+if [[ $probe_rc -eq 0 && -n $line ]] && jq -e '.tls == true and (.tls_version // "") != ""' <<<"$line" >/dev/null; then
+	pass "log: handshake-only STARTTLS session (no EHLO after TLS) logged with tls_version"
+else
+	fail "log: handshake-only STARTTLS session (no EHLO after TLS) logged with tls_version" \
+		"openssl exit $probe_rc; its log line: ${line:-none}"
+fi
+
+# ---- end ----------------------------------------------------------------
+
+if caddy_alive; then
+	pass "end: caddy still running"
+else
+	fail "end: caddy still running" "it exited"
+fi
+
+((failed == 0)) # cleanup prints the totals
