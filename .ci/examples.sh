@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The README's examples, run as a user would, with real swaks:
+#
+#   .ci/examples.sh <caddy-binary>
+#
+# 1. examples/Caddyfile (the quick start): swaks --tls to the gateway on
+#    127.0.0.1:2525 lands in ./maildir/new with two Received: headers,
+#    both ESMTPS with their TLS version; the mailbox on :2526 answers a
+#    plaintext MAIL with 530.
+# 2. examples/proxy-protocol.Caddyfile: swaks with PROXY v1 and v2
+#    headers to 127.0.0.1:2587 lands in ./maildir with the proxied
+#    client address in the gateway's Received: header.
+# Prints PASS/FAIL per check and "examples: N passed, M failed".
+set -uo pipefail
+
+caddy_bin=$(realpath "$1") || exit 2
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+passed=0 failed=0 pid=
+pass() { passed=$((passed + 1)); printf 'PASS  %s\n' "$1"; }
+fail() { failed=$((failed + 1)); printf 'FAIL  %s\n' "$1"; [[ -z ${2:-} ]] || sed 's/^/        /' <<<"$2"; }
+stop() {
+	if [[ -n $pid ]]; then
+		kill -TERM "$pid" 2>/dev/null
+		for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+		kill -KILL "$pid" 2>/dev/null
+		wait "$pid" 2>/dev/null
+		pid=
+	fi
+}
+work=$(mktemp -d /tmp/caddy-smtp-examples.XXXXXX)
+trap 'stop; rm -rf "$work"; printf "examples: %d passed, %d failed\n" "$passed" "$failed"; ((failed == 0))' EXIT
+export XDG_DATA_HOME=$work/data XDG_CONFIG_HOME=$work/config
+
+# start <example>: run it from a fresh directory (its ./queue and
+# ./maildir are relative), wait for a TLS handshake on the gateway.
+start() {
+	mkdir -p "$work/$1" && cd "$work/$1" || return 1
+	"$caddy_bin" run --config "$repo/examples/$1" >caddy.out 2>&1 &
+	pid=$!
+	for _ in $(seq 150); do
+		if echo | timeout 5 openssl s_client -starttls smtp -connect 127.0.0.1:2525 -servername localhost </dev/null 2>/dev/null | grep -q 'BEGIN CERTIFICATE'; then
+			return 0
+		fi
+		sleep 0.2
+	done
+	fail "$1: gateway ready within 30s" "$(tail -20 caddy.out)"
+	return 1
+}
+
+# wait_maildir N: wait until ./maildir/new holds N messages.
+wait_maildir() {
+	for _ in $(seq 100); do
+		(($(find maildir/new -type f 2>/dev/null | wc -l) >= $1)) && return 0
+		sleep 0.2
+	done
+	return 1
+}
+
+if start Caddyfile; then
+	out=$(swaks --server 127.0.0.1:2525 --tls --to someone@example.test 2>&1)
+	if grep -q '^<~  250 2.0.0 OK: queued as' <<<"$out"; then pass "quick start: swaks --tls to the gateway gets 250"; else fail "quick start: swaks --tls to the gateway gets 250" "$out"; fi
+	if wait_maildir 1; then
+		msg=$(cat maildir/new/*)
+		hdr=${msg%%$'\r\n\r\n'*}
+		if (($(grep -c 'with ESMTPS id' <<<"$hdr") == 2)) && (($(grep -c '(using TLSv1\.[23] with cipher' <<<"$hdr") == 2)); then
+			pass "quick start: in ./maildir/new with two Received: headers, both ESMTPS with TLS version"
+		else
+			fail "quick start: two ESMTPS Received: headers" "$hdr"
+		fi
+	else
+		fail "quick start: message in ./maildir/new within 20s" "$(tail -20 caddy.out)"
+	fi
+	out=$(swaks --server 127.0.0.1:2526 --to someone@example.test 2>&1)
+	if grep -q '^<\*\* 530 5.7.0 Must issue a STARTTLS command first' <<<"$out"; then pass "quick start: mailbox answers plaintext MAIL with 530"; else fail "quick start: mailbox answers plaintext MAIL with 530" "$out"; fi
+	stop
+fi
+
+if start proxy-protocol.Caddyfile; then
+	for v in 1 2; do
+		fam=TCP4
+		[[ $v == 2 ]] && fam=AF_INET
+		out=$(swaks --server 127.0.0.1:2587 --proxy-version $v --proxy-family $fam --proxy-source 192.0.2.1$v \
+			--proxy-source-port 40000 --proxy-dest 127.0.0.1 --proxy-dest-port 2587 --tls --to someone@example.test 2>&1)
+		if grep -q '^<~  250 2.0.0 OK: queued as' <<<"$out"; then pass "PROXY v$v: swaks --tls through the PROXY hop gets 250"; else fail "PROXY v$v: swaks --tls through the PROXY hop gets 250" "$out"; fi
+	done
+	if wait_maildir 2 && grep -q 'Received: from .* (\[192.0.2.11\])' maildir/new/* && grep -q 'Received: from .* (\[192.0.2.12\])' maildir/new/*; then
+		pass "PROXY v1/v2: delivered, the gateway's Received: header names the proxied client"
+	else
+		fail "PROXY v1/v2: delivered with the proxied client in Received:" "$(grep -h '^Received: from' maildir/new/* 2>&1; tail -5 caddy.out)"
+	fi
+	stop
+fi
