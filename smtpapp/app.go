@@ -273,6 +273,15 @@ func (a *App) Stop() error {
 	return errors.Join(errs...)
 }
 
+// Cleanup releases the spool's files once the app is gone (after Stop;
+// in a reload, after the new config started).
+func (a *App) Cleanup() error {
+	if a.spool != nil {
+		return a.spool.Close()
+	}
+	return nil
+}
+
 // queued tells the delivering runner about a new record: ours while we
 // run, else the current config's (a session that outlived a reload).
 func (a *App) queued(id string) {
@@ -297,6 +306,7 @@ func (a *App) Spool() *spool.Spool { return a.spool }
 
 // Interface guards
 var (
-	_ caddy.App         = (*App)(nil)
-	_ caddy.Provisioner = (*App)(nil)
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
 )

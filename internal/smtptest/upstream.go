@@ -101,6 +101,9 @@ func (u *Upstream) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	return &upstreamSession{u: u, tls: isTLS}, nil
 }
 
+// Close stops the upstream: its listener and every connection.
+func (u *Upstream) Close() { u.srv.Close() }
+
 // Received returns the messages received so far.
 func (u *Upstream) Received() []UpstreamMessage {
 	u.Mu.Lock()
