@@ -149,7 +149,10 @@ func TestQuickStart(t *testing.T) {
 	if msg == nil {
 		t.Fatal("nothing in maildir/new")
 	}
-	hdr, _, _ := strings.Cut(string(msg), "\r\n\r\n")
+	if strings.Contains(string(msg), "\r") {
+		t.Fatal("maildir file has CR characters; Maildir lines end with LF")
+	}
+	hdr, _, _ := strings.Cut(string(msg), "\n\n")
 	if n := strings.Count(hdr, "Received: "); n != 2 {
 		t.Fatalf("%d Received: headers, want 2:\n%s", n, hdr)
 	}

@@ -61,7 +61,7 @@ if start Caddyfile; then
 	if grep -q '^<~  250 2.0.0 OK: queued as' <<<"$out"; then pass "quick start: swaks --tls to the gateway gets 250"; else fail "quick start: swaks --tls to the gateway gets 250" "$out"; fi
 	if wait_maildir 1; then
 		msg=$(cat maildir/new/*)
-		hdr=${msg%%$'\r\n\r\n'*}
+		hdr=${msg%%$'\n\n'*}
 		if (($(grep -c 'with ESMTPS id' <<<"$hdr") == 2)) && (($(grep -c '(using TLSv1\.[23] with cipher' <<<"$hdr") == 2)); then
 			pass "quick start: in ./maildir/new with two Received: headers, both ESMTPS with TLS version"
 		else

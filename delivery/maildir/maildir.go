@@ -3,6 +3,7 @@
 package maildir
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -126,15 +127,21 @@ func (m *Maildir) store(job *delivery.Job, rcpt, dir string) error {
 		}
 	}()
 	// The delivery headers a local delivery agent adds (RFC 5321 4.4).
-	if _, err := fmt.Fprintf(f, "Return-Path: <%s>\r\nDelivered-To: %s\r\n", job.Envelope.From, rcpt); err != nil {
+	// Maildir files hold the message with LF line ends, as Postfix's
+	// local and virtual agents write them and Dovecot expects.
+	if _, err := fmt.Fprintf(f, "Return-Path: <%s>\nDelivered-To: %s\n", job.Envelope.From, rcpt); err != nil {
 		return err
 	}
 	msg, err := job.Open()
 	if err != nil {
 		return err
 	}
-	_, err = io.Copy(f, msg)
+	w := bufio.NewWriterSize(f, 64<<10)
+	_, err = io.Copy(&lfWriter{w: w}, msg)
 	msg.Close()
+	if err == nil {
+		err = w.Flush()
+	}
 	if err != nil {
 		return err
 	}
@@ -154,6 +161,34 @@ func (m *Maildir) store(job *delivery.Job, rcpt, dir string) error {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// lfWriter turns CRLF line ends into LF. The spool holds messages with
+// CRLF only (bare CR and LF are refused or normalized on receipt), so a
+// CR is dropped exactly when an LF follows; a CR at the end of one write
+// is held until the next.
+type lfWriter struct {
+	w      *bufio.Writer
+	heldCR bool
+}
+
+func (l *lfWriter) Write(p []byte) (int, error) {
+	for _, b := range p {
+		if l.heldCR {
+			l.heldCR = false
+			if b != '\n' {
+				l.w.WriteByte('\r')
+			}
+		}
+		if b == '\r' {
+			l.heldCR = true
+			continue
+		}
+		if err := l.w.WriteByte(b); err != nil {
+			return 0, err
+		}
+	}
+	return len(p), nil
 }
 
 // UnmarshalCaddyfile parses:

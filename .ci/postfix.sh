@@ -1,0 +1,530 @@
+#!/usr/bin/env bash
+# Interop test with a real Postfix (Debian package postfix, 3.7 on
+# Debian 12), on loopback (GitHub issue 3).
+#
+#   .ci/postfix.sh <caddy-binary>
+#
+# Runs as root. Installs postfix with apt-get if it is missing (without
+# configuring or starting the system's own instance), then runs a private
+# Postfix instance from a temporary directory (`postfix -c DIR`, config
+# from .ci/postfix/main.cf.in and master.cf; smtpd on 127.0.0.1:2700,
+# STARTTLS with a self-signed certificate made here, log in DIR/maillog)
+# and the caddy binary with .ci/postfix/postfix.Caddyfile:
+#
+#  - Postfix as the upstream: the gateway relays upstream.test to
+#    Postfix at client TLS level verify (127.0.0.1:2711: deferred, the
+#    certificate does not verify), encrypt (:2712: sent) and may (:2713:
+#    sent); exactly those two arrive in Postfix's Maildir, received with
+#    ESMTPS over TLS.
+#  - Postfix as the client: Postfix relays example.test through the
+#    gateway (relayhost [127.0.0.1]:2720, smtp_tls_security_level
+#    encrypt), which files it into a Maildir.
+#
+# Prints one PASS/FAIL line per check and "postfix interop: N passed, M
+# failed", and exits non-zero if any check failed. Ports used:
+# 2700 (Postfix), 2711-2713 and 2720 (gateway), 2799 (Caddy admin).
+# Needs: bash, swaks (with Net::SSLeay), openssl, jq, coreutils, and
+# apt-get if postfix is missing.
+# Set POSTFIX_KEEP=1 to keep the temporary directory.
+set -uo pipefail # no -e: every check runs and is counted
+
+if [[ $# -ne 1 ]]; then
+	echo "usage: $0 <caddy-binary>" >&2
+	exit 2
+fi
+caddy_bin=$(realpath "$1") || exit 2
+[[ -x $caddy_bin ]] || { echo "postfix interop: $1 is not executable" >&2; exit 2; }
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+templates=$here/postfix
+config=$templates/postfix.Caddyfile
+
+PATH=$PATH:/usr/sbin:/sbin # postfix, postconf
+if [[ $(id -u) -ne 0 ]]; then
+	echo "postfix interop: must run as root (it runs a Postfix instance)" >&2
+	exit 2
+fi
+for tool in swaks openssl jq timeout; do
+	command -v "$tool" >/dev/null || { echo "postfix interop: $tool not found" >&2; exit 2; }
+done
+
+readonly HOST=127.0.0.1 PORT_POSTFIX=2700 PORT_VERIFY=2711 PORT_ENCRYPT=2712 PORT_MAY=2713
+readonly PORT_RELAY=2720 PORT_ADMIN=2799
+readonly SENDER=interop@client.example.net
+readonly UPSTREAM_RCPT=someone@upstream.test GATEWAY_RCPT=someone@example.test
+
+passed=0 failed=0 caddy_pid='' postfix_started='' policy_rc_d_ours='' work=''
+pass() { passed=$((passed + 1)); printf 'PASS  %s\n' "$1"; }
+fail() {
+	failed=$((failed + 1))
+	printf 'FAIL  %s\n' "$1"
+	shift
+	(($# == 0)) || printf '%s\n' "$@" | sed 's/^/        /'
+}
+# show FILE: the end of a file, for a failure's details
+show() { tail -n 40 "$1" 2>&1 | sed 's/^/| /'; }
+
+# The master's pid, from the instance's pid file.
+postfix_master_pid() { sed -n 's/^ *\([0-9][0-9]*\).*/\1/p' "$pf/queue/pid/master.pid" 2>/dev/null; }
+
+stop_postfix() {
+	[[ -n $postfix_started ]] || return 0
+	local pid
+	pid=$(postfix_master_pid)
+	# "postfix stop" waits (up to 5s, then kills) for the master to let
+	# go of its lock; the process may take a moment more to exit.
+	timeout 20 postfix -c "$pf/etc" stop >/dev/null 2>&1
+	if [[ -n $pid ]]; then
+		for _ in $(seq 50); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		! kill -0 "$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null
+	fi
+	postfix_started=
+}
+
+cleanup() {
+	local rc=$?
+	[[ -z $policy_rc_d_ours ]] || rm -f /usr/sbin/policy-rc.d
+	if [[ -n $caddy_pid ]] && kill -0 "$caddy_pid" 2>/dev/null; then
+		kill -TERM "$caddy_pid" 2>/dev/null
+		for _ in $(seq 50); do
+			kill -0 "$caddy_pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -KILL "$caddy_pid" 2>/dev/null
+		wait "$caddy_pid" 2>/dev/null
+	fi
+	stop_postfix
+	if [[ -n $work && ($rc -ne 0 || $failed -ne 0) ]]; then
+		echo "---- caddy stdout/stderr (last 30 lines) ----"
+		tail -n 30 "$caddy_out" 2>/dev/null
+		echo "---- caddy JSON log (last 30 lines) ----"
+		tail -n 30 "$caddy_log" 2>/dev/null
+		echo "---- postfix maillog (last 40 lines) ----"
+		tail -n 40 "$maillog" 2>/dev/null
+		echo "----"
+	fi
+	if [[ -n $work ]]; then
+		if [[ ${POSTFIX_KEEP:-} == 1 ]]; then
+			echo "postfix interop: kept $work"
+		else
+			rm -rf "$work"
+		fi
+	fi
+	echo "postfix interop: $passed passed, $failed failed"
+	((rc != 0 || failed == 0)) || rc=1
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---- 0. postfix package -------------------------------------------------
+
+if ! dpkg-query -W -f='${Status}' postfix 2>/dev/null | grep -q 'install ok installed'; then
+	echo "postfix interop: installing postfix (no configuration, not started)"
+	export DEBIAN_FRONTEND=noninteractive
+	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+	# Keep the package's maintainer scripts from starting the system's
+	# instance (invoke-rc.d and deb-systemd-invoke honour policy-rc.d).
+	if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+		chmod 755 /usr/sbin/policy-rc.d
+		policy_rc_d_ours=1
+	fi
+	timeout 300 apt-get update -qq
+	timeout 300 apt-get install -y -qq --no-install-recommends postfix >/dev/null
+	install_rc=$?
+	if [[ -n $policy_rc_d_ours ]]; then
+		rm -f /usr/sbin/policy-rc.d
+		policy_rc_d_ours=
+	fi
+	if ((install_rc != 0)); then
+		fail "setup: apt-get install postfix" "exit $install_rc"
+		exit 1
+	fi
+fi
+pf_version=$(postconf -d -h mail_version 2>/dev/null)
+if [[ -n $pf_version ]]; then
+	pass "setup: postfix $pf_version installed"
+else
+	fail "setup: postfix installed" "postconf -d mail_version gave nothing"
+	exit 1
+fi
+# The system's own instance is neither used nor touched: everything below
+# is "postfix -c <temporary dir>". Say whether it runs, for the record.
+if postfix status >/dev/null 2>&1; then
+	echo "postfix interop: note: the system's Postfix instance is running; not used"
+fi
+
+# ---- setup --------------------------------------------------------------
+
+echo "postfix interop: $("$caddy_bin" version)"
+
+for port in $PORT_POSTFIX $PORT_VERIFY $PORT_ENCRYPT $PORT_MAY $PORT_RELAY $PORT_ADMIN; do
+	if (exec 3<>"/dev/tcp/$HOST/$port") 2>/dev/null; then
+		fail "start: port $port is free" "something already listens on $HOST:$port"
+		exit 1
+	fi
+done
+
+work=$(mktemp -d /tmp/caddy-smtp-postfix.XXXXXX)
+# Postfix's daemons run as the postfix user and its virtual(8) delivers
+# as it: they must be able to reach the directories below.
+chmod 755 "$work"
+echo "postfix interop: work directory $work"
+export POSTFIX_CI_DIR=$work
+# Keep Caddy's data and autosaved config out of $HOME.
+export XDG_DATA_HOME=$work/data XDG_CONFIG_HOME=$work/config
+caddy_log=$work/caddy.log # the JSON log (Caddyfile `log` option)
+caddy_out=$work/caddy.out # the process's stdout and stderr
+queue=$work/queue         # the gateway's spool
+gw_maildir=$work/maildir  # where the gateway files mail from Postfix
+pf=$work/postfix          # the Postfix instance
+maillog=$pf/maillog
+pf_maildir=$pf/vmail/upstream.test/someone
+mkdir -p "$work/t" "$pf/etc" "$pf/queue" "$pf/data" "$pf/vmail" "$pf/tls"
+
+port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+caddy_alive() { [[ -n $caddy_pid ]] && kill -0 "$caddy_pid" 2>/dev/null; }
+postfix_alive() {
+	local pid
+	pid=$(postfix_master_pid)
+	[[ -n $pid ]] && kill -0 "$pid" 2>/dev/null
+}
+
+# send NAME PORT RCPT [SWAKS-OPTIONS...]: one message with swaks; the
+# transcript goes to $work/t/NAME.log, the exit code to $swaks_rc, and
+# the queue id of a "250 ... queued as ID" reply to $queue_id.
+send() {
+	local name=$1 port=$2 rcpt=$3
+	shift 3
+	swaks_log=$work/t/$name.log
+	timeout 60 swaks --server "$HOST" --port "$port" \
+		--ehlo client.example.net --from "$SENDER" --to "$rcpt" \
+		--header "Subject: caddy-smtp postfix interop $name" \
+		--timeout 15 "$@" </dev/null >"$swaks_log" 2>&1
+	swaks_rc=$?
+	queue_id=$(sed -n 's/^<[-~] *250 .*queued as \([A-Za-z0-9_-]*\).*/\1/p' "$swaks_log" | tail -n 1)
+}
+
+# check_queued CHECK-NAME: the last send got a 250 with a queue id.
+check_queued() {
+	if [[ $swaks_rc -eq 0 && -n $queue_id ]]; then
+		pass "$1 (swaks exit 0, queued as $queue_id)"
+	else
+		fail "$1" "swaks exit $swaks_rc, queue id '${queue_id}'" "$(show "$swaks_log")"
+	fi
+}
+
+# delivery_line ID: the caddy log's first delivery line for a queue id.
+delivery_line() {
+	[[ -n $1 ]] || return 0
+	jq -c --arg id "$1" 'select(.logger == "smtp.queue" and .queue_id == $id
+		and (.msg | startswith("delivery ")))' "$caddy_log" 2>/dev/null | head -n 1
+}
+
+# wait_delivery SECONDS ID...: until each id has a delivery line.
+wait_delivery() {
+	local deadline=$((SECONDS + $1)) id missing
+	shift
+	while :; do
+		missing=0
+		for id in "$@"; do
+			[[ -z $id || -n $(delivery_line "$id") ]] || missing=1
+		done
+		((missing == 0)) && return 0
+		((SECONDS > deadline)) && return 1
+		sleep 0.2
+	done
+}
+
+# received_header FILE: the message's first Received: header, unfolded
+# (the gateway's Maildir files have CRLF line ends, Postfix's LF).
+received_header() {
+	awk '{ sub(/\r$/, "") }
+		/^$/ { exit }
+		found && /^[ \t]/ { sub(/^[ \t]+/, " "); line = line $0; next }
+		found { exit }
+		tolower($0) ~ /^received:/ { found = 1; line = $0 }
+		END { print line }' "$1"
+}
+
+# subject FILE: what follows "Subject: caddy-smtp postfix interop ".
+subject() { tr -d '\r' <"$1" | sed -n 's/^Subject: caddy-smtp postfix interop //p' | head -n 1; }
+
+# ---- Postfix instance ---------------------------------------------------
+
+pf_uid=$(id -u postfix) pf_gid=$(id -g postfix)
+sed -e "s|@PF_DIR@|$pf|g" -e "s|@PF_UID@|$pf_uid|g" -e "s|@PF_GID@|$pf_gid|g" \
+	"$templates/main.cf.in" >"$pf/etc/main.cf"
+cp "$templates/master.cf" "$pf/etc/master.cf"
+chown postfix:postfix "$pf/data" "$pf/vmail"
+# A self-signed certificate for the upstream; with the IP address in the
+# SAN, so a `verify` failure is about trust, not about the name.
+if openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+	-subj /CN=postfix.test -addext 'subjectAltName=DNS:postfix.test,IP:127.0.0.1' \
+	-keyout "$pf/tls/key.pem" -out "$pf/tls/cert.pem" >"$work/t/openssl-req.log" 2>&1; then
+	chmod 600 "$pf/tls/key.pem"
+	pass "postfix: self-signed certificate for postfix.test / 127.0.0.1"
+else
+	fail "postfix: self-signed certificate" "$(show "$work/t/openssl-req.log")"
+	exit 1
+fi
+
+# "postfix check" also creates the queue's subdirectories.
+timeout 60 postfix -c "$pf/etc" check >"$work/t/postfix-check.log" 2>&1
+rc=$?
+if ((rc == 0)); then
+	nwarn=$(grep -c 'warning:' "$work/t/postfix-check.log")
+	pass "postfix: postfix -c $pf/etc check ($nwarn warnings)"
+	((nwarn == 0)) || sed 's/^/        note: /' "$work/t/postfix-check.log"
+else
+	fail "postfix: postfix -c $pf/etc check" "exit $rc" "$(show "$work/t/postfix-check.log")"
+	exit 1
+fi
+
+postfix_started=1
+timeout 60 postfix -c "$pf/etc" start >"$work/t/postfix-start.log" 2>&1
+rc=$?
+deadline=$((SECONDS + 20))
+until port_open $PORT_POSTFIX; do
+	if ((rc != 0)) || ((SECONDS > deadline)); then
+		break
+	fi
+	sleep 0.2
+done
+banner=$(timeout 10 bash -c "exec 3<>/dev/tcp/$HOST/$PORT_POSTFIX && IFS= read -r -t 5 line <&3 && printf '%s' \"\${line%\$'\r'}\" && printf 'QUIT\r\n' >&3" 2>/dev/null)
+if ((rc == 0)) && postfix_alive && [[ $banner == "220 postfix.test ESMTP"* ]]; then
+	pass "postfix: started (master pid $(postfix_master_pid)), $HOST:$PORT_POSTFIX says '$banner'"
+else
+	fail "postfix: started, $HOST:$PORT_POSTFIX greets as postfix.test" "start exit $rc; banner '$banner'" \
+		"$(show "$work/t/postfix-start.log")" "$(show "$maillog")"
+	exit 1
+fi
+
+timeout 20 openssl s_client -starttls smtp -connect "$HOST:$PORT_POSTFIX" -noservername \
+	</dev/null >"$work/t/postfix-tls.log" 2>&1
+probe_rc=$?
+if ((probe_rc == 0)) && grep -q '^subject=.*CN *= *postfix.test' "$work/t/postfix-tls.log"; then
+	pass "postfix: STARTTLS on $PORT_POSTFIX serves the self-signed postfix.test certificate"
+else
+	fail "postfix: STARTTLS on $PORT_POSTFIX serves the self-signed certificate" \
+		"openssl exit $probe_rc" "$(show "$work/t/postfix-tls.log")"
+fi
+
+# ---- caddy --------------------------------------------------------------
+
+if "$caddy_bin" adapt --config "$config" --adapter caddyfile >"$work/adapted.json" 2>"$work/adapt.err" &&
+	jq -e '.apps.smtp.servers | keys == ["from_postfix","to_encrypt","to_may","to_verify"]' "$work/adapted.json" >/dev/null; then
+	pass "config: postfix.Caddyfile adapts to apps.smtp with servers to_verify, to_encrypt, to_may, from_postfix"
+else
+	fail "config: postfix.Caddyfile adapts" "$(show "$work/adapt.err")"
+	exit 1
+fi
+
+"$caddy_bin" run --config "$config" --adapter caddyfile </dev/null >"$caddy_out" 2>&1 &
+caddy_pid=$!
+deadline=$((SECONDS + 30))
+until port_open $PORT_VERIFY && port_open $PORT_ENCRYPT && port_open $PORT_MAY && port_open $PORT_RELAY; do
+	if ! caddy_alive || ((SECONDS > deadline)); then
+		fail "start: caddy listens on $PORT_VERIFY, $PORT_ENCRYPT, $PORT_MAY, $PORT_RELAY" \
+			"$(caddy_alive && echo 'still not listening after 30s' || echo 'caddy exited')"
+		exit 1
+	fi
+	sleep 0.2
+done
+pass "start: caddy (pid $caddy_pid) listens on $PORT_VERIFY, $PORT_ENCRYPT, $PORT_MAY, $PORT_RELAY"
+
+# The internal CA issues the certificate asynchronously after start;
+# Postfix (level encrypt) needs it on $PORT_RELAY.
+deadline=$((SECONDS + 30))
+while :; do
+	timeout 20 openssl s_client -starttls smtp -connect "$HOST:$PORT_RELAY" -servername localhost \
+		</dev/null >"$work/t/relay-ready.log" 2>&1
+	probe_rc=$?
+	((probe_rc == 0)) && grep -q -- '-----BEGIN CERTIFICATE-----' "$work/t/relay-ready.log" && break
+	if ! caddy_alive || ((SECONDS > deadline)); then
+		break
+	fi
+	sleep 1
+done
+if ((probe_rc == 0)); then
+	pass "start: TLS handshake on $PORT_RELAY works (certificate ready)"
+else
+	fail "start: TLS handshake on $PORT_RELAY within 30s" "$(show "$work/t/relay-ready.log")"
+	exit 1
+fi
+
+# ---- Postfix as the upstream -------------------------------------------
+
+send verify $PORT_VERIFY $UPSTREAM_RCPT
+check_queued "upstream: gateway (client level verify) accepts a message for upstream.test"
+id_verify=$queue_id
+send encrypt $PORT_ENCRYPT $UPSTREAM_RCPT
+check_queued "upstream: gateway (client level encrypt) accepts a message for upstream.test"
+id_encrypt=$queue_id
+send may $PORT_MAY $UPSTREAM_RCPT
+check_queued "upstream: gateway (client level may) accepts a message for upstream.test"
+id_may=$queue_id
+
+wait_delivery 30 "$id_verify" "$id_encrypt" "$id_may" ||
+	echo "postfix interop: not every message has a delivery line after 30s"
+
+# verify: the self-signed certificate does not verify; deferred, and
+# (min_retry_interval 1h) still in the spool.
+line=$(delivery_line "$id_verify")
+if [[ -n $line ]] && jq -e '.msg == "delivery deferred" and .status == "deferred"
+	and .relay == "127.0.0.1[127.0.0.1]:2700"
+	and (.reply | contains("certificate not verified"))' <<<"$line" >/dev/null; then
+	pass "upstream verify: 'delivery deferred', reply '$(jq -r .reply <<<"$line")'"
+else
+	fail "upstream verify: 'delivery deferred' with reply containing 'certificate not verified'" "${line:-"no delivery line for '$id_verify'"}"
+fi
+if [[ -n $line ]] && jq -e '.reply | test("unknown authority")' <<<"$line" >/dev/null; then
+	pass "upstream verify: deferred for want of trust (unknown authority), not for the name"
+else
+	fail "upstream verify: deferred because the certificate is self-signed (unknown authority)" "${line:-none}"
+fi
+if [[ -n $id_verify && -f $queue/$id_verify.json && -f $queue/$id_verify.eml ]] &&
+	[[ -n $line ]] && jq -e '(.next_attempt // "") != ""' <<<"$line" >/dev/null; then
+	pass "upstream verify: message stays queued (spool record, next_attempt $(jq -r .next_attempt <<<"$line"))"
+else
+	fail "upstream verify: message stays queued with a next_attempt" \
+		"$(ls -la "$queue" 2>&1)" "${line:-no delivery line}"
+fi
+
+# encrypt and may: sent over TLS, certificate not verified; Postfix's
+# reply names its queue id, which its log shows delivered to the Maildir.
+for level in encrypt may; do
+	id_var=id_$level
+	line=$(delivery_line "${!id_var}")
+	if [[ -n $line ]] && jq -e '.msg == "delivery sent" and .status == "sent"
+		and .relay == "127.0.0.1[127.0.0.1]:2700"
+		and .tls == true and .tls_verified == false
+		and (.reply | startswith("250 "))' <<<"$line" >/dev/null; then
+		pass "upstream $level: 'delivery sent', tls true ($(jq -r '"\(.tls_version) \(.tls_cipher)"' <<<"$line")), tls_verified false, reply '$(jq -r .reply <<<"$line")'"
+	else
+		fail "upstream $level: 'delivery sent' with tls true and tls_verified false" "${line:-"no delivery line for '${!id_var}'"}"
+	fi
+	pf_id=
+	[[ -z $line ]] || pf_id=$(jq -r '.reply // ""' <<<"$line" | sed -n 's/.*queued as \([0-9A-Za-z]*\).*/\1/p')
+	deadline=$((SECONDS + 15))
+	until [[ -z $pf_id ]] || grep -q "$pf_id: to=<$UPSTREAM_RCPT>, relay=virtual, .*status=sent" "$maillog" 2>/dev/null ||
+		((SECONDS > deadline)); do
+		sleep 0.2
+	done
+	if [[ -n $pf_id ]] && grep -q "$pf_id: to=<$UPSTREAM_RCPT>, relay=virtual, .*status=sent" "$maillog"; then
+		pass "upstream $level: Postfix log: $pf_id delivered to maildir (status=sent)"
+	else
+		fail "upstream $level: Postfix log shows the message (Postfix id '$pf_id') delivered" \
+			"$(grep -F "${pf_id:-no-id}" "$maillog" 2>&1)"
+	fi
+done
+
+# Postfix's Maildir: exactly the encrypt and the may message.
+deadline=$((SECONDS + 10))
+until (($(find "$pf_maildir/new" -type f 2>/dev/null | wc -l) >= 2)) || ((SECONDS > deadline)); do
+	sleep 0.2
+done
+mapfile -t arrived < <(find "$pf_maildir/new" -type f 2>/dev/null | sort)
+subjects=$(for f in "${arrived[@]}"; do subject "$f"; done | sort | paste -sd, -)
+if ((${#arrived[@]} == 2)) && [[ $subjects == encrypt,may ]]; then
+	pass "upstream: exactly 2 messages in Postfix's Maildir (subjects: $subjects)"
+else
+	fail "upstream: exactly 2 messages (encrypt, may) in Postfix's Maildir" \
+		"${#arrived[@]} files, subjects '$subjects'" "$(find "$pf/vmail" 2>&1 | head -n 20)"
+fi
+for f in "${arrived[@]}"; do
+	subj=$(subject "$f")
+	received=$(received_header "$f")
+	if [[ $received == *"(using TLSv1."[23]" with cipher "* && $received == *"by postfix.test (Postfix) with ESMTPS id "* ]]; then
+		tlsinfo=$(sed -n 's/.*(using \(TLSv1\.[0-9]\) with cipher \([^ ]*\).*/\1 \2/p' <<<"$received")
+		pass "upstream ${subj:-?}: Postfix's Received: 'by postfix.test (Postfix) with ESMTPS', using $tlsinfo"
+	else
+		fail "upstream ${subj:-?}: Postfix's Received: says '(using TLSv1.x' and 'with ESMTPS'" "$received"
+	fi
+done
+
+# ---- Postfix as the client ---------------------------------------------
+
+gw_before=$(find "$gw_maildir/new" -type f 2>/dev/null | wc -l)
+send postfix-client $PORT_POSTFIX $GATEWAY_RCPT
+check_queued "client: Postfix accepts a message for example.test (relayhost [127.0.0.1]:$PORT_RELAY)"
+pf_id=$queue_id
+
+deadline=$((SECONDS + 30))
+until (($(find "$gw_maildir/new" -type f 2>/dev/null | wc -l) > gw_before)) || ((SECONDS > deadline)); do
+	sleep 0.2
+done
+mapfile -t gw_files < <(find "$gw_maildir/new" -type f 2>/dev/null | sort)
+gw_file=
+for f in "${gw_files[@]}"; do
+	[[ $(subject "$f") == postfix-client ]] && gw_file=$f
+done
+if [[ -n $gw_file ]]; then
+	pass "client: the message arrived in the gateway's Maildir (new/$(basename "$gw_file"))"
+else
+	fail "client: the message arrives in the gateway's Maildir within 30s" \
+		"$(find "$gw_maildir" 2>&1 | head -n 20)" "$(grep -F "${pf_id:-no-id}" "$maillog" 2>&1)"
+fi
+if [[ -n $gw_file ]]; then
+	received=$(received_header "$gw_file")
+	if [[ $received == "Received: from postfix.test "* && $received == *" with ESMTPS id "* ]]; then
+		pass "client: gateway's Received: 'from postfix.test ... with ESMTPS' ($(grep -o '(using [^)]*)' <<<"$received"))"
+	else
+		fail "client: gateway's Received: says 'from postfix.test' and 'with ESMTPS'" "$received"
+	fi
+fi
+
+# Postfix's smtp client logs the TLS session (smtp_tls_loglevel 1) and
+# the delivery. Caddy's internal CA is not in Postfix's trust: Untrusted.
+deadline=$((SECONDS + 10))
+until grep -q "${pf_id:-no-id}: to=<$GATEWAY_RCPT>, relay=$HOST\[$HOST\]:$PORT_RELAY,.* status=" "$maillog" 2>/dev/null ||
+	((SECONDS > deadline)); do
+	sleep 0.2
+done
+tls_line=$(grep -E "(Untrusted|Anonymous|Trusted|Verified) TLS connection established to $HOST\[$HOST\]:$PORT_RELAY" "$maillog" | tail -n 1)
+if [[ -n $tls_line ]]; then
+	pass "client: Postfix log: '$(sed 's/.*\]: \([A-Za-z]* TLS connection established to [^:]*:[0-9]*\): \(.*\)/\1 (\2)/' <<<"$tls_line")'"
+else
+	fail "client: Postfix log says 'TLS connection established to ${HOST}[${HOST}]:$PORT_RELAY'" \
+		"$(grep -F 'smtp[' "$maillog" 2>&1 | tail -n 10)"
+fi
+sent_line=$(grep "${pf_id:-no-id}: to=<$GATEWAY_RCPT>, relay=$HOST\[$HOST\]:$PORT_RELAY,.* status=sent " "$maillog" | tail -n 1)
+gw_id=$(sed -n 's/.*status=sent (250 .*queued as \([A-Za-z0-9_-]*\)).*/\1/p' <<<"$sent_line")
+if [[ -n $sent_line ]]; then
+	pass "client: Postfix log: $pf_id relay=${HOST}[${HOST}]:$PORT_RELAY status=sent ($(sed 's/.*status=sent (\(.*\))$/\1/' <<<"$sent_line"))"
+else
+	fail "client: Postfix log says status=sent via relay=${HOST}[${HOST}]:$PORT_RELAY" \
+		"$(grep -F "${pf_id:-no-id}" "$maillog" 2>&1)"
+fi
+line=$(jq -c --arg id "${gw_id:-no-id}" 'select(.msg == "message accepted" and .queue_id == $id)' "$caddy_log" 2>/dev/null | head -n 1)
+if [[ -n $line ]] && jq -e '.server == "from_postfix" and .protocol == "ESMTPS"' <<<"$line" >/dev/null; then
+	pass "client: caddy log: 'message accepted' $gw_id on from_postfix with protocol ESMTPS"
+else
+	fail "client: caddy log: 'message accepted' on from_postfix with protocol ESMTPS" "${line:-"none for '$gw_id'"}"
+fi
+
+# ---- end ----------------------------------------------------------------
+
+bad=$(grep -E 'postfix-ci/[^:]*: (fatal|panic|error):' "$maillog" 2>/dev/null)
+if [[ -z $bad ]]; then
+	pass "end: Postfix log has no fatal/panic/error lines"
+else
+	fail "end: Postfix log has no fatal/panic/error lines" "$bad"
+fi
+# Warnings are expected (e.g. the TLS alert of the verify attempt); shown.
+grep -E 'postfix-ci/[^:]*: warning:' "$maillog" 2>/dev/null | sed 's/^/        note: /'
+if caddy_alive; then
+	pass "end: caddy still running"
+else
+	fail "end: caddy still running" "it exited"
+fi
+if postfix_alive; then
+	pass "end: Postfix instance still running"
+else
+	fail "end: Postfix instance still running" "its master exited"
+fi
+
+((failed == 0)) # cleanup prints the totals
