@@ -405,11 +405,21 @@ func remoteAddrPort(nc net.Conn) netip.AddrPort {
 type zapPrintfLogger struct{ l *zap.Logger }
 
 func (z zapPrintfLogger) Printf(format string, v ...any) {
-	z.l.Debug("smtp engine", zap.String("detail", strings.TrimSpace(fmt.Sprintf(format, v...))))
+	z.log(strings.TrimSpace(fmt.Sprintf(format, v...)))
 }
 
 func (z zapPrintfLogger) Println(v ...any) {
-	z.l.Debug("smtp engine", zap.String("detail", strings.TrimSpace(fmt.Sprintln(v...))))
+	z.log(strings.TrimSpace(fmt.Sprintln(v...)))
+}
+
+// log keeps go-smtp's routine connection errors at debug level, but a
+// recovered panic is an error an administrator must see.
+func (z zapPrintfLogger) log(detail string) {
+	if strings.HasPrefix(detail, "panic") {
+		z.l.Error("smtp engine panic", zap.String("detail", detail))
+		return
+	}
+	z.l.Debug("smtp engine", zap.String("detail", detail))
 }
 
 // ParseSize parses a size like "25MiB", "10MB" or "1048576" into bytes,
