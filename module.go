@@ -1,12 +1,16 @@
 // Package caddysmtp is the caddy-smtp plugin: importing it registers the
 // smtp app (apps.smtp), its delivery targets (smtp.delivery.relay, .mx,
 // .maildir), the layer4 handler (layer4.handlers.smtp, with caddy-l4's
-// app and modules) and the `smtp` Caddyfile global option.
+// app and modules), the `smtp` Caddyfile global option, the queue's
+// admin API endpoint (admin.api.smtp, /smtp/ on the admin listener) and
+// the `caddy smtp-queue` command.
 //
 //	xcaddy build --with github.com/caddy-smtp/caddy-smtp
 package caddysmtp
 
 import (
+	// the queue on the admin API (admin.api.smtp)
+	_ "github.com/caddy-smtp/caddy-smtp/admin"
 	// the smtp Caddyfile global option
 	_ "github.com/caddy-smtp/caddy-smtp/caddyfile"
 	// delivery targets
@@ -17,6 +21,8 @@ import (
 	_ "github.com/caddy-smtp/caddy-smtp/l4smtp"
 	// the smtp app
 	_ "github.com/caddy-smtp/caddy-smtp/smtpapp"
+	// the `caddy smtp-queue` command
+	_ "github.com/caddy-smtp/caddy-smtp/smtpcmd"
 	// caddy-l4: the layer4 app and its matchers and handlers
 	// (proxy_protocol, tls, remote_ip, close...)
 	_ "github.com/mholt/caddy-l4"

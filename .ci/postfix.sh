@@ -48,7 +48,7 @@ for tool in swaks openssl jq timeout; do
 done
 
 readonly HOST=127.0.0.1 PORT_POSTFIX=2700 PORT_VERIFY=2711 PORT_ENCRYPT=2712 PORT_MAY=2713
-readonly PORT_RELAY=2720 PORT_ADMIN=2799
+readonly PORT_RELAY=2720 PORT_ADMIN=2799 PORT_SMUGGLE_REJECT=2714 PORT_SMUGGLE_NORMALIZE=2715
 readonly SENDER=interop@client.example.net
 readonly UPSTREAM_RCPT=someone@upstream.test GATEWAY_RCPT=someone@example.test
 
@@ -161,7 +161,7 @@ fi
 
 echo "postfix interop: $("$caddy_bin" version)"
 
-for port in $PORT_POSTFIX $PORT_VERIFY $PORT_ENCRYPT $PORT_MAY $PORT_RELAY $PORT_ADMIN; do
+for port in $PORT_POSTFIX $PORT_VERIFY $PORT_ENCRYPT $PORT_MAY $PORT_RELAY $PORT_ADMIN $PORT_SMUGGLE_REJECT $PORT_SMUGGLE_NORMALIZE; do
 	if (exec 3<>"/dev/tcp/$HOST/$port") 2>/dev/null; then
 		fail "start: port $port is free" "something already listens on $HOST:$port"
 		exit 1
@@ -316,8 +316,8 @@ fi
 # ---- caddy --------------------------------------------------------------
 
 if "$caddy_bin" adapt --config "$config" --adapter caddyfile >"$work/adapted.json" 2>"$work/adapt.err" &&
-	jq -e '.apps.smtp.servers | keys == ["from_postfix","to_encrypt","to_may","to_verify"]' "$work/adapted.json" >/dev/null; then
-	pass "config: postfix.Caddyfile adapts to apps.smtp with servers to_verify, to_encrypt, to_may, from_postfix"
+	jq -e '.apps.smtp.servers | keys == ["from_postfix","smuggle_normalize","smuggle_reject","to_encrypt","to_may","to_verify"]' "$work/adapted.json" >/dev/null; then
+	pass "config: postfix.Caddyfile adapts to apps.smtp with servers to_verify, to_encrypt, to_may, smuggle_reject, smuggle_normalize, from_postfix"
 else
 	fail "config: postfix.Caddyfile adapts" "$(show "$work/adapt.err")"
 	exit 1
@@ -445,6 +445,73 @@ for f in "${arrived[@]}"; do
 		fail "upstream ${subj:-?}: Postfix's Received: says '(using TLSv1.x' and 'with ESMTPS'" "$received"
 	fi
 done
+
+# ---- SMTP smuggling through the gateway to Postfix ----------------------
+
+# Each end-of-data look-alike from the 2023 SMTP smuggling research,
+# followed by a smuggled second transaction. swaks -ndf sends the data
+# exactly as written (it adds only the final CRLF after our ".").
+smuggle_pf_maildir=$pf/vmail/upstream.test/smuggle
+declare -A variants=(
+	[lf-dot-lf]='\n.\n' [lf-dot-crlf]='\n.\r\n' [cr-dot-cr]='\r.\r' [crlf-dot-cr]='\r\n.\r'
+	[crlf-dot-lf]='\r\n.\n' [lf-dot-nul-lf]='\n.\x00\n' [crlf-nul-dot-crlf]='\r\n\x00.\r\n'
+)
+accepted=0
+for name in "${!variants[@]}"; do
+	for mode in reject normalize; do
+		port_var=PORT_SMUGGLE_${mode^^}
+		payload=$work/t/smuggle-$mode-$name.eml
+		printf "Subject: caddy-smtp postfix interop smuggle-$mode-$name\r\n\r\nbefore${variants[$name]}MAIL FROM:<evil@evil.test>\r\nRCPT TO:<smuggle@upstream.test>\r\nDATA\r\nSubject: smuggled-$mode-$name\r\n\r\nafter\r\n." >"$payload"
+		send "smuggle-$mode-$name" "${!port_var}" smuggle@upstream.test --data "@$payload" -ndf
+		reply=$(grep -a -E '^<(\*\*|~|-) *[245][0-9][0-9] ' "$swaks_log" | grep -a -v -E 'Bye|Roger|make sure|Go ahead|Hello' | tail -n 1)
+		if [[ -n $queue_id ]]; then
+			accepted=$((accepted + 1))
+			smuggled_ids+=("$queue_id")
+		fi
+		case $mode-$name in
+		reject-crlf-dot-cr | reject-crlf-nul-dot-crlf | normalize-*)
+			# No bare line end reaches the spool: go-smtp's dot-unstuffing
+			# drops ".\r" at a line start, a NUL is data, normalize
+			# rewrites; one message, CRLF only.
+			if [[ -n $queue_id ]]; then
+				pass "smuggling $mode $name: accepted as one message ($queue_id)"
+			else
+				fail "smuggling $mode $name: accepted as one message" "$(show "$swaks_log")"
+			fi
+			;;
+		*)
+			if grep -q '550 5.5.2' <<<"$reply"; then
+				pass "smuggling $mode $name: refused with 550 5.5.2"
+			else
+				fail "smuggling $mode $name: refused with 550 5.5.2" "$(show "$swaks_log")"
+			fi
+			;;
+		esac
+	done
+done
+wait_delivery 30 "${smuggled_ids[@]}" || echo "postfix interop: not every smuggling message has a delivery line after 30s"
+deadline=$((SECONDS + 15))
+until (($(find "$smuggle_pf_maildir/new" -type f 2>/dev/null | wc -l) >= accepted)) || ((SECONDS > deadline)); do
+	sleep 0.2
+done
+sleep 1 # a second message, were there one, would arrive now
+n=$(find "$smuggle_pf_maildir/new" -type f 2>/dev/null | wc -l)
+if ((n == accepted)); then
+	pass "smuggling: Postfix received exactly the $accepted accepted messages, one each"
+else
+	fail "smuggling: Postfix received exactly $accepted messages" "$n in $smuggle_pf_maildir/new"
+fi
+# A smuggled transaction would be its own message: sender evil@evil.test
+# in Postfix's log, and "Subject: smuggled-..." in a header section (in
+# the accepted messages it is only ever body text).
+smuggled_headers=$(for f in "$smuggle_pf_maildir"/new/*; do
+	awk '/^\r?$/ { exit } /^Subject: smuggled/ { print FILENAME }' "$f"
+done 2>/dev/null)
+if ! grep -q 'from=<evil@evil.test>' "$maillog" && [[ -z $smuggled_headers ]]; then
+	pass "smuggling: no smuggled transaction at Postfix (no from=<evil@evil.test>, no 'Subject: smuggled' header)"
+else
+	fail "smuggling: no smuggled transaction at Postfix" "$(grep 'evil@evil.test' "$maillog")"
+fi
 
 # ---- Postfix as the client ---------------------------------------------
 

@@ -75,11 +75,16 @@ func (a *App) queueStats() (int, time.Duration) {
 	if err != nil || len(ids) == 0 {
 		return 0, 0
 	}
-	ms, err := strconv.ParseInt(ids[0][:11], 16, 64)
-	if err != nil {
-		return len(ids), 0
+	// A stray file with a shorter name must not break the scrape.
+	for _, id := range ids {
+		if len(id) < 11 {
+			continue
+		}
+		if ms, err := strconv.ParseInt(id[:11], 16, 64); err == nil {
+			return len(ids), time.Since(time.UnixMilli(ms))
+		}
 	}
-	return len(ids), time.Since(time.UnixMilli(ms))
+	return len(ids), 0
 }
 
 // tlsOutcome is the delivery metric's client TLS label.

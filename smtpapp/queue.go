@@ -319,43 +319,68 @@ func (r *runner) attempt(ctx context.Context, id string) {
 		}
 	}
 
-	var bounced []*spool.Recipient
-	for _, rc := range due {
-		res, ok := results[rc]
-		if !ok {
-			continue
-		}
-		rc.Attempts++
-		rc.LastError, rc.Code, rc.Remote = res.Reply, res.Code, res.Remote
-		switch res.Status {
-		case delivery.Sent:
-			rc.Status, rc.Done, rc.LastError = spool.StatusSent, time.Now().UTC(), ""
-		case delivery.Bounced:
-			rc.Status, rc.Done = spool.StatusBounced, time.Now().UTC()
-			bounced = append(bounced, rc)
-		default:
-			rc.Status = spool.StatusDeferred
-			rc.NextAttempt = time.Now().Add(r.backoff(rc.Attempts)).UTC()
-		}
-		r.logResult(env, rc, res, now)
+	// The results go into the record as it is now, not into the copy
+	// loaded before a delivery that may have taken minutes: a flush, a
+	// bounce or a deletion by an administrator meanwhile stands.
+	byAddr := make(map[string]delivery.Result, len(results))
+	for rc, res := range results {
+		byAddr[rc.Address] = res
 	}
-
-	// The bounce is committed before the failure is recorded: a crash in
-	// between sends it twice rather than never.
-	if len(bounced) > 0 {
-		r.bounce(srv, env, bounced)
-	}
-	if !anyPending(env) {
-		r.finish(env)
+	var removed bool
+	err = r.spool.Modify(id, func(fresh *spool.Envelope) (bool, error) {
+		env = fresh
+		var bounced []*spool.Recipient
+		for _, rc := range fresh.Recipients {
+			res, ok := byAddr[rc.Address]
+			if !ok || !rc.Pending() {
+				continue
+			}
+			rc.Attempts++
+			rc.LastError, rc.Code, rc.Remote = res.Reply, res.Code, res.Remote
+			switch res.Status {
+			case delivery.Sent:
+				rc.Status, rc.Done, rc.LastError = spool.StatusSent, time.Now().UTC(), ""
+			case delivery.Bounced:
+				rc.Status, rc.Done = spool.StatusBounced, time.Now().UTC()
+				bounced = append(bounced, rc)
+			default:
+				rc.Status = spool.StatusDeferred
+				rc.NextAttempt = time.Now().Add(r.backoff(rc.Attempts)).UTC()
+			}
+			r.logResult(fresh, rc, res, now)
+		}
+		// The bounce is committed before the failure is recorded: a
+		// crash in between sends it twice rather than never.
+		if len(bounced) > 0 {
+			r.bounce(srv, fresh, bounced)
+		}
+		removed = !anyPending(fresh)
+		return removed, nil
+	})
+	switch {
+	case errors.Is(err, spool.ErrNotFound):
+		// Deleted by an administrator meanwhile: no bounce, no update,
+		// but what happened on the wire is still logged.
+		for rc, res := range results {
+			r.logResult(env, rc, res, now)
+		}
+		r.logger.Info("record deleted during delivery", zap.String("queue_id", id))
 		return
-	}
-	if err := r.spool.Update(env); err != nil {
-		if errors.Is(err, spool.ErrNotFound) {
-			return // deleted by an administrator meanwhile
-		}
+	case err != nil:
 		r.logger.Error("recording delivery results", zap.String("queue_id", id), zap.Error(err))
+		r.reschedule(id, time.Now().Add(r.minRetry))
+	case removed:
+		r.logger.Info("removed", zap.String("queue_id", id))
+	default:
+		r.reschedule(id, earliestPending(env))
 	}
-	r.reschedule(id, earliestPending(env))
+}
+
+// active reports whether a record is being delivered right now.
+func (r *runner) active(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.inflight[id]
 }
 
 // deliver groups the due recipients by route and destination and runs

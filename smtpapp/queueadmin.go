@@ -3,7 +3,6 @@ package smtpapp
 import (
 	"bufio"
 	"errors"
-	"fmt"
 	"io"
 	"strings"
 	"time"
@@ -22,6 +21,10 @@ import (
 
 // ErrNoSuchMessage is returned for a queue id that is not queued.
 var ErrNoSuchMessage = errors.New("no such message in the queue")
+
+// ErrNothingPending is returned when bouncing a message none of whose
+// recipients is still to be delivered.
+var ErrNothingPending = errors.New("message has no pending recipient")
 
 // QueueFilter selects messages in a listing; empty fields match all.
 type QueueFilter struct {
@@ -62,7 +65,10 @@ type QueueEntry struct {
 	LastError   string             `json:"last_error,omitempty"`
 	NextAttempt *time.Time         `json:"next_attempt,omitempty"`
 	Client      spool.Client       `json:"client"`
-	Envelope    *spool.Envelope    `json:"-"`
+	// Active is set while the message is being delivered (Postfix's
+	// mailq marks it with "*").
+	Active   bool            `json:"active,omitempty"`
+	Envelope *spool.Envelope `json:"-"`
 }
 
 func entryOf(env *spool.Envelope) QueueEntry {
@@ -101,7 +107,9 @@ func (a *App) QueueList(filter QueueFilter, offset, limit int) ([]QueueEntry, in
 			continue
 		}
 		if total >= offset && (limit <= 0 || len(out) < limit) {
-			out = append(out, entryOf(env))
+			e := entryOf(env)
+			e.Active = a.isActive(id)
+			out = append(out, e)
 		}
 		total++
 	}
@@ -126,7 +134,14 @@ func (a *App) QueueShow(id string) (QueueEntry, string, error) {
 	if err := copyHeaders(&hdr, bufio.NewReader(f)); err != nil && !errors.Is(err, io.EOF) {
 		return QueueEntry{}, "", err
 	}
-	return entryOf(env), hdr.String(), nil
+	e := entryOf(env)
+	e.Active = a.isActive(id)
+	return e, hdr.String(), nil
+}
+
+func (a *App) isActive(id string) bool {
+	r := a.runner.Load()
+	return r != nil && r.active(id)
 }
 
 // QueueFlush makes deferred recipients due now and wakes delivery, for
@@ -142,19 +157,20 @@ func (a *App) QueueFlush(id string) (int, error) {
 	}
 	n := 0
 	for _, qid := range ids {
-		env, err := a.spool.Load(qid)
+		err := a.spool.Modify(qid, func(env *spool.Envelope) (bool, error) {
+			n++ // woken below, written only if a wait is cut short
+			changed := false
+			for _, r := range env.Recipients {
+				if r.Status == spool.StatusDeferred && !r.NextAttempt.IsZero() {
+					r.NextAttempt, changed = time.Time{}, true
+				}
+			}
+			if !changed {
+				return false, spool.ErrUnchanged
+			}
+			return false, nil
+		})
 		if err != nil {
-			if id != "" {
-				return 0, ErrNoSuchMessage
-			}
-			continue
-		}
-		for _, r := range env.Recipients {
-			if r.Status == spool.StatusDeferred {
-				r.NextAttempt = time.Time{}
-			}
-		}
-		if err := a.spool.Update(env); err != nil {
 			if id != "" && errors.Is(err, spool.ErrNotFound) {
 				return 0, ErrNoSuchMessage
 			}
@@ -163,7 +179,6 @@ func (a *App) QueueFlush(id string) (int, error) {
 		if r := a.runner.Load(); r != nil {
 			r.reschedule(qid, time.Time{})
 		}
-		n++
 	}
 	a.logger.Info("queue flushed", zap.String("queue_id", id), zap.Int("messages", n))
 	return n, nil
@@ -192,31 +207,29 @@ func (a *App) QueueDelete(ids []string) ([]string, error) {
 // the sender a bounce (postsuper -r... then bounce; Postfix's "bounce
 // now").
 func (a *App) QueueBounce(id string) error {
-	env, err := a.spool.Load(id)
-	if err != nil {
-		return ErrNoSuchMessage
-	}
 	r := a.runner.Load()
 	if r == nil {
-		r = newRunner(a) // for its bounce and removal logic; not started
+		r = newRunner(a) // for its bounce logic; not started
 	}
-	var failed []*spool.Recipient
-	for _, rc := range env.Recipients {
-		if !rc.Pending() {
-			continue
+	err := a.spool.Modify(id, func(env *spool.Envelope) (bool, error) {
+		var failed []*spool.Recipient
+		for _, rc := range env.Recipients {
+			if !rc.Pending() {
+				continue
+			}
+			rc.Status, rc.Done, rc.Code = spool.StatusBounced, time.Now().UTC(), "5.0.0"
+			rc.LastError = "returned to sender by the administrator"
+			failed = append(failed, rc)
+			r.logResult(env, rc, delivery.Result{Status: delivery.Bounced, Code: "5.0.0", Reply: rc.LastError, Via: "admin"}, time.Now())
 		}
-		rc.Status, rc.Done, rc.Code = spool.StatusBounced, time.Now().UTC(), "5.0.0"
-		rc.LastError = "returned to sender by the administrator"
-		failed = append(failed, rc)
-		r.logResult(env, rc, delivery.Result{Status: delivery.Bounced, Code: "5.0.0", Reply: rc.LastError, Via: "admin"}, time.Now())
+		if len(failed) == 0 {
+			return false, ErrNothingPending
+		}
+		r.bounce(a.Servers[env.Server], env, failed)
+		return !anyPending(env), nil
+	})
+	if errors.Is(err, spool.ErrNotFound) {
+		return ErrNoSuchMessage
 	}
-	if len(failed) == 0 {
-		return fmt.Errorf("message %s has no pending recipient", id)
-	}
-	r.bounce(a.Servers[env.Server], env, failed)
-	if !anyPending(env) {
-		r.finish(env)
-		return nil
-	}
-	return a.spool.Update(env)
+	return err
 }

@@ -310,6 +310,37 @@ func (s *Spool) Update(env *Envelope) error {
 	return s.writeEnvelope(env)
 }
 
+// ErrUnchanged, returned by a Modify function, leaves the record as it
+// is; Modify then returns nil.
+var ErrUnchanged = errors.New("spool: record unchanged")
+
+// Modify reads a record's current envelope, lets fn change it, and
+// writes it back (or, when fn says so, removes the record), all under
+// the records lock: changes made meanwhile by others (the delivery
+// runner, an administrator) are never overwritten with a stale copy,
+// and a removed record is never brought back. It returns ErrNotFound
+// for a record that is gone, and fn's error otherwise.
+func (s *Spool) Modify(id string, fn func(env *Envelope) (remove bool, err error)) error {
+	if !validID(id) {
+		return ErrNotFound
+	}
+	defer s.lockRecords()()
+	env, err := s.Load(id)
+	if err != nil {
+		return err
+	}
+	remove, err := fn(env)
+	switch {
+	case errors.Is(err, ErrUnchanged):
+		return nil
+	case err != nil:
+		return err
+	case remove:
+		return s.removeLocked(id)
+	}
+	return s.writeEnvelope(env)
+}
+
 // Remove deletes a record: the envelope first, so that a crash half-way
 // leaves only debris and never a record without its message.
 func (s *Spool) Remove(id string) error {
@@ -317,6 +348,10 @@ func (s *Spool) Remove(id string) error {
 		return ErrNotFound
 	}
 	defer s.lockRecords()()
+	return s.removeLocked(id)
+}
+
+func (s *Spool) removeLocked(id string) error {
 	if err := os.Remove(s.envelopePath(id)); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return ErrNotFound
