@@ -420,6 +420,16 @@ func (r *runner) deliver(ctx context.Context, srv *Server, env *spool.Envelope, 
 		res := srv.Routes[k.route].deliverer.Deliver(ctx, job)
 		release()
 		via := srv.Routes[k.route].via
+		// One job is one connection (or one per smarthost tried): count
+		// its outbound handshake once, not once per recipient.
+		if len(res) > 0 {
+			switch tlsOutcome(res[0].TLSVersion, res[0].TLSVerified, res[0].Reply) {
+			case "verified", "untrusted":
+				r.app.metrics.handshakes.WithLabelValues(env.Server, "out", res[0].TLSVersion, "ok").Inc()
+			case "failed":
+				r.app.metrics.handshakes.WithLabelValues(env.Server, "out", "", "failed").Inc()
+			}
+		}
 		if ctx.Err() != nil {
 			return // an attempt cut short proves nothing; retry later
 		}
@@ -491,12 +501,6 @@ func (r *runner) logResult(env *spool.Envelope, rc *spool.Recipient, res deliver
 	}
 	outcome := tlsOutcome(res.TLSVersion, res.TLSVerified, res.Reply)
 	m.deliveries.WithLabelValues(env.Server, via, res.Status.String(), outcome).Inc()
-	switch outcome {
-	case "verified", "untrusted":
-		m.handshakes.WithLabelValues(env.Server, "out", res.TLSVersion, "ok").Inc()
-	case "failed":
-		m.handshakes.WithLabelValues(env.Server, "out", "", "failed").Inc()
-	}
 	if res.Status != delivery.Deferred {
 		m.deliveryDelay.WithLabelValues(env.Server, res.Status.String()).Observe(time.Since(env.Received).Seconds())
 	}
