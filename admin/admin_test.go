@@ -301,7 +301,7 @@ func TestQueueAPI(t *testing.T) {
 		if r.Bounced != ids[2] {
 			t.Errorf("bounce: %+v", r)
 		}
-		dsn := waitBounce(t, sink, "dave@example.test", "<three@example.test>")
+		dsn := sink.WaitBounce(t, "dave@example.test", "<three@example.test>")
 		for _, want := range []string{"Final-Recipient: rfc822; erin@slow.test", "Status: 5.0.0",
 			"returned to sender by the administrator", "Subject: three"} {
 			if !bytes.Contains(dsn.Data, []byte(want)) {
@@ -568,20 +568,4 @@ func waitLog(t *testing.T, e *st.Env, msg, id string) map[string]any {
 		return len(l) > 0
 	})
 	return l[0]
-}
-
-// waitBounce waits for a bounce (null sender) to rcpt about msgID.
-func waitBounce(t *testing.T, sink *st.Upstream, rcpt, msgID string) st.UpstreamMessage {
-	t.Helper()
-	var found st.UpstreamMessage
-	waitFor(t, "a bounce to "+rcpt, func() bool {
-		for _, m := range sink.Received() {
-			if m.From == "" && slices.Equal(m.To, []string{rcpt}) && bytes.Contains(m.Data, []byte(msgID)) {
-				found = m
-				return true
-			}
-		}
-		return false
-	})
-	return found
 }

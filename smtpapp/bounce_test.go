@@ -52,7 +52,7 @@ func TestBounces(t *testing.T) {
 		if l := e.DeliveryLine(t, id); l["status"] != "bounced" {
 			t.Fatalf("delivery: %v", l)
 		}
-		dsn := waitBounce(t, sink, "sender@example.test", "<doomed@example.test>")
+		dsn := sink.WaitBounce(t, "sender@example.test", "<doomed@example.test>")
 		report := parseReport(t, dsn)
 		if !strings.Contains(report.status, "Final-Recipient: rfc822; nobody@reject.test") ||
 			!strings.Contains(report.status, "Action: failed") ||
@@ -96,7 +96,7 @@ func TestBounces(t *testing.T) {
 	t.Run("expired", func(t *testing.T) {
 		st.Submit(t, addr, "sender@example.test", "someone@slow.test",
 			"Subject: slow\r\nMessage-ID: <slow@example.test>\r\n\r\nbody\r\n.\r\n")
-		dsn := waitBounce(t, sink, "sender@example.test", "<slow@example.test>")
+		dsn := sink.WaitBounce(t, "sender@example.test", "<slow@example.test>")
 		report := parseReport(t, dsn)
 		if !strings.Contains(report.status, "Status: 5.4.7") || !strings.Contains(report.human, "greylisted") {
 			t.Errorf("expiry report:\n%s\n%s", report.human, report.status)
@@ -114,27 +114,11 @@ func TestBounces(t *testing.T) {
 		if l := e.DeliveryLine(t, id); l["status"] != "bounced" || l["dsn"] != "5.4.6" {
 			t.Fatalf("delivery: %v", l)
 		}
-		report := parseReport(t, waitBounce(t, sink, "sender@example.test", "<loop@example.test>"))
+		report := parseReport(t, sink.WaitBounce(t, "sender@example.test", "<loop@example.test>"))
 		if !strings.Contains(report.status, "Status: 5.4.6") {
 			t.Errorf("loop report:\n%s", report.status)
 		}
 	})
-}
-
-// waitBounce waits for a bounce (null sender) to rcpt about msgID.
-func waitBounce(t *testing.T, sink *st.Upstream, rcpt, msgID string) st.UpstreamMessage {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		for _, m := range sink.Received() {
-			if m.From == "" && len(m.To) == 1 && m.To[0] == rcpt && bytes.Contains(m.Data, []byte(msgID)) {
-				return m
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("no bounce to %s about %s", rcpt, msgID)
-	return st.UpstreamMessage{}
 }
 
 func waitLogWith(t *testing.T, e *st.Env, msg, key, val string) {

@@ -339,7 +339,7 @@ func TestSMTPQueueCommand(t *testing.T) {
 		if out := c.ok("bounce", ids[2]); out != "Bounced: "+ids[2]+"\n" {
 			t.Errorf("bounce: %q", out)
 		}
-		dsn := waitBounce(t, sink, "dave@example.test", "<three@example.test>")
+		dsn := sink.WaitBounce(t, "dave@example.test", "<three@example.test>")
 		for _, want := range []string{"Final-Recipient: rfc822; erin@slow.test", "Final-Recipient: rfc822; frank@slow.test",
 			"Status: 5.0.0", "returned to sender by the administrator"} {
 			if !bytes.Contains(dsn.Data, []byte(want)) {
@@ -435,20 +435,4 @@ func waitList(t *testing.T, adminAddr, what string, cond func(admin.QueueListRes
 		var l admin.QueueListResponse
 		return json.NewDecoder(resp.Body).Decode(&l) == nil && cond(l)
 	})
-}
-
-// waitBounce waits for a bounce (null sender) to rcpt about msgID.
-func waitBounce(t *testing.T, sink *st.Upstream, rcpt, msgID string) st.UpstreamMessage {
-	t.Helper()
-	var found st.UpstreamMessage
-	waitFor(t, "a bounce to "+rcpt, func() bool {
-		for _, m := range sink.Received() {
-			if m.From == "" && slices.Equal(m.To, []string{rcpt}) && bytes.Contains(m.Data, []byte(msgID)) {
-				found = m
-				return true
-			}
-		}
-		return false
-	})
-	return found
 }

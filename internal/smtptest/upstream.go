@@ -1,6 +1,7 @@
 package smtptest
 
 import (
+	"bytes"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -250,4 +251,21 @@ func Submit(t testing.TB, addr, from, to, body string) string {
 	}
 	c.Cmd("QUIT")
 	return id
+}
+
+// WaitBounce waits for a bounce (null sender) to rcpt that mentions
+// msgID (a Message-ID or queue id), and returns it.
+func (u *Upstream) WaitBounce(t testing.TB, rcpt, msgID string) UpstreamMessage {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, m := range u.Received() {
+			if m.From == "" && len(m.To) == 1 && m.To[0] == rcpt && bytes.Contains(m.Data, []byte(msgID)) {
+				return m
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("no bounce to %s about %s", rcpt, msgID)
+	return UpstreamMessage{}
 }
