@@ -31,6 +31,10 @@ func TestRelayPolicy(t *testing.T) {
 		{"u@evil.test", "203.0.113.5", false, false},
 		{"u@example.com.evil.test", "203.0.113.5", false, false},
 		{"u@notexample.com", "203.0.113.5", false, false},
+		// Found by FuzzAddress: a second normalization made these local.
+		{"u@example.com..", "203.0.113.5", false, false},
+		{"u@example.com\v.", "203.0.113.5", false, false},
+		{"u@example.com \x85.", "203.0.113.5", false, false},
 		{"u@[192.0.2.1]", "203.0.113.5", false, false},
 		{"u%evil.test@example.com", "203.0.113.5", false, true}, // delivered to example.com, which owns the % part
 		{"postmaster", "203.0.113.5", false, false},

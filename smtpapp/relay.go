@@ -31,7 +31,7 @@ type RelayPolicy struct {
 func NewRelayPolicy(acceptDomains, relayNetworks []string) (*RelayPolicy, error) {
 	p := &RelayPolicy{domains: make(map[string]bool)}
 	for _, d := range acceptDomains {
-		d = normalizeDomain(d)
+		d = normalizeDomain(strings.TrimSpace(d))
 		switch {
 		case d == "" || d == "*" || strings.ContainsAny(d, "@ \t[]"):
 			return nil, fmt.Errorf("accept_domains: %q is not a domain name", d)
@@ -67,9 +67,11 @@ func parseNetwork(s string) (netip.Prefix, error) {
 	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
-// normalizeDomain lower-cases a domain and drops one trailing dot.
+// normalizeDomain lower-cases a domain and drops one trailing dot. It
+// is applied exactly once to a recipient's domain (in domainOf):
+// applying it twice would turn "example.com.." into a local domain.
 func normalizeDomain(d string) string {
-	return strings.TrimSuffix(strings.ToLower(strings.TrimSpace(d)), ".")
+	return strings.TrimSuffix(strings.ToLower(d), ".")
 }
 
 // domainOf returns the normalized domain of an address ("" if none).
@@ -83,7 +85,11 @@ func domainOf(addr string) string {
 
 // IsLocal reports whether domain is one we accept mail for from anyone.
 func (p *RelayPolicy) IsLocal(domain string) bool {
-	domain = normalizeDomain(domain)
+	return p.isLocal(normalizeDomain(domain))
+}
+
+// isLocal is IsLocal for a domain already normalized.
+func (p *RelayPolicy) isLocal(domain string) bool {
 	if domain == "" {
 		return false
 	}
@@ -111,5 +117,5 @@ func (p *RelayPolicy) MayRelay(ip netip.Addr) bool {
 
 // Accepts is the whole relay decision for one recipient.
 func (p *RelayPolicy) Accepts(rcpt string, client netip.Addr, authenticated bool) bool {
-	return p.IsLocal(domainOf(rcpt)) || p.MayRelay(client) || authenticated
+	return p.isLocal(domainOf(rcpt)) || p.MayRelay(client) || authenticated
 }

@@ -121,5 +121,10 @@ func DecodeEnvelope(data []byte) (*Envelope, error) {
 	if len(env.Recipients) == 0 {
 		return nil, fmt.Errorf("decoding envelope %s: no recipients", env.ID)
 	}
+	for i, r := range env.Recipients {
+		if r == nil || r.Address == "" {
+			return nil, fmt.Errorf("decoding envelope %s: recipient %d is empty", env.ID, i)
+		}
+	}
 	return &env, nil
 }

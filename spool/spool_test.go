@@ -133,6 +133,8 @@ func TestDecodeEnvelopeRejects(t *testing.T) {
 		``, `{}`, `{"version":2,"id":"A","recipients":[{"address":"x"}]}`,
 		`{"version":1,"id":"../etc","recipients":[{"address":"x"}]}`,
 		`{"version":1,"id":"A","recipients":[]}`, `not json`,
+		`{"version":1,"id":"A","recipients":[null]}`, // found by FuzzDecodeEnvelope
+		`{"version":1,"id":"A","recipients":[{"address":""}]}`,
 	} {
 		if _, err := DecodeEnvelope([]byte(bad)); err == nil {
 			t.Errorf("DecodeEnvelope(%q) accepted", bad)
