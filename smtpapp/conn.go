@@ -52,6 +52,7 @@ type conn struct {
 
 	mu           sync.Mutex
 	dataDeadline time.Time
+	draining     bool // go-smtp is discarding the rest of a refused message
 	closeOnWrite bool
 	sni          string
 	tlsState     *tls.ConnectionState
@@ -112,6 +113,12 @@ func (c *conn) Write(p []byte) (int, error) {
 			c.esmtp.Store(true)
 		}
 	}
+	c.mu.Lock()
+	if c.draining {
+		// go-smtp writes the reply once the drain is complete.
+		c.draining, c.dataDeadline = false, time.Time{}
+	}
+	c.mu.Unlock()
 	n, err := c.Conn.Write(p)
 	if closeNow {
 		c.Conn.Close()
@@ -124,7 +131,7 @@ func (c *conn) Read(p []byte) (int, error) {
 		return c.gateRead(p)
 	}
 	c.mu.Lock()
-	dl := c.dataDeadline
+	dl, draining := c.dataDeadline, c.draining
 	c.mu.Unlock()
 	if !dl.IsZero() {
 		// Inside DATA: each read waits at most the read timeout, and all
@@ -137,7 +144,24 @@ func (c *conn) Read(p []byte) (int, error) {
 			return 0, err
 		}
 	}
-	return c.Conn.Read(p)
+	n, err := c.Conn.Read(p)
+	if err != nil && draining {
+		// The rest of a refused message did not arrive in time: what
+		// follows cannot be told from commands. Hang up.
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			c.Conn.Close()
+		}
+	}
+	return n, err
+}
+
+// startDrain keeps the data deadline for go-smtp's discarding of the
+// rest of a message we refused before its end.
+func (c *conn) startDrain() {
+	c.mu.Lock()
+	c.draining = true
+	c.mu.Unlock()
 }
 
 // maxGateErrors is how many refused commands a plaintext client of an
@@ -235,7 +259,9 @@ func (c *conn) startData() {
 // before it reads the next command.
 func (c *conn) endData() {
 	c.mu.Lock()
-	c.dataDeadline = time.Time{}
+	if !c.draining {
+		c.dataDeadline = time.Time{}
+	}
 	c.mu.Unlock()
 }
 

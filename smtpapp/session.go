@@ -35,6 +35,11 @@ var (
 		EnhancedCode: smtp.EnhancedCode{4, 4, 2},
 		Message:      "Timeout waiting for message data, closing connection",
 	}
+	errTooLongLine = &smtp.SMTPError{
+		Code:         500,
+		EnhancedCode: smtp.EnhancedCode{5, 4, 0},
+		Message:      "Too long line, closing connection",
+	}
 	errNoSender = &smtp.SMTPError{
 		Code:         503,
 		EnhancedCode: smtp.EnhancedCode{5, 5, 1},
@@ -96,9 +101,11 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 		ss.srv.reject("requiretls_plaintext")
 		return errRequireTLSPlaintext
 	}
-	if !opts.UTF8 && !isASCII(from) {
-		ss.srv.reject("needs_smtputf8")
-		return errNeedsSMTPUTF8
+	if from != "" {
+		if problem := addressProblem(from, opts.UTF8, true); problem != nil {
+			ss.srv.reject("address_syntax")
+			return problem
+		}
 	}
 	ss.Reset()
 	ss.hasFrom, ss.from, ss.mailOpts = true, from, *opts
@@ -113,10 +120,12 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if !ss.hasFrom {
 		return errNoSender
 	}
-	if !ss.mailOpts.UTF8 && !isASCII(to) {
-		return errNeedsSMTPUTF8
+	if problem := addressProblem(to, ss.mailOpts.UTF8, false); problem != nil {
+		ss.srv.reject("address_syntax")
+		return problem
 	}
-	if !ss.srv.relay.Accepts(to, ss.conn.remote.Addr(), ss.authID != "") {
+	trusted := ss.srv.relay.MayRelay(ss.conn.remote.Addr()) || ss.authID != ""
+	if !ss.srv.relay.Accepts(to, ss.conn.remote.Addr(), ss.authID != "") || (!trusted && senderRouted(to)) {
 		ss.srv.reject("relay_denied")
 		ss.srv.logger.Info("recipient refused: relay access denied",
 			zap.String("remote_ip", ss.conn.remote.Addr().String()),
@@ -191,11 +200,21 @@ func (ss *session) Data(r io.Reader) error {
 			case smtp.ErrDataTooLarge:
 				ss.srv.reject("size")
 			}
+			// The rest of the message is unread. go-smtp drains it after
+			// we return; if that drain timed out, it would read what is
+			// left as commands, and a sender could smuggle a second
+			// transaction in the tail. The drain stays under the data
+			// deadline, and a timeout in it closes the connection.
+			ss.conn.startDrain()
 			if smtpErr == errBareNewline {
 				ss.srv.logger.Info("message refused: bare newline in data",
 					zap.String("remote_ip", remote.String()), zap.String("from", ss.from))
 			}
 			return smtpErr // 552 too large, 550 bare newline
+		case errors.Is(err, smtp.ErrTooLongLine):
+			ss.srv.reject("line_length")
+			ss.conn.hangUpAfterReply()
+			return errTooLongLine
 		case errors.As(err, &netErr) && netErr.Timeout():
 			ss.srv.reject("data_timeout")
 			ss.conn.hangUpAfterReply()

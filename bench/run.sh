@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Benchmark: the caddy-smtp gateway side by side with Postfix (GitHub
+# issue 5). One command, as root on Debian 12 with Go at /usr/local/go:
+#
+#   bash bench/run.sh [smtpbench run flags...]
+#
+# It installs what it needs (postfix, without configuring or starting the
+# system's instance; strace; openssl), builds Caddy with this plugin from
+# the checkout and the harness (bench/smtpbench), makes an ECDSA P-256
+# certificate with openssl, and runs `smtpbench run`, which for every cell
+# (plaintext or STARTTLS in and out; 4 KiB or 100 KiB; 1 or 50
+# connections) starts a fresh gateway and a fresh private Postfix instance
+# (postfix -c DIR) relaying to the harness's own STARTTLS sink, drives
+# each the same way with the harness's load generator, cross-checks the
+# plaintext cells with Postfix's smtp-source and smtp-sink, counts each
+# system's syscalls per message with strace, and prints a markdown table
+# with the ratios gateway/Postfix, beside the machine's fsync and TLS
+# handshake rates. About 5-8 minutes on 2 cores.
+#
+# Ports 127.0.0.1:2951-2954 (-ports BASE moves them). The table also goes
+# to $work/report.md, the raw numbers to $work/results.json; set
+# BENCH_KEEP=1 to keep $work (configs, logs, maillogs, strace output).
+# Extra arguments go to smtpbench run: e.g. -scale 0.25 for a quick run,
+# -only tls-4k, -crosscheck=false, -strace=false.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export PATH=/usr/local/go/bin:$PATH:/usr/sbin:/sbin
+started=$SECONDS
+
+if [[ $(id -u) -ne 0 ]]; then
+	echo "bench: must run as root (it runs a Postfix instance and smtp-sink)" >&2
+	exit 2
+fi
+
+# ---- packages -------------------------------------------------------------
+
+policy_rc_d_ours=
+work=
+cleanup() {
+	local rc=$?
+	[[ -z $policy_rc_d_ours ]] || rm -f /usr/sbin/policy-rc.d
+	if [[ -n $work ]]; then
+		if [[ ${BENCH_KEEP:-} == 1 || $rc -ne 0 ]]; then
+			echo "bench: kept $work" >&2
+		else
+			rm -rf "$work"
+		fi
+	fi
+	echo "bench: $((SECONDS - started)) s in all (exit $rc)" >&2
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+missing=()
+for p in postfix strace openssl; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]} > 0)); then
+	echo "bench: installing ${missing[*]}" >&2
+	export DEBIAN_FRONTEND=noninteractive
+	# Postfix: "No configuration", and keep the maintainer scripts from
+	# starting the system's instance (invoke-rc.d honours policy-rc.d).
+	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+	if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+		chmod 755 /usr/sbin/policy-rc.d
+		policy_rc_d_ours=1
+	fi
+	timeout 300 apt-get update -qq
+	timeout 300 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	if [[ -n $policy_rc_d_ours ]]; then
+		rm -f /usr/sbin/policy-rc.d
+		policy_rc_d_ours=
+	fi
+fi
+for tool in postfix postconf smtp-source smtp-sink strace openssl go; do
+	command -v "$tool" >/dev/null || { echo "bench: $tool not found" >&2; exit 2; }
+done
+
+# ---- build ----------------------------------------------------------------
+
+# Postfix's daemons (user postfix) must reach the instance directories.
+work=$(mktemp -d /tmp/caddy-smtp-bench.XXXXXX)
+chmod 755 "$work"
+echo "bench: work directory $work" >&2
+
+echo "bench: building caddy (./cmd/caddy) and the harness (./bench/smtpbench)" >&2
+go build -o "$work/caddy" ./cmd/caddy
+go build -o "$work/smtpbench" ./bench/smtpbench
+
+# ---- certificate ----------------------------------------------------------
+
+# One self-signed ECDSA P-256 certificate, served by both systems and
+# the sink.
+mkdir -p "$work/tls"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+	-subj /CN=bench.test -addext 'subjectAltName=DNS:bench.test,IP:127.0.0.1' \
+	-keyout "$work/tls/key.pem" -out "$work/tls/cert.pem" >"$work/tls/openssl.log" 2>&1
+chmod 644 "$work/tls/cert.pem"
+chmod 600 "$work/tls/key.pem" # Postfix reads it as root, before dropping privileges
+
+# ---- run ------------------------------------------------------------------
+
+echo "bench: build and setup took $((SECONDS - started)) s" >&2
+"$work/smtpbench" run -caddy "$work/caddy" -work "$work" \
+	-cert "$work/tls/cert.pem" -key "$work/tls/key.pem" "$@"

@@ -1,0 +1,1147 @@
+package smtpapp
+
+// Hostile input (GitHub issue 6, item 3): slow clients, connection
+// floods, oversized messages and lines, a header that never ends, and
+// invalid or hostile addresses, each with the exact reply the server
+// gives. The invariant everywhere: nothing outside accept_domains is
+// accepted from a client outside relay_networks.
+//
+// How "memory bounded" is checked: not with runtime.ReadMemStats (the
+// heap of a test process that also runs Caddy is too noisy to say
+// anything about one connection). Instead, what a connection can hold
+// on to is counted after it ends: the server's open-connection counter
+// and per-address table are back to zero, the process's goroutine count
+// is back to its baseline (every session holds one goroutine and its
+// buffers; a leaked session shows up as a leaked goroutine), and the
+// spool holds no draft file (the bytes an oversized or refused message
+// streamed are not kept anywhere). Over-long lines are cut off at
+// max_line_length: the server stops reading and closes, so a client
+// that keeps writing gets a write error after at most the socket
+// buffers.
+//
+// Some inputs show server bugs; their cases are written out with what
+// the server answers and what it should, and skipped with
+// t.Skip("known bug: ...") until they are fixed.
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	st "github.com/caddy-smtp/caddy-smtp/internal/smtptest"
+)
+
+// Known bugs found by these tests; each skip quotes one.
+const (
+	bugQuotedLocalPart = "known bug: a quoted local part is stored without its quotes and sent on as is: " +
+		`RCPT TO:<"u@evil.test> NOTIFY=SUCCESS ORCPT=rfc822;x"@example.test> is accepted (the domain is example.test) ` +
+		"and relayed as RCPT TO:<u@evil.test> NOTIFY=SUCCESS ORCPT=rfc822;x@example.test>, which the next hop reads as recipient u@evil.test; " +
+		`"u@evil.test"@example.test is relayed as u@evil.test@example.test (sender-specified routing to evil.test for a Postfix next hop that trusts the gateway). ` +
+		"Want: the local part quoted again on the wire (RFC 5321 4.1.2), or the address refused at RCPT"
+	bugDoubleAt = "known bug: RCPT TO:<u@evil.test@example.test> (an unquoted @ in the local part, not RFC 5321 syntax) " +
+		"gets 250 and is relayed as is; a next hop that resolves sender-specified routing (Postfix, for a trusted client) sends it to evil.test. " +
+		"Want 501 5.1.3 (bad address syntax) or 554 5.7.1"
+	bugDomainSyntax = "known bug: the domain is not checked for syntax; relay control only normalizes it (lower case, one trailing dot, TrimSpace) " +
+		"and compares: <u@example.test..> (two trailing dots: normalized twice), <u@example.test\\v> (TrimSpace) and, under accept_domains *.wild.test, " +
+		"<u@evil.test\\x00.wild.test> and <u@evil.test/.wild.test> get 250. Want 501 5.1.3 (or 554 5.7.1)"
+	bugNUL        = "known bug: a NUL byte in a local part is accepted: MAIL FROM:<u\\x00@remote.test> and RCPT TO:<u\\x00@example.test> get 250 and the NUL is stored in the envelope (go-smtp's client, relaying it, refuses only CR and LF). Want 501 5.5.2"
+	bugBadUTF8    = "known bug: with SMTPUTF8, RCPT TO:<u\\xff@example.test> (not UTF-8) gets 250 and the envelope stores u\\ufffd@example.test, another address than the one acknowledged. Want 553 5.6.7 (RFC 6531: UTF-8 only)"
+	bugPostmaster = "known bug (go-smtp): RCPT TO:<postmaster> gets 501 5.5.2 Was expecting RCPT arg syntax of TO:<address>; RFC 5321 4.5.1 says it MUST be accepted"
+	bugSizeExact  = "known bug (go-smtp's data reader): a message of exactly max_message_size bytes (1000 of 1000) gets 552 5.3.4 Maximum message size exceeded, " +
+		"also after MAIL FROM ... SIZE=1000 was accepted; want 250 (only larger messages are refused)"
+	bugSizeHuge = "known bug (go-smtp): MAIL FROM:<a@remote.test> SIZE=99999999999 gets 501 5.5.4 Unable to parse SIZE as an integer; " +
+		"RFC 1870 allows up to 20 digits, so want 552 5.3.4 Max message size exceeded"
+	bugDataLine = "known bug: a DATA line longer than max_line_length gets 452 4.3.1 Insufficient system storage, try again later " +
+		"(and the log says 'writing to spool failed'), then the next command gets 500 5.4.0 Too long line, closing connection. " +
+		"Want 500 5.4.0 Too long line, closing connection at once, then close (README); a 4xx makes the sender retry the same message"
+	bugDrainSmuggling = "known bug (SMTP smuggling): after 552 5.3.4 the rest of an oversized message is drained only until the read deadline " +
+		"left from the last read inside DATA (at most read_timeout); a client still sending then has the rest of its message body read as commands: " +
+		"RSET, MAIL FROM:<smuggler@evil.test>, RCPT TO:<victim@elsewhere.test> (client in relay_networks), DATA ... get 250 and a second message is queued. " +
+		"Want: drain until end of data within data_timeout, or 552/421 and close; never back to command mode mid-message"
+	bugPartialLine = "known bug (go-smtp + bufio): at the read timeout a partial command line is run as a whole command (bufio.Reader.ReadLine drops the timeout error " +
+		"when it has read part of a line): a client that sent \"EHLO\" of \"EHLO slow\" and stalled gets 501 5.5.2 Domain/address argument required for HELO, " +
+		"and a client sending one byte every few seconds gets 501 5.5.2 Bad command before 421 4.4.2 Idle timeout, bye bye one read timeout later. " +
+		"Want 421 4.4.2 Idle timeout, bye bye at the first timeout, then close"
+)
+
+// hostileApp is the running smtp app.
+func hostileApp(t testing.TB) *App {
+	t.Helper()
+	a, err := caddy.ActiveContext().App("smtp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a.(*App)
+}
+
+// hostileDialFrom connects from a loopback source address ("" for the
+// default) and reads the first reply; it does not require a 220.
+func hostileDialFrom(t testing.TB, addr, local string) (*st.Client, int, string) {
+	t.Helper()
+	c, code, msg, err := hostileTryDialFrom(t, addr, local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, code, msg
+}
+
+// hostileTryDialFrom is hostileDialFrom for other goroutines than the
+// test's: it returns the dial error.
+func hostileTryDialFrom(t testing.TB, addr, local string) (*st.Client, int, string, error) {
+	d := net.Dialer{Timeout: 5 * time.Second}
+	if local != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(local)}
+	}
+	nc, err := d.Dial("tcp", addr)
+	if err != nil {
+		return nil, 0, "", fmt.Errorf("dial %s from %s: %w", addr, local, err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	c := &st.Client{T: t, Conn: nc, Text: st.NewText(nc)}
+	code, msg := c.Read()
+	return c, code, msg, nil
+}
+
+// hostileReply sends one raw line (no format verbs: addresses hold %)
+// and returns the reply as "code text".
+func hostileReply(c *st.Client, line string) string {
+	if _, err := c.Conn.Write([]byte(line + "\r\n")); err != nil {
+		return "0 " + err.Error()
+	}
+	code, msg := c.Read()
+	return fmt.Sprintf("%d %s", code, msg)
+}
+
+// hostileRead reads one reply as "code text".
+func hostileRead(c *st.Client) string {
+	code, msg := c.Read()
+	return fmt.Sprintf("%d %s", code, msg)
+}
+
+// hostileClosed reads until the server closes; it fails if a reply
+// comes instead, or nothing happens within d.
+func hostileClosed(t testing.TB, c *st.Client, d time.Duration) {
+	t.Helper()
+	if n := c.Text.R.Buffered(); n > 0 {
+		b, _ := c.Text.R.Peek(n)
+		t.Fatalf("server sent %q, want the connection closed", b)
+	}
+	c.Conn.SetReadDeadline(time.Now().Add(d))
+	b, err := io.ReadAll(c.Conn)
+	if len(b) > 0 {
+		t.Fatalf("server sent %q, want the connection closed", b)
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("connection still open after %s", d)
+	}
+}
+
+// hostileGoroutines samples the goroutine count until it is stable
+// and returns it: the baseline a test compares with after its
+// connections ended.
+func hostileGoroutines() int {
+	n := runtime.NumGoroutine()
+	for i := 0; i < 20; i++ {
+		time.Sleep(25 * time.Millisecond)
+		m := runtime.NumGoroutine()
+		if m == n {
+			return n
+		}
+		n = m
+	}
+	return n
+}
+
+// hostileSlack is how many goroutines above the baseline are not
+// counted as a leak (Caddy's own background work comes and goes); each
+// test that uses it opened many more connections than that.
+const hostileSlack = 5
+
+// hostileSettled waits until the server has no open connection, its
+// per-address table is empty, the goroutine count is back to the
+// baseline, and the spool holds no draft.
+func hostileSettled(t testing.TB, e *st.Env, srv *Server, baseline int) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		srv.ipMu.Lock()
+		perIP := len(srv.perIP)
+		srv.ipMu.Unlock()
+		active := srv.active.Load()
+		g := runtime.NumGoroutine()
+		drafts := hostileDrafts(e)
+		if active == 0 && perIP == 0 && g <= baseline+hostileSlack && len(drafts) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			buf = buf[:runtime.Stack(buf, true)]
+			t.Fatalf("not settled after 15s: %d open connections, %d client addresses, %d goroutines (baseline %d), drafts %v\n%s",
+				active, perIP, g, baseline, drafts, buf)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// hostileDrafts lists draft files (not yet committed messages) in the
+// spool.
+func hostileDrafts(e *st.Env) []string {
+	ents, _ := os.ReadDir(e.SpoolDir())
+	var out []string
+	for _, en := range ents {
+		if strings.HasPrefix(en.Name(), ".tmp-") { // spool's draft prefix
+			out = append(out, en.Name())
+		}
+	}
+	return out
+}
+
+// hostileRecords counts committed envelopes in the spool.
+func hostileRecords(e *st.Env) int {
+	ents, _ := os.ReadDir(e.SpoolDir())
+	n := 0
+	for _, en := range ents {
+		if strings.HasSuffix(en.Name(), ".json") && !strings.HasPrefix(en.Name(), ".") {
+			n++
+		}
+	}
+	return n
+}
+
+// TestHostileAddresses: each hostile or invalid address, as sender or
+// recipient, from a client outside relay_networks, and the exact reply.
+func TestHostileAddresses(t *testing.T) {
+	e := st.NewEnv(t)
+	s, addr := st.ServerConfig(t, map[string]any{
+		"tls":            map[string]any{"level": "none"},
+		"accept_domains": []string{"example.test", "*.wild.test"},
+		"relay_networks": []string{"127.0.0.2/32"}, // the client is 127.0.0.1
+	})
+	e.Load(st.App(map[string]any{"mx": s}), nil)
+
+	const (
+		relayDenied = "554 5.7.1 Relay access denied"
+		badRcpt     = "501 5.5.2 Was expecting RCPT arg syntax of TO:<address>"
+		badMail     = "501 5.5.2 Was expecting MAIL arg syntax of FROM:<address>"
+		needsUTF8   = "553 5.6.7 Non-ASCII address requires the SMTPUTF8 parameter"
+	)
+	ok := func(a string) string { return "250 2.0.0 I'll make sure <" + a + "> gets this" }
+	from := func(a string) string { return "250 2.0.0 Roger, accepting mail from <" + a + ">" }
+
+	cases := []struct {
+		name  string
+		mail  string // MAIL FROM argument
+		rcpt  string // RCPT TO argument; "" tests MAIL only
+		want  string // the exact reply to the last command; for a known bug, the start of the right one
+		local bool   // the recipient's real domain is an accepted one
+		bug   string
+	}{
+		// Source routes (RFC 5321 4.1.1.3, appendix C): the route is
+		// dropped, the mailbox decides.
+		{"source-route/remote", "<a@remote.test>", "<@a.test,@b.test:u@evil.test>", relayDenied, false, ""},
+		{"source-route/local", "<a@remote.test>", "<@a.test,@b.test:u@example.test>", ok("u@example.test"), true, ""},
+		{"source-route/via-local", "<a@remote.test>", "<@example.test:u@evil.test>", relayDenied, false, ""},
+		{"source-route/malformed", "<a@remote.test>", "<@example.test u@evil.test>", badRcpt, false, ""},
+		// The % hack and bang paths: the local part is opaque (RFC 5321
+		// 2.3.11); only the domain counts.
+		{"percent/local", "<a@remote.test>", "<u%evil.test@example.test>", relayDenied, false, ""}, // sender-specified routing: refused from untrusted clients
+		{"percent/remote", "<a@remote.test>", "<u%example.test@evil.test>", relayDenied, false, ""},
+		{"bang/local", "<a@remote.test>", "<evil.test!u@example.test>", relayDenied, false, ""},
+		{"bang/remote", "<a@remote.test>", "<example.test!u@evil.test>", relayDenied, false, ""},
+		{"bang/no-domain", "<a@remote.test>", "<example.test!u>", badRcpt, false, ""},
+		// Quoted local parts with specials. Accepting those for
+		// example.test is right; what the next hop is then sent is not
+		// (bugQuotedLocalPart, TestHostileAddressesOnTheWire).
+		{"quoted/at-remote", "<a@remote.test>", `<"u@example.test"@evil.test>`, "501 5.1.3 Bad recipient address syntax", false, ""},
+		{"quoted/plain", "<a@remote.test>", `<"john.smith"@example.test>`, ok("john.smith@example.test"), true, ""},
+		{"quoted/unterminated", "<a@remote.test>", `<"u@example.test>`, badRcpt, false, ""},
+		{"quoted/at-local", "<a@remote.test>", `<"u@evil.test"@example.test>`, "501 5.1.3 Bad recipient address syntax", false, ""},
+		{"quoted/space-comma", "<a@remote.test>", `<"a b,c"@example.test>`, "501 5.1.3 Bad recipient address syntax", false, ""},
+		{"quoted/injection", "<a@remote.test>", `<"u@evil.test> NOTIFY=SUCCESS ORCPT=rfc822;x"@example.test>`,
+			"501 5.1.3 Bad recipient address syntax", false, ""},
+		// Two @: relay control goes by the last one.
+		{"double-at/remote-last", "<a@remote.test>", "<u@example.test@evil.test>", "501 5.1.3 Bad recipient address syntax", false, ""},
+		{"double-at/local-last", "<a@remote.test>", "<u@evil.test@example.test>", "501 5.1.3 Bad recipient address syntax", false, ""},
+		// IP literals are never accepted domains.
+		{"ip-literal/v4-loopback", "<a@remote.test>", "<u@[127.0.0.1]>", relayDenied, false, ""},
+		{"ip-literal/v4", "<a@remote.test>", "<u@[192.0.2.1]>", relayDenied, false, ""},
+		{"ip-literal/v6", "<a@remote.test>", "<u@[IPv6:::1]>", relayDenied, false, ""},
+		{"ip-literal/bracketed-name", "<a@remote.test>", "<u@[example.test]>", relayDenied, false, ""},
+		// Trailing dots: one is the absolute form of the name.
+		{"trailing-dot/local", "<a@remote.test>", "<u@example.test.>", ok("u@example.test."), true, ""},
+		{"trailing-dot/remote", "<a@remote.test>", "<u@evil.test.>", relayDenied, false, ""},
+		{"trailing-dot/three", "<a@remote.test>", "<u@example.test...>", "501 5.1.3 Bad recipient address syntax", false, ""},
+		{"trailing-dot/two", "<a@remote.test>", "<u@example.test..>", "501 5.1.3 Bad recipient address syntax", false, ""},
+		{"leading-dot", "<a@remote.test>", "<u@.example.test>", "501 5.1.3 Bad recipient address syntax", false, ""},
+		// Look-alike domains.
+		{"lookalike/suffix", "<a@remote.test>", "<u@example.test.evil.test>", relayDenied, false, ""},
+		{"lookalike/prefix", "<a@remote.test>", "<u@notexample.test>", relayDenied, false, ""},
+		{"lookalike/subdomain", "<a@remote.test>", "<u@sub.example.test>", relayDenied, false, ""},
+		{"case", "<a@remote.test>", "<u@EXAMPLE.TEST>", ok("u@EXAMPLE.TEST"), true, ""},
+		{"wildcard/sub", "<a@remote.test>", "<u@a.b.wild.test>", ok("u@a.b.wild.test"), true, ""},
+		{"wildcard/apex", "<a@remote.test>", "<u@wild.test>", relayDenied, false, ""},
+		{"wildcard/glued", "<a@remote.test>", "<u@evilwild.test>", relayDenied, false, ""},
+		{"wildcard/slash", "<a@remote.test>", "<u@evil.test/.wild.test>", "501 5.1.3 Bad recipient address syntax", false, ""},
+		{"vertical-tab", "<a@remote.test>", "<u@example.test\v>", "501 5.1.3 Bad recipient address syntax", false, ""},
+		// 8-bit without SMTPUTF8, and with it.
+		{"8bit/local-part", "<a@remote.test>", "<jös@example.test>", needsUTF8, true, ""},
+		{"8bit/domain", "<a@remote.test>", "<u@exämple.test>", needsUTF8, false, ""},
+		{"8bit/not-utf8", "<a@remote.test>", "<u\xff@example.test>", "553 5.6.7 Address is not valid UTF-8", true, ""},
+		{"8bit/smtputf8-local", "<a@remote.test> SMTPUTF8", "<jös@example.test>", ok("jös@example.test"), true, ""},
+		{"8bit/smtputf8-remote", "<a@remote.test> SMTPUTF8", "<u@exämple.test>", relayDenied, false, ""},
+		{"8bit/smtputf8-not-utf8", "<a@remote.test> SMTPUTF8", "<u\xff@example.test>", "553 5.6.7 Address is not valid UTF-8", true, ""},
+		// NUL bytes.
+		{"nul/domain-end", "<a@remote.test>", "<u@example.test\x00>", "501 5.1.3 Bad recipient address syntax", false, ""},
+		{"nul/domain-middle", "<a@remote.test>", "<u@evil.test\x00example.test>", "501 5.1.3 Bad recipient address syntax", false, ""},
+		{"nul/local-part", "<a@remote.test>", "<u\x00@example.test>", "501 5.1.3 Bad recipient address syntax", false, ""},
+		{"nul/wildcard", "<a@remote.test>", "<u@evil.test\x00.wild.test>", "501 5.1.3 Bad recipient address syntax", false, ""},
+		// Plain syntax errors.
+		{"empty", "<a@remote.test>", "<>", badRcpt, false, ""},
+		{"no-domain", "<a@remote.test>", "<u@>", badRcpt, false, ""},
+		{"no-local-part", "<a@remote.test>", "<@example.test>", badRcpt, false, ""},
+		{"space-before", "<a@remote.test>", "< u@example.test>", badRcpt, false, ""},
+		{"space-after", "<a@remote.test>", "<u@example.test >", badRcpt, false, ""},
+		{"no-close", "<a@remote.test>", "<u@example.test", badRcpt, false, ""},
+		{"no-brackets", "<a@remote.test>", "u@example.test", ok("u@example.test"), true, ""},
+		{"unknown-parameter", "<a@remote.test>", "<u@example.test> FOO=bar", "500 5.5.4 Unknown RCPT TO argument", true, ""},
+		{"postmaster", "<a@remote.test>", "<postmaster>", "250", true, bugPostmaster},
+		// Senders are not relay-controlled; their syntax is.
+		{"mail/source-route", "<@a.test,@b.test:u@c.test>", "", from("u@c.test"), false, ""},
+		{"mail/null", "<>", "", from(""), false, ""},
+		{"mail/no-domain", "<u>", "", badMail, false, ""},
+		{"mail/8bit", "<jös@remote.test>", "", needsUTF8, false, ""},
+		{"mail/8bit-smtputf8", "<jös@remote.test> SMTPUTF8", "", from("jös@remote.test"), false, ""},
+		{"mail/quoted", `<"a b"@remote.test>`, "", "501 5.1.7 Bad sender address syntax", false, ""},
+		{"mail/nul", "<u\x00@remote.test>", "", "501 5.1.7 Bad sender address syntax", false, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.bug != "" {
+				t.Skip(tc.bug)
+			}
+			c := st.Dial(t, addr)
+			c.Expect("250", "EHLO client.test")
+			got := hostileReply(c, "MAIL FROM:"+tc.mail)
+			if tc.rcpt != "" {
+				if !strings.HasPrefix(got, "250 ") {
+					t.Fatalf("MAIL FROM:%s: %q", tc.mail, got)
+				}
+				got = hostileReply(c, "RCPT TO:"+tc.rcpt)
+				// The invariant, by the case's own account of where the
+				// address really goes.
+				if strings.HasPrefix(got, "2") && !tc.local {
+					t.Errorf("RELAY: RCPT TO:%q from outside relay_networks accepted: %q", tc.rcpt, got)
+				}
+			}
+			if got != tc.want && (tc.bug == "" || !strings.HasPrefix(got, tc.want)) {
+				t.Fatalf("got %q, want %q", got, tc.want)
+			}
+			// The session is in sync afterwards.
+			c.Expect("250", "NOOP")
+		})
+	}
+}
+
+// wireSink is a next hop that records the command lines it receives,
+// byte for byte, by transaction.
+type wireSink struct {
+	addr string
+	mu   sync.Mutex
+	txns map[string][]string // MAIL FROM line -> RCPT lines
+}
+
+func newWireSink(t *testing.T) *wireSink {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	w := &wireSink{addr: ln.Addr().String(), txns: make(map[string][]string)}
+	go func() {
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go w.serve(nc)
+		}
+	}()
+	return w
+}
+
+func (w *wireSink) serve(nc net.Conn) {
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(30 * time.Second))
+	r := bufio.NewReader(nc)
+	io.WriteString(nc, "220 sink.test ESMTP\r\n")
+	var mail string
+	var rcpts []string
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		line = strings.TrimSuffix(line, "\r\n")
+		verb := strings.ToUpper(line[:min(4, len(line))])
+		switch verb {
+		case "EHLO", "HELO":
+			io.WriteString(nc, "250 sink.test\r\n")
+		case "MAIL":
+			mail, rcpts = line, nil
+			io.WriteString(nc, "250 2.1.0 ok\r\n")
+		case "RCPT":
+			rcpts = append(rcpts, line)
+			io.WriteString(nc, "250 2.1.5 ok\r\n")
+		case "DATA":
+			io.WriteString(nc, "354 go ahead\r\n")
+			for {
+				l, err := r.ReadString('\n')
+				if err != nil {
+					return
+				}
+				if l == ".\r\n" {
+					break
+				}
+			}
+			w.mu.Lock()
+			w.txns[mail] = rcpts
+			w.mu.Unlock()
+			io.WriteString(nc, "250 2.0.0 ok\r\n")
+		case "QUIT":
+			io.WriteString(nc, "221 2.0.0 bye\r\n")
+			return
+		default:
+			io.WriteString(nc, "250 2.0.0 ok\r\n")
+		}
+	}
+}
+
+func (w *wireSink) wait(t *testing.T, mail string) []string {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		w.mu.Lock()
+		r, ok := w.txns[mail]
+		w.mu.Unlock()
+		if ok {
+			return r
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("next hop got no transaction %q", mail)
+	return nil
+}
+
+// TestHostileAddressesOnTheWire: what an accepted hostile address
+// becomes at the next hop. Relay control judged the address the client
+// sent; the next hop must be asked for the same mailbox, or the gateway
+// relays where it refused to (a next hop that trusts the gateway, as an
+// internal server trusts its edge, does what it is asked).
+func TestHostileAddressesOnTheWire(t *testing.T) {
+	e := st.NewEnv(t)
+	sink := newWireSink(t)
+	s, addr := st.ServerConfig(t, map[string]any{
+		"tls":    map[string]any{"level": "none"},
+		"routes": st.RelayRoute(sink.addr, map[string]any{"level": "none"}),
+	})
+	e.Load(e.DeliveringApp(map[string]any{"gw": s}, nil), nil)
+
+	cases := []struct {
+		name, rcpt, wire, bug string
+	}{
+		{"plain", "<u@example.test>", "u@example.test", ""},
+		{"source-route", "<@a.test,@b.test:u@example.test>", "u@example.test", ""},
+
+		{"case", "<u@EXAMPLE.TEST>", "u@EXAMPLE.TEST", ""},
+		{"quoted/needless", `<"john.smith"@example.test>`, "john.smith@example.test", ""},
+		{"quoted/space", `<"john smith"@example.test>`, `"john smith"@example.test`, bugQuotedLocalPart},
+		{"quoted/at", `<"u@evil.test"@example.test>`, `"u@evil.test"@example.test`, bugQuotedLocalPart},
+		{"quoted/injection", `<"u@evil.test> NOTIFY=SUCCESS ORCPT=rfc822;x"@example.test>`,
+			`"u@evil.test> NOTIFY=SUCCESS ORCPT=rfc822;x"@example.test`, bugQuotedLocalPart},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.bug != "" {
+				t.Skip(tc.bug)
+			}
+			sender := fmt.Sprintf("case%02d@remote.test", i)
+			c := st.Dial(t, addr)
+			c.Expect("250", "EHLO client.test")
+			c.Expect("250", "MAIL FROM:<%s>", sender)
+			if got := hostileReply(c, "RCPT TO:"+tc.rcpt); !strings.HasPrefix(got, "250 ") {
+				t.Fatalf("RCPT TO:%s: %q", tc.rcpt, got)
+			}
+			c.Expect("354", "DATA")
+			c.Conn.Write([]byte(st.Message))
+			if code, msg := c.Read(); code != 250 {
+				t.Fatalf("DATA: %d %s", code, msg)
+			}
+			got := sink.wait(t, "MAIL FROM:<"+sender+">")
+			want := "RCPT TO:<" + tc.wire + ">"
+			if len(got) != 1 || got[0] != want {
+				t.Fatalf("next hop got %q, want [%q]", got, want)
+			}
+		})
+	}
+}
+
+// TestHostileQuotedLocalPartRelay is the quoted-local-part bug end to
+// end: a go-smtp next hop must never be asked for a recipient outside
+// accept_domains by a client outside relay_networks.
+func TestHostileQuotedLocalPartRelay(t *testing.T) {
+	t.Skip(bugQuotedLocalPart)
+	e := st.NewEnv(t)
+	up := st.NewUpstream(t, st.UpstreamOpts{})
+	s, addr := st.ServerConfig(t, map[string]any{
+		"tls":    map[string]any{"level": "none"},
+		"routes": st.RelayRoute(up.Addr, map[string]any{"level": "none"}),
+	})
+	e.Load(e.DeliveringApp(map[string]any{"gw": s}, nil), nil)
+	c := st.Dial(t, addr)
+	c.Expect("250", "EHLO client.test")
+	c.Expect("250", "MAIL FROM:<a@remote.test>")
+	c.Expect("554 5.7.1 Relay access denied", "RCPT TO:<u@evil.test>")
+	got := hostileReply(c, `RCPT TO:<"u@evil.test> NOTIFY=SUCCESS ORCPT=rfc822;x"@example.test>`)
+	if !strings.HasPrefix(got, "250 ") {
+		return // refused at RCPT: fixed that way
+	}
+	c.Expect("354", "DATA")
+	c.Conn.Write([]byte(st.Message))
+	c.Read()
+	for _, m := range up.WaitMessages(t, 1, 15*time.Second) {
+		for _, to := range m.To {
+			if domainOf(to) != "example.test" {
+				t.Errorf("RELAY: the next hop was asked for %q", to)
+			}
+		}
+	}
+}
+
+// TestHostileLineLength: command lines up to max_line_length bytes
+// (CRLF included) are read, longer ones end the connection, and a line
+// that never ends is not buffered past the limit.
+func TestHostileLineLength(t *testing.T) {
+	e := st.NewEnv(t)
+	s, addr := st.ServerConfig(t, map[string]any{"tls": map[string]any{"level": "none"}, "max_line_length": 600})
+	e.Load(st.App(map[string]any{"mx": s}), nil)
+	srv := hostileApp(t).Server("mx")
+	baseline := hostileGoroutines()
+	const tooLong = "500 5.4.0 Too long line, closing connection"
+
+	// After the first line (go-smtp lets the very first line of a
+	// connection have one byte more).
+	t.Run("command/600", func(t *testing.T) {
+		c := st.Dial(t, addr)
+		c.Expect("250", "EHLO client.test")
+		if got := hostileReply(c, "NOOP "+strings.Repeat("x", 600-7)); got != "250 2.0.0 I have successfully done nothing" {
+			t.Fatalf("600-byte line: %q", got)
+		}
+	})
+	t.Run("command/601", func(t *testing.T) {
+		c := st.Dial(t, addr)
+		c.Expect("250", "EHLO client.test")
+		if got := hostileReply(c, "NOOP "+strings.Repeat("x", 601-7)); got != tooLong {
+			t.Fatalf("601-byte line: %q, want %q", got, tooLong)
+		}
+		hostileClosed(t, c, 5*time.Second)
+	})
+	t.Run("rcpt/too-long", func(t *testing.T) {
+		c := st.Dial(t, addr)
+		c.Expect("250", "EHLO client.test")
+		c.Expect("250", "MAIL FROM:<a@remote.test>")
+		if got := hostileReply(c, "RCPT TO:<"+strings.Repeat("u", 700)+"@example.test>"); got != tooLong {
+			t.Fatalf("got %q, want %q", got, tooLong)
+		}
+		hostileClosed(t, c, 5*time.Second)
+	})
+	// 64 MiB without a line end: the server answers once it has read
+	// max_line_length bytes and closes; the client cannot push the rest.
+	t.Run("endless", func(t *testing.T) {
+		c := st.Dial(t, addr)
+		c.Expect("250", "EHLO client.test")
+		chunk := []byte(strings.Repeat("x", 64<<10))
+		var sent int
+		var werr error
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			c.Conn.SetWriteDeadline(time.Now().Add(20 * time.Second))
+			for sent < 64<<20 {
+				n, err := c.Conn.Write(chunk)
+				sent += n
+				if err != nil {
+					werr = err
+					return
+				}
+			}
+		}()
+		code, msg := c.Read()
+		if got := fmt.Sprintf("%d %s", code, msg); got != tooLong {
+			t.Fatalf("got %q, want %q", got, tooLong)
+		}
+		<-done
+		if werr == nil {
+			t.Fatalf("all of %d bytes written: the server kept reading", sent)
+		}
+		t.Logf("the client got %q after %d bytes (socket buffers)", werr, sent)
+	})
+	t.Run("data-line", func(t *testing.T) {
+		t.Skip(bugDataLine)
+		c := st.Dial(t, addr)
+		c.Expect("250", "EHLO client.test")
+		got := c.Send("a@remote.test", "b@example.test", "Subject: x\r\n\r\n"+strings.Repeat("y", 700)+"\r\n.\r\n")
+		if got != tooLong {
+			t.Fatalf("got %q, want %q", got, tooLong)
+		}
+		hostileClosed(t, c, 5*time.Second)
+	})
+	hostileSettled(t, e, srv, baseline)
+}
+
+// TestHostileMessageSize: SIZE declarations and actual sizes around
+// max_message_size, and that nothing of a refused message stays.
+func TestHostileMessageSize(t *testing.T) {
+	e := st.NewEnv(t)
+	s, addr := st.ServerConfig(t, map[string]any{"tls": map[string]any{"level": "none"}, "max_message_size": 1000})
+	e.Load(st.App(map[string]any{"mx": s}), nil)
+	srv := hostileApp(t).Server("mx")
+	baseline := hostileGoroutines()
+	const (
+		tooBigDeclared = "552 5.3.4 Max message size exceeded"
+		tooBig         = "552 5.3.4 Maximum message size exceeded"
+	)
+	// body makes DATA of exactly n bytes (before the end-of-data line),
+	// in lines of 100 bytes.
+	body := func(n int) string {
+		lines, rest := n/100, n%100
+		if rest == 1 {
+			lines, rest = lines-1, 101
+		}
+		s := strings.Repeat(strings.Repeat("x", 98)+"\r\n", lines)
+		if rest > 0 {
+			s += strings.Repeat("y", rest-2) + "\r\n"
+		}
+		if len(s) != n {
+			t.Fatalf("body(%d) has %d bytes", n, len(s))
+		}
+		return s
+	}
+
+	t.Run("declared", func(t *testing.T) {
+		for _, tc := range []struct{ arg, want, bug string }{
+			{"SIZE=1000", "250 2.0.0 Roger, accepting mail from <a@remote.test>", ""},
+			{"SIZE=1001", tooBigDeclared, ""},
+			{"SIZE=4294967295", tooBigDeclared, ""},
+			{"SIZE=abc", "501 5.5.4 Unable to parse SIZE as an integer", ""},
+			{"SIZE=-1", "501 5.5.4 Unable to parse SIZE as an integer", ""},
+			{"SIZE=99999999999", tooBigDeclared, bugSizeHuge},
+		} {
+			t.Run(tc.arg, func(t *testing.T) {
+				if tc.bug != "" {
+					t.Skip(tc.bug)
+				}
+				c := st.Dial(t, addr)
+				c.Expect("250", "EHLO client.test")
+				if got := hostileReply(c, "MAIL FROM:<a@remote.test> "+tc.arg); got != tc.want {
+					t.Fatalf("got %q, want %q", got, tc.want)
+				}
+			})
+		}
+	})
+	t.Run("actual/999", func(t *testing.T) {
+		c := st.Dial(t, addr)
+		c.Expect("250", "EHLO client.test")
+		if got := c.Send("a@remote.test", "b@example.test", body(999)+".\r\n"); !strings.HasPrefix(got, "250 2.0.0 OK: queued as ") {
+			t.Fatalf("got %q", got)
+		}
+	})
+	t.Run("actual/1000", func(t *testing.T) {
+		t.Skip(bugSizeExact)
+		c := st.Dial(t, addr)
+		c.Expect("250", "EHLO client.test")
+		c.Expect("250", "MAIL FROM:<a@remote.test> SIZE=1000")
+		c.Expect("250", "RCPT TO:<b@example.test>")
+		c.Expect("354", "DATA")
+		c.Conn.Write([]byte(body(1000) + ".\r\n"))
+		if code, msg := c.Read(); code != 250 {
+			t.Fatalf("got %d %s, want 250", code, msg)
+		}
+	})
+	// Over the limit, with and without a SIZE that lied, and far over
+	// it: 552 after the end of data, the session goes on, nothing is
+	// kept.
+	for _, tc := range []struct {
+		name string
+		mail string
+		n    int
+	}{
+		{"actual/1001", "MAIL FROM:<a@remote.test>", 1001},
+		{"actual/lying-size", "MAIL FROM:<a@remote.test> SIZE=500", 1001},
+		{"actual/8MiB", "MAIL FROM:<a@remote.test>", 8 << 20},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			records := hostileRecords(e)
+			c := st.Dial(t, addr)
+			c.Expect("250", "EHLO client.test")
+			if got := hostileReply(c, tc.mail); !strings.HasPrefix(got, "250 ") {
+				t.Fatalf("%s: %q", tc.mail, got)
+			}
+			c.Expect("250", "RCPT TO:<b@example.test>")
+			c.Expect("354", "DATA")
+			go c.Conn.Write([]byte(body(tc.n) + ".\r\n"))
+			code, msg := c.Read()
+			if got := fmt.Sprintf("%d %s", code, msg); got != tooBig {
+				t.Fatalf("got %q, want %q", got, tooBig)
+			}
+			c.Expect("250", "NOOP")
+			if n := hostileRecords(e); n != records {
+				t.Fatalf("spool records %d -> %d after a refused message", records, n)
+			}
+			if d := hostileDrafts(e); len(d) != 0 {
+				t.Fatalf("drafts left in the spool: %v", d)
+			}
+		})
+	}
+	hostileSettled(t, e, srv, baseline)
+}
+
+// TestHostileRecipients: past max_recipients every RCPT gets 452 and the
+// message goes to the recipients accepted before; refused recipients
+// do not count.
+func TestHostileRecipients(t *testing.T) {
+	e := st.NewEnv(t)
+	s, addr := st.ServerConfig(t, map[string]any{"tls": map[string]any{"level": "none"}, "max_recipients": 2})
+	e.Load(st.App(map[string]any{"mx": s}), nil)
+	c := st.Dial(t, addr)
+	c.Expect("250", "EHLO client.test")
+	c.Expect("250", "MAIL FROM:<a@remote.test>")
+	for i := 0; i < 5; i++ {
+		c.Expect("554 5.7.1 Relay access denied", "RCPT TO:<r%d@elsewhere.test>", i)
+	}
+	c.Expect("250", "RCPT TO:<one@example.test>")
+	c.Expect("250", "RCPT TO:<two@example.test>")
+	for i := 0; i < 50; i++ {
+		if got := hostileReply(c, fmt.Sprintf("RCPT TO:<more%d@example.test>", i)); got != "452 4.5.3 Maximum limit of 2 recipients reached" {
+			t.Fatalf("recipient %d past the limit: %q", i+3, got)
+		}
+	}
+	c.Expect("354", "DATA")
+	c.Conn.Write([]byte(st.Message))
+	code, msg := c.Read()
+	var id string
+	if _, err := fmt.Sscanf(fmt.Sprintf("%d %s", code, msg), "250 2.0.0 OK: queued as %s", &id); err != nil {
+		t.Fatalf("DATA: %d %s", code, msg)
+	}
+	env, err := hostileApp(t).Spool().Load(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range env.Recipients {
+		got = append(got, r.Address)
+	}
+	if strings.Join(got, ",") != "one@example.test,two@example.test" {
+		t.Fatalf("queued for %v", got)
+	}
+}
+
+// TestHostileEndlessHeader: DATA whose header never ends (no blank
+// line, no end of data) is bounded by max_message_size or by the data
+// timeout.
+func TestHostileEndlessHeader(t *testing.T) {
+	e := st.NewEnv(t)
+	s, addr := st.ServerConfig(t, map[string]any{
+		"tls":              map[string]any{"level": "none"},
+		"max_message_size": 1000,
+		"read_timeout":     "1s",
+		"data_timeout":     "2s",
+		"relay_networks":   []string{"127.0.0.1/32"},
+	})
+	e.Load(st.App(map[string]any{"mx": s}), nil)
+	srv := hostileApp(t).Server("mx")
+	baseline := hostileGoroutines()
+	records := hostileRecords(e)
+	start := func(t *testing.T) *st.Client {
+		c := st.Dial(t, addr)
+		c.Expect("250", "EHLO client.test")
+		c.Expect("250", "MAIL FROM:<a@remote.test>")
+		c.Expect("250", "RCPT TO:<b@example.test>")
+		c.Expect("354", "DATA")
+		return c
+	}
+
+	// Under the size limit, a header line every 100 ms: cut off at the
+	// data timeout.
+	t.Run("trickle", func(t *testing.T) {
+		c := start(t)
+		begin := time.Now()
+		go func() {
+			for i := 0; i < 100; i++ {
+				if _, err := fmt.Fprintf(c.Conn, "X-%d: v\r\n", i); err != nil {
+					return
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}()
+		code, msg := c.Read()
+		took := time.Since(begin)
+		if got := fmt.Sprintf("%d %s", code, msg); got != "421 4.4.2 Timeout waiting for message data, closing connection" {
+			t.Fatalf("got %q", got)
+		}
+		if took < 1500*time.Millisecond || took > 8*time.Second {
+			t.Fatalf("cut off after %s, want about data_timeout (2s)", took)
+		}
+		hostileClosed(t, c, 5*time.Second)
+	})
+	// Over the size limit, then silence: 552 once the server has waited
+	// a read timeout for the end, then the idle timeout.
+	t.Run("over-limit-then-silence", func(t *testing.T) {
+		c := start(t)
+		c.Conn.Write([]byte(strings.Repeat("X-H: v\r\n", 300)))
+		// The message is refused (552 is owed only at its end), and
+		// the rest never comes: the drain of the refused message times
+		// out and the server hangs up, since what would follow could
+		// not be told from commands (SMTP smuggling).
+		if got := hostileRead(c); !strings.HasPrefix(got, "0 ") && got != "552 5.3.4 Maximum message size exceeded" {
+			t.Fatalf("got %q", got)
+		}
+		hostileClosed(t, c, 5*time.Second)
+	})
+	// Over the size limit and still sending: the rest of the message
+	// must never be read as commands.
+	t.Run("over-limit-still-sending", func(t *testing.T) {
+		t.Skip(bugDrainSmuggling)
+		c := start(t)
+		go func() {
+			c.Conn.Write([]byte("Subject: big\r\n\r\n" + strings.Repeat("x\r\n", 400)))
+			for i := 0; i < 15; i++ { // past read_timeout after the limit
+				c.Conn.Write([]byte("NOOP\r\n"))
+				time.Sleep(100 * time.Millisecond)
+			}
+			c.Conn.Write([]byte("RSET\r\nMAIL FROM:<smuggler@evil.test>\r\nRCPT TO:<victim@elsewhere.test>\r\nDATA\r\n" +
+				"Subject: smuggled\r\n\r\nhi\r\n.\r\n.\r\n"))
+		}()
+		var replies []string
+		for {
+			code, msg := c.Read()
+			if code == 0 {
+				break
+			}
+			replies = append(replies, fmt.Sprintf("%d %s", code, msg))
+		}
+		if len(replies) == 0 || replies[0] != "552 5.3.4 Maximum message size exceeded" {
+			t.Fatalf("replies %q, want 552 first", replies)
+		}
+		for _, r := range replies[1:] {
+			if !strings.HasPrefix(r, "5") && !strings.HasPrefix(r, "421") {
+				t.Fatalf("message body run as commands: %q", replies)
+			}
+		}
+	})
+	if n := hostileRecords(e); n != records {
+		t.Errorf("spool records %d -> %d", records, n)
+	}
+	hostileSettled(t, e, srv, baseline)
+}
+
+// TestHostileSlowClients: clients that send nothing, or a byte every
+// few seconds, are disconnected at the read or data timeout, many at
+// once, and leave nothing behind.
+func TestHostileSlowClients(t *testing.T) {
+	e := st.NewEnv(t)
+	s, addr := st.ServerConfig(t, map[string]any{
+		"tls":          map[string]any{"level": "none"},
+		"read_timeout": "1s",
+		"data_timeout": "2s",
+	})
+	e.Load(st.App(map[string]any{"mx": s}), nil)
+	srv := hostileApp(t).Server("mx")
+	baseline := hostileGoroutines()
+
+	// replies reads every reply until the server closes, with the time
+	// each came.
+	type timed struct {
+		reply string
+		at    time.Duration
+	}
+	show := func(ts []timed) string {
+		var parts []string
+		for _, x := range ts {
+			parts = append(parts, fmt.Sprintf("%q at %.2fs", x.reply, x.at.Seconds()))
+		}
+		return "[" + strings.Join(parts, ", ") + "]"
+	}
+	replies := func(c *st.Client, begin time.Time) []timed {
+		var out []timed
+		for {
+			code, msg := c.Read()
+			if code == 0 {
+				return out
+			}
+			out = append(out, timed{fmt.Sprintf("%d %s", code, msg), time.Since(begin)})
+		}
+	}
+	// trickle writes one byte of s every gap until the connection fails.
+	trickle := func(c *st.Client, s string, gap time.Duration) {
+		for i := 0; ; i++ {
+			if _, err := c.Conn.Write([]byte{s[i%len(s)]}); err != nil {
+				return
+			}
+			time.Sleep(gap)
+		}
+	}
+
+	t.Run("silent", func(t *testing.T) {
+		c := st.Dial(t, addr)
+		begin := time.Now()
+		got := replies(c, begin)
+		if len(got) != 1 || got[0].reply != "421 4.4.2 Idle timeout, bye bye" {
+			t.Fatalf("got %s", show(got))
+		}
+		if got[0].at < 800*time.Millisecond || got[0].at > 6*time.Second {
+			t.Fatalf("after %s, want about read_timeout (1s)", got[0].at)
+		}
+	})
+	// A byte every 3 s while a command is read: disconnected within two
+	// read timeouts (see bugPartialLine for the reply it should be).
+	t.Run("command/byte-every-3s", func(t *testing.T) {
+		c := st.Dial(t, addr)
+		begin := time.Now()
+		go trickle(c, "EHLO slow.test\r\n", 3*time.Second)
+		got := replies(c, begin)
+		if len(got) == 0 || got[len(got)-1].reply != "421 4.4.2 Idle timeout, bye bye" {
+			t.Fatalf("got %s, want it to end with 421 4.4.2", show(got))
+		}
+		if at := got[len(got)-1].at; at > 2*time.Second+4*time.Second {
+			t.Fatalf("disconnected after %s, want within 2 read timeouts", at)
+		}
+		t.Logf("replies: %s", show(got))
+	})
+	t.Run("command/exact-reply", func(t *testing.T) {
+		t.Skip(bugPartialLine)
+		c := st.Dial(t, addr)
+		go trickle(c, "EHLO slow.test\r\n", 3*time.Second)
+		got := replies(c, time.Now())
+		if len(got) != 1 || got[0].reply != "421 4.4.2 Idle timeout, bye bye" {
+			t.Fatalf("got %s", show(got))
+		}
+	})
+	// A byte every 300 ms never completes a line within the read
+	// timeout; each timeout hands go-smtp a fragment (bugPartialLine),
+	// and the fragments are bad commands: go-smtp's error limit closes
+	// the connection after four.
+	t.Run("command/byte-every-300ms", func(t *testing.T) {
+		c := st.Dial(t, addr)
+		begin := time.Now()
+		go trickle(c, "xyz", 300*time.Millisecond)
+		got := replies(c, begin)
+		if len(got) == 0 || got[len(got)-1].reply != "500 5.5.1 Too many errors. Quiting now" {
+			t.Fatalf("got %s", show(got))
+		}
+		if at := got[len(got)-1].at; at > 12*time.Second {
+			t.Fatalf("disconnected after %s", at)
+		}
+		t.Logf("replies: %s", show(got))
+	})
+	// Inside DATA: a byte every 3 s hits the read timeout, a byte every
+	// 300 ms the data timeout; both end with 421 4.4.2 and a close.
+	for _, tc := range []struct {
+		name string
+		gap  time.Duration
+	}{{"data/byte-every-3s", 3 * time.Second}, {"data/byte-every-300ms", 300 * time.Millisecond}} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := st.Dial(t, addr)
+			c.Expect("250", "EHLO client.test")
+			c.Expect("250", "MAIL FROM:<a@remote.test>")
+			c.Expect("250", "RCPT TO:<b@example.test>")
+			c.Expect("354", "DATA")
+			begin := time.Now()
+			go trickle(c, "Subject: slow\r\n", tc.gap)
+			got := replies(c, begin)
+			if len(got) != 1 || got[0].reply != "421 4.4.2 Timeout waiting for message data, closing connection" {
+				t.Fatalf("got %s", show(got))
+			}
+			if got[0].at < 800*time.Millisecond || got[0].at > 2*time.Second+4*time.Second {
+				t.Fatalf("after %s, want within data_timeout (2s)", got[0].at)
+			}
+		})
+	}
+	// Many at once: 40 silent clients and 40 that trickle in DATA, all
+	// cut off at their timeout, and nothing left afterwards.
+	t.Run("many", func(t *testing.T) {
+		var wg sync.WaitGroup
+		errs := make(chan string, 80)
+		for i := 0; i < 80; i++ {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				// From four addresses, under the default 50 per address.
+				d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(1+i%4))}}
+				nc, err := d.Dial("tcp", addr)
+				if err != nil {
+					errs <- err.Error()
+					return
+				}
+				defer nc.Close()
+				c := &st.Client{T: t, Conn: nc, Text: st.NewText(nc)}
+				nc.SetReadDeadline(time.Now().Add(15 * time.Second))
+				if code, msg, _ := c.Text.ReadResponse(220); code != 220 {
+					errs <- fmt.Sprintf("greeting %d %s", code, msg)
+					return
+				}
+				want := "421 4.4.2 Idle timeout, bye bye"
+				if i%8 >= 4 {
+					for _, cmd := range []string{"EHLO client.test", "MAIL FROM:<a@remote.test>", "RCPT TO:<b@example.test>", "DATA"} {
+						c.Text.PrintfLine("%s", cmd)
+						if code, msg, err := c.Text.ReadResponse(0); err != nil && code != 354 {
+							errs <- fmt.Sprintf("%s: %d %s %v", cmd, code, msg, err)
+							return
+						}
+					}
+					go trickle(c, "x", 500*time.Millisecond)
+					want = "421 4.4.2 Timeout waiting for message data, closing connection"
+				}
+				code, msg, _ := c.Text.ReadResponse(0)
+				if got := fmt.Sprintf("%d %s", code, msg); got != want {
+					errs <- fmt.Sprintf("client %d: %q, want %q", i, got, want)
+				}
+			}(i)
+		}
+		wg.Wait()
+		close(errs)
+		for e := range errs {
+			t.Error(e)
+		}
+	})
+	hostileSettled(t, e, srv, baseline)
+}
+
+// TestHostileConnectionFlood: many concurrent connections against
+// max_connections and max_connections_per_ip: exactly the limit gets
+// 220, every other one the 421 for its limit, and all the slots come
+// back.
+func TestHostileConnectionFlood(t *testing.T) {
+	e := st.NewEnv(t)
+	total, totalAddr := st.ServerConfig(t, map[string]any{"tls": map[string]any{"level": "none"}, "max_connections": 5})
+	perIP, perIPAddr := st.ServerConfig(t, map[string]any{"tls": map[string]any{"level": "none"}, "max_connections_per_ip": 3})
+	both, bothAddr := st.ServerConfig(t, map[string]any{"tls": map[string]any{"level": "none"},
+		"max_connections": 4, "max_connections_per_ip": 3})
+	e.Load(st.App(map[string]any{"total": total, "perip": perIP, "both": both}), nil)
+	app := hostileApp(t)
+	baseline := hostileGoroutines()
+	const (
+		full     = "421 4.7.0 localhost Too many connections, try again later"
+		fullAddr = "421 4.7.0 localhost Too many connections from your address, try again later"
+		greeting = "220 localhost ESMTP Service Ready"
+	)
+
+	// flood opens n connections from each source address at once and
+	// returns the first reply of each, by source; the connections stay
+	// open until close is called.
+	type result struct {
+		from  string
+		reply string
+		c     *st.Client
+	}
+	flood := func(t *testing.T, addr string, n int, froms ...string) (map[string]map[string]int, func()) {
+		var wg sync.WaitGroup
+		res := make(chan result, n*len(froms))
+		for _, from := range froms {
+			for i := 0; i < n; i++ {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					c, code, msg, err := hostileTryDialFrom(t, addr, from)
+					if err != nil {
+						res <- result{from, err.Error(), nil}
+						return
+					}
+					res <- result{from, fmt.Sprintf("%d %s", code, msg), c}
+				}()
+			}
+		}
+		wg.Wait()
+		close(res)
+		counts := make(map[string]map[string]int)
+		var conns []*st.Client
+		for r := range res {
+			if counts[r.from] == nil {
+				counts[r.from] = make(map[string]int)
+			}
+			counts[r.from][r.reply]++
+			switch {
+			case r.c == nil:
+			case r.reply == greeting:
+				conns = append(conns, r.c)
+			default:
+				// A refused connection is closed by the server.
+				hostileClosed(t, r.c, 5*time.Second)
+			}
+		}
+		return counts, func() {
+			for _, c := range conns {
+				c.Conn.Close()
+			}
+		}
+	}
+	check := func(t *testing.T, got map[string]map[string]int, want map[string]map[string]int) {
+		t.Helper()
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("replies by source address:\n got %v\nwant %v", got, want)
+		}
+	}
+
+	t.Run("max_connections", func(t *testing.T) {
+		got, closeAll := flood(t, totalAddr, 15, "127.0.0.1", "127.0.0.2")
+		if n := got["127.0.0.1"][greeting] + got["127.0.0.2"][greeting]; n != 5 {
+			t.Fatalf("%d connections got 220, want 5: %v", n, got)
+		}
+		if n := got["127.0.0.1"][full] + got["127.0.0.2"][full]; n != 25 {
+			t.Fatalf("%d connections got %q, want 25: %v", n, full, got)
+		}
+		closeAll()
+		hostileSettled(t, e, app.Server("total"), baseline)
+		// All five slots are free again.
+		got, closeAll = flood(t, totalAddr, 5, "127.0.0.3")
+		check(t, got, map[string]map[string]int{"127.0.0.3": {greeting: 5}})
+		closeAll()
+	})
+	t.Run("max_connections_per_ip", func(t *testing.T) {
+		got, closeAll := flood(t, perIPAddr, 10, "127.0.0.1", "127.0.0.2", "127.0.0.3")
+		check(t, got, map[string]map[string]int{
+			"127.0.0.1": {greeting: 3, fullAddr: 7},
+			"127.0.0.2": {greeting: 3, fullAddr: 7},
+			"127.0.0.3": {greeting: 3, fullAddr: 7},
+		})
+		closeAll()
+		hostileSettled(t, e, app.Server("perip"), baseline)
+		got, closeAll = flood(t, perIPAddr, 3, "127.0.0.1")
+		check(t, got, map[string]map[string]int{"127.0.0.1": {greeting: 3}})
+		closeAll()
+	})
+	// Both limits: three from one address fill its share, the fourth
+	// connection anywhere fills the server.
+	t.Run("both", func(t *testing.T) {
+		got, closeFirst := flood(t, bothAddr, 5, "127.0.0.1")
+		check(t, got, map[string]map[string]int{"127.0.0.1": {greeting: 3, fullAddr: 2}})
+		got, closeSecond := flood(t, bothAddr, 3, "127.0.0.2")
+		check(t, got, map[string]map[string]int{"127.0.0.2": {greeting: 1, full: 2}})
+		closeFirst()
+		closeSecond()
+		hostileSettled(t, e, app.Server("both"), baseline)
+	})
+	for _, name := range []string{"total", "perip", "both"} {
+		hostileSettled(t, e, app.Server(name), baseline)
+	}
+}
