@@ -251,7 +251,7 @@ func TestCrashLoop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	total := 600
+	total := 3000
 	if v := os.Getenv("CRASH_LOOP_MESSAGES"); v != "" {
 		fmt.Sscan(v, &total)
 	}
