@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/textproto"
+	"strconv"
 	"strings"
 	"time"
 
@@ -384,20 +385,10 @@ func startTLS(conn net.Conn) error {
 	}
 	code, msg, _ := strings.Cut(strings.TrimRight(string(line), "\r\n"), " ")
 	if code != "220" {
-		return protoErr(&textproto.Error{Code: atoi(code), Msg: msg})
+		n, _ := strconv.Atoi(code)
+		return protoErr(&textproto.Error{Code: n, Msg: msg})
 	}
 	return nil
-}
-
-func atoi(s string) int {
-	n := 0
-	for _, c := range s {
-		if c < '0' || c > '9' {
-			return 0
-		}
-		n = n*10 + int(c-'0')
-	}
-	return n
 }
 
 // protoErr turns a textproto reply error into go-smtp's SMTPError, so

@@ -90,6 +90,10 @@ var (
 func (c *conn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	closeNow := c.closeOnWrite
+	if c.draining {
+		// go-smtp writes the reply once the drain is complete.
+		c.draining, c.dataDeadline = false, time.Time{}
+	}
 	c.mu.Unlock()
 	if c.tlsStarted.Load() && !isTLSRecord(p) {
 		// go-smtp's plaintext 550 after a failed handshake: hang up.
@@ -113,12 +117,6 @@ func (c *conn) Write(p []byte) (int, error) {
 			c.esmtp.Store(true)
 		}
 	}
-	c.mu.Lock()
-	if c.draining {
-		// go-smtp writes the reply once the drain is complete.
-		c.draining, c.dataDeadline = false, time.Time{}
-	}
-	c.mu.Unlock()
 	n, err := c.Conn.Write(p)
 	if closeNow {
 		c.Conn.Close()
