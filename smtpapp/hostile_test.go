@@ -19,9 +19,10 @@ package smtpapp
 // that keeps writing gets a write error after at most the socket
 // buffers.
 //
-// Some inputs show server bugs; their cases are written out with what
-// the server answers and what it should, and skipped with
-// t.Skip("known bug: ...") until they are fixed.
+// A few inputs show gaps in go-smtp v0.25.1 that no hook lets us close
+// from outside it; their cases are written out with what the server
+// should answer, and skipped with a message that says what it answers
+// instead and why it cannot be fixed here (the gap* constants).
 
 import (
 	"bufio"
@@ -41,37 +42,28 @@ import (
 	st "github.com/caddy-smtp/caddy-smtp/internal/smtptest"
 )
 
-// Known bugs found by these tests; each skip quotes one.
+// Gaps in go-smtp v0.25.1 found by these tests; each skip quotes one.
+// Each is decided inside go-smtp where no hook of ours reaches (its
+// argument parsers, its DATA reader, its command reader), and each
+// message says why.
 const (
-	bugQuotedLocalPart = "known bug: a quoted local part is stored without its quotes and sent on as is: " +
-		`RCPT TO:<"u@evil.test> NOTIFY=SUCCESS ORCPT=rfc822;x"@example.test> is accepted (the domain is example.test) ` +
-		"and relayed as RCPT TO:<u@evil.test> NOTIFY=SUCCESS ORCPT=rfc822;x@example.test>, which the next hop reads as recipient u@evil.test; " +
-		`"u@evil.test"@example.test is relayed as u@evil.test@example.test (sender-specified routing to evil.test for a Postfix next hop that trusts the gateway). ` +
-		"Want: the local part quoted again on the wire (RFC 5321 4.1.2), or the address refused at RCPT"
-	bugDoubleAt = "known bug: RCPT TO:<u@evil.test@example.test> (an unquoted @ in the local part, not RFC 5321 syntax) " +
-		"gets 250 and is relayed as is; a next hop that resolves sender-specified routing (Postfix, for a trusted client) sends it to evil.test. " +
-		"Want 501 5.1.3 (bad address syntax) or 554 5.7.1"
-	bugDomainSyntax = "known bug: the domain is not checked for syntax; relay control only normalizes it (lower case, one trailing dot, TrimSpace) " +
-		"and compares: <u@example.test..> (two trailing dots: normalized twice), <u@example.test\\v> (TrimSpace) and, under accept_domains *.wild.test, " +
-		"<u@evil.test\\x00.wild.test> and <u@evil.test/.wild.test> get 250. Want 501 5.1.3 (or 554 5.7.1)"
-	bugNUL        = "known bug: a NUL byte in a local part is accepted: MAIL FROM:<u\\x00@remote.test> and RCPT TO:<u\\x00@example.test> get 250 and the NUL is stored in the envelope (go-smtp's client, relaying it, refuses only CR and LF). Want 501 5.5.2"
-	bugBadUTF8    = "known bug: with SMTPUTF8, RCPT TO:<u\\xff@example.test> (not UTF-8) gets 250 and the envelope stores u\\ufffd@example.test, another address than the one acknowledged. Want 553 5.6.7 (RFC 6531: UTF-8 only)"
-	bugPostmaster = "known bug (go-smtp): RCPT TO:<postmaster> gets 501 5.5.2 Was expecting RCPT arg syntax of TO:<address>; RFC 5321 4.5.1 says it MUST be accepted"
-	bugSizeExact  = "known bug (go-smtp's data reader): a message of exactly max_message_size bytes (1000 of 1000) gets 552 5.3.4 Maximum message size exceeded, " +
-		"also after MAIL FROM ... SIZE=1000 was accepted; want 250 (only larger messages are refused)"
-	bugSizeHuge = "known bug (go-smtp): MAIL FROM:<a@remote.test> SIZE=99999999999 gets 501 5.5.4 Unable to parse SIZE as an integer; " +
-		"RFC 1870 allows up to 20 digits, so want 552 5.3.4 Max message size exceeded"
-	bugDataLine = "known bug: a DATA line longer than max_line_length gets 452 4.3.1 Insufficient system storage, try again later " +
-		"(and the log says 'writing to spool failed'), then the next command gets 500 5.4.0 Too long line, closing connection. " +
-		"Want 500 5.4.0 Too long line, closing connection at once, then close (README); a 4xx makes the sender retry the same message"
-	bugDrainSmuggling = "known bug (SMTP smuggling): after 552 5.3.4 the rest of an oversized message is drained only until the read deadline " +
-		"left from the last read inside DATA (at most read_timeout); a client still sending then has the rest of its message body read as commands: " +
-		"RSET, MAIL FROM:<smuggler@evil.test>, RCPT TO:<victim@elsewhere.test> (client in relay_networks), DATA ... get 250 and a second message is queued. " +
-		"Want: drain until end of data within data_timeout, or 552/421 and close; never back to command mode mid-message"
-	bugPartialLine = "known bug (go-smtp + bufio): at the read timeout a partial command line is run as a whole command (bufio.Reader.ReadLine drops the timeout error " +
-		"when it has read part of a line): a client that sent \"EHLO\" of \"EHLO slow\" and stalled gets 501 5.5.2 Domain/address argument required for HELO, " +
-		"and a client sending one byte every few seconds gets 501 5.5.2 Bad command before 421 4.4.2 Idle timeout, bye bye one read timeout later. " +
-		"Want 421 4.4.2 Idle timeout, bye bye at the first timeout, then close"
+	gapPostmaster = "go-smtp gap: RCPT TO:<postmaster> gets 501 5.5.2 Was expecting RCPT arg syntax of TO:<address>; " +
+		"RFC 5321 4.5.1 says it MUST be accepted. go-smtp's path parser requires a domain and answers itself " +
+		"before Session.Rcpt is called, so this cannot be fixed outside go-smtp"
+	gapSizeExact = "go-smtp gap: a DATA message of exactly max_message_size bytes (1000 of 1000) gets 552 5.3.4 Maximum message size exceeded, " +
+		"also after MAIL FROM ... SIZE=1000 was accepted; want 250 (BDAT of exactly 1000 is accepted, see actual/1000-bdat). " +
+		"go-smtp's DATA reader fails the read after the last allowed byte before it looks for the end-of-data line. " +
+		"Giving go-smtp a limit one byte higher and enforcing the exact one ourselves would make EHLO advertise SIZE 1001; " +
+		"after STARTTLS our connection wrapper sees only TLS records and cannot correct it, so this is not fixed outside go-smtp"
+	gapSizeHuge = "go-smtp gap: MAIL FROM:<a@remote.test> SIZE=99999999999 (any SIZE over 4294967295) gets 501 5.5.4 Unable to parse SIZE as an integer; " +
+		"RFC 1870 allows up to 20 digits, so want 552 5.3.4 Max message size exceeded. go-smtp parses SIZE as 32 bits and answers itself " +
+		"before Session.Mail is called, so this cannot be fixed outside go-smtp (the message is refused either way)"
+	gapPartialLine = "go-smtp gap: at the read timeout a partial command line is run as a whole command: go-smtp reads commands with " +
+		"textproto over bufio.Reader.ReadLine, which returns the part of a line it has read and drops the timeout error. " +
+		"A client that sent one byte (\"E\" of \"EHLO slow.test\") and stalled gets 501 5.5.2 Bad command at the read timeout, " +
+		"then 421 4.4.2 Idle timeout, bye bye one read timeout later (\"EHLO slo\" gets 250 Hello slo; \"MAIL FROM:<a@remote.test> SIZE=10\" of SIZE=1000 gets 250). " +
+		"Want 421 4.4.2 Idle timeout, bye bye at the first timeout, then close. The fragment is already in go-smtp's buffer " +
+		"(after STARTTLS, decrypted inside crypto/tls), so our connection wrapper cannot withdraw it; closing at the timeout would still run it"
 )
 
 // hostileApp is the running smtp app.
@@ -243,9 +235,9 @@ func TestHostileAddresses(t *testing.T) {
 		name  string
 		mail  string // MAIL FROM argument
 		rcpt  string // RCPT TO argument; "" tests MAIL only
-		want  string // the exact reply to the last command; for a known bug, the start of the right one
+		want  string // the exact reply to the last command; for a go-smtp gap, the start of the right one
 		local bool   // the recipient's real domain is an accepted one
-		bug   string
+		gap   string // why the case is skipped (a gap* constant), or ""
 	}{
 		// Source routes (RFC 5321 4.1.1.3, appendix C): the route is
 		// dropped, the mailbox decides.
@@ -260,9 +252,10 @@ func TestHostileAddresses(t *testing.T) {
 		{"bang/local", "<a@remote.test>", "<evil.test!u@example.test>", relayDenied, false, ""},
 		{"bang/remote", "<a@remote.test>", "<example.test!u@evil.test>", relayDenied, false, ""},
 		{"bang/no-domain", "<a@remote.test>", "<example.test!u>", badRcpt, false, ""},
-		// Quoted local parts with specials. Accepting those for
-		// example.test is right; what the next hop is then sent is not
-		// (bugQuotedLocalPart, TestHostileAddressesOnTheWire).
+		// Quoted local parts. go-smtp hands the mailbox over without the
+		// quotes and its client sends it on so: a local part that needs
+		// them is refused (address.go), one that does not is accepted
+		// unquoted (TestHostileAddressesOnTheWire).
 		{"quoted/at-remote", "<a@remote.test>", `<"u@example.test"@evil.test>`, "501 5.1.3 Bad recipient address syntax", false, ""},
 		{"quoted/plain", "<a@remote.test>", `<"john.smith"@example.test>`, ok("john.smith@example.test"), true, ""},
 		{"quoted/unterminated", "<a@remote.test>", `<"u@example.test>`, badRcpt, false, ""},
@@ -270,7 +263,8 @@ func TestHostileAddresses(t *testing.T) {
 		{"quoted/space-comma", "<a@remote.test>", `<"a b,c"@example.test>`, "501 5.1.3 Bad recipient address syntax", false, ""},
 		{"quoted/injection", "<a@remote.test>", `<"u@evil.test> NOTIFY=SUCCESS ORCPT=rfc822;x"@example.test>`,
 			"501 5.1.3 Bad recipient address syntax", false, ""},
-		// Two @: relay control goes by the last one.
+		// Two @ (an unquoted @ in the local part is not RFC 5321
+		// syntax, and a next hop could route by the first one).
 		{"double-at/remote-last", "<a@remote.test>", "<u@example.test@evil.test>", "501 5.1.3 Bad recipient address syntax", false, ""},
 		{"double-at/local-last", "<a@remote.test>", "<u@evil.test@example.test>", "501 5.1.3 Bad recipient address syntax", false, ""},
 		// IP literals are never accepted domains.
@@ -315,7 +309,7 @@ func TestHostileAddresses(t *testing.T) {
 		{"no-close", "<a@remote.test>", "<u@example.test", badRcpt, false, ""},
 		{"no-brackets", "<a@remote.test>", "u@example.test", ok("u@example.test"), true, ""},
 		{"unknown-parameter", "<a@remote.test>", "<u@example.test> FOO=bar", "500 5.5.4 Unknown RCPT TO argument", true, ""},
-		{"postmaster", "<a@remote.test>", "<postmaster>", "250", true, bugPostmaster},
+		{"postmaster", "<a@remote.test>", "<postmaster>", "250", true, gapPostmaster},
 		// Senders are not relay-controlled; their syntax is.
 		{"mail/source-route", "<@a.test,@b.test:u@c.test>", "", from("u@c.test"), false, ""},
 		{"mail/null", "<>", "", from(""), false, ""},
@@ -327,8 +321,8 @@ func TestHostileAddresses(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			if tc.bug != "" {
-				t.Skip(tc.bug)
+			if tc.gap != "" {
+				t.Skip(tc.gap)
 			}
 			c := st.Dial(t, addr)
 			c.Expect("250", "EHLO client.test")
@@ -344,7 +338,7 @@ func TestHostileAddresses(t *testing.T) {
 					t.Errorf("RELAY: RCPT TO:%q from outside relay_networks accepted: %q", tc.rcpt, got)
 				}
 			}
-			if got != tc.want && (tc.bug == "" || !strings.HasPrefix(got, tc.want)) {
+			if got != tc.want && (tc.gap == "" || !strings.HasPrefix(got, tc.want)) {
 				t.Fatalf("got %q, want %q", got, tc.want)
 			}
 			// The session is in sync afterwards.
@@ -447,7 +441,10 @@ func (w *wireSink) wait(t *testing.T, mail string) []string {
 // becomes at the next hop. Relay control judged the address the client
 // sent; the next hop must be asked for the same mailbox, or the gateway
 // relays where it refused to (a next hop that trusts the gateway, as an
-// internal server trusts its edge, does what it is asked).
+// internal server trusts its edge, does what it is asked). An address
+// that could not be sent on as it was judged is refused at RCPT; the
+// transaction then goes on with a plain recipient, and the next hop is
+// asked for that one only.
 func TestHostileAddressesOnTheWire(t *testing.T) {
 	e := st.NewEnv(t)
 	sink := newWireSink(t)
@@ -456,51 +453,64 @@ func TestHostileAddressesOnTheWire(t *testing.T) {
 		"routes": st.RelayRoute(sink.addr, map[string]any{"level": "none"}),
 	})
 	e.Load(e.DeliveringApp(map[string]any{"gw": s}, nil), nil)
+	const badSyntax = "501 5.1.3 Bad recipient address syntax"
 
 	cases := []struct {
-		name, rcpt, wire, bug string
+		name, rcpt string
+		refused    string // the exact reply to the RCPT; "" when it is accepted
+		wire       string // the mailbox the next hop is asked for, when accepted
 	}{
-		{"plain", "<u@example.test>", "u@example.test", ""},
-		{"source-route", "<@a.test,@b.test:u@example.test>", "u@example.test", ""},
+		{"plain", "<u@example.test>", "", "u@example.test"},
+		{"source-route", "<@a.test,@b.test:u@example.test>", "", "u@example.test"},
 
-		{"case", "<u@EXAMPLE.TEST>", "u@EXAMPLE.TEST", ""},
-		{"quoted/needless", `<"john.smith"@example.test>`, "john.smith@example.test", ""},
-		{"quoted/space", `<"john smith"@example.test>`, `"john smith"@example.test`, bugQuotedLocalPart},
-		{"quoted/at", `<"u@evil.test"@example.test>`, `"u@evil.test"@example.test`, bugQuotedLocalPart},
-		{"quoted/injection", `<"u@evil.test> NOTIFY=SUCCESS ORCPT=rfc822;x"@example.test>`,
-			`"u@evil.test> NOTIFY=SUCCESS ORCPT=rfc822;x"@example.test`, bugQuotedLocalPart},
+		{"case", "<u@EXAMPLE.TEST>", "", "u@EXAMPLE.TEST"},
+		{"quoted/needless", `<"john.smith"@example.test>`, "", "john.smith@example.test"},
+		// go-smtp would hand these over unquoted, and its client send
+		// them on so: "john smith"@example.test as john smith@..., the
+		// others as a recipient at evil.test.
+		{"quoted/space", `<"john smith"@example.test>`, badSyntax, ""},
+		{"quoted/at", `<"u@evil.test"@example.test>`, badSyntax, ""},
+		{"quoted/injection", `<"u@evil.test> NOTIFY=SUCCESS ORCPT=rfc822;x"@example.test>`, badSyntax, ""},
+		{"double-at", "<u@evil.test@example.test>", badSyntax, ""},
 	}
 	for i, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			if tc.bug != "" {
-				t.Skip(tc.bug)
-			}
 			sender := fmt.Sprintf("case%02d@remote.test", i)
 			c := st.Dial(t, addr)
 			c.Expect("250", "EHLO client.test")
 			c.Expect("250", "MAIL FROM:<%s>", sender)
-			if got := hostileReply(c, "RCPT TO:"+tc.rcpt); !strings.HasPrefix(got, "250 ") {
-				t.Fatalf("RCPT TO:%s: %q", tc.rcpt, got)
+			got := hostileReply(c, "RCPT TO:"+tc.rcpt)
+			want := []string{"RCPT TO:<" + tc.wire + ">"}
+			if tc.refused == "" {
+				if !strings.HasPrefix(got, "250 ") {
+					t.Fatalf("RCPT TO:%s: %q", tc.rcpt, got)
+				}
+			} else {
+				if got != tc.refused {
+					t.Fatalf("RCPT TO:%s: %q, want %q", tc.rcpt, got, tc.refused)
+				}
+				c.Expect("250", "RCPT TO:<plain@example.test>")
+				want = []string{"RCPT TO:<plain@example.test>"}
 			}
 			c.Expect("354", "DATA")
 			c.Conn.Write([]byte(st.Message))
 			if code, msg := c.Read(); code != 250 {
 				t.Fatalf("DATA: %d %s", code, msg)
 			}
-			got := sink.wait(t, "MAIL FROM:<"+sender+">")
-			want := "RCPT TO:<" + tc.wire + ">"
-			if len(got) != 1 || got[0] != want {
-				t.Fatalf("next hop got %q, want [%q]", got, want)
+			rcpts := sink.wait(t, "MAIL FROM:<"+sender+">")
+			if fmt.Sprint(rcpts) != fmt.Sprint(want) {
+				t.Fatalf("next hop got %q, want %q", rcpts, want)
 			}
 		})
 	}
 }
 
-// TestHostileQuotedLocalPartRelay is the quoted-local-part bug end to
-// end: a go-smtp next hop must never be asked for a recipient outside
-// accept_domains by a client outside relay_networks.
+// TestHostileQuotedLocalPartRelay: end to end with a go-smtp next hop,
+// which would read a quoted local part sent on unquoted as another
+// recipient. Such an address is refused at RCPT, the transaction goes
+// on with its other recipient, and the next hop is asked for nothing
+// outside accept_domains.
 func TestHostileQuotedLocalPartRelay(t *testing.T) {
-	t.Skip(bugQuotedLocalPart)
 	e := st.NewEnv(t)
 	up := st.NewUpstream(t, st.UpstreamOpts{})
 	s, addr := st.ServerConfig(t, map[string]any{
@@ -512,19 +522,26 @@ func TestHostileQuotedLocalPartRelay(t *testing.T) {
 	c.Expect("250", "EHLO client.test")
 	c.Expect("250", "MAIL FROM:<a@remote.test>")
 	c.Expect("554 5.7.1 Relay access denied", "RCPT TO:<u@evil.test>")
-	got := hostileReply(c, `RCPT TO:<"u@evil.test> NOTIFY=SUCCESS ORCPT=rfc822;x"@example.test>`)
-	if !strings.HasPrefix(got, "250 ") {
-		return // refused at RCPT: fixed that way
+	for _, rcpt := range []string{
+		`<"u@evil.test> NOTIFY=SUCCESS ORCPT=rfc822;x"@example.test>`,
+		`<"u@evil.test"@example.test>`,
+	} {
+		if got := hostileReply(c, "RCPT TO:"+rcpt); got != "501 5.1.3 Bad recipient address syntax" {
+			t.Fatalf("RCPT TO:%s: %q, want 501 5.1.3 Bad recipient address syntax", rcpt, got)
+		}
 	}
+	c.Expect("250", "RCPT TO:<u@example.test>")
 	c.Expect("354", "DATA")
 	c.Conn.Write([]byte(st.Message))
-	c.Read()
-	for _, m := range up.WaitMessages(t, 1, 15*time.Second) {
-		for _, to := range m.To {
-			if domainOf(to) != "example.test" {
-				t.Errorf("RELAY: the next hop was asked for %q", to)
-			}
+	if code, msg := c.Read(); code != 250 {
+		t.Fatalf("DATA: %d %s", code, msg)
+	}
+	msgs := up.WaitMessages(t, 1, 15*time.Second)
+	if len(msgs) != 1 || fmt.Sprint(msgs[0].To) != "[u@example.test]" {
+		for _, m := range msgs {
+			t.Errorf("the next hop was asked for %q", m.To)
 		}
+		t.Fatalf("want one message, to [u@example.test]")
 	}
 }
 
@@ -596,8 +613,10 @@ func TestHostileLineLength(t *testing.T) {
 		}
 		t.Logf("the client got %q after %d bytes (socket buffers)", werr, sent)
 	})
+	// In DATA as well: the message is not taken, and the connection
+	// ends (a 4xx would make the sender retry the same message).
 	t.Run("data-line", func(t *testing.T) {
-		t.Skip(bugDataLine)
+		records := hostileRecords(e)
 		c := st.Dial(t, addr)
 		c.Expect("250", "EHLO client.test")
 		got := c.Send("a@remote.test", "b@example.test", "Subject: x\r\n\r\n"+strings.Repeat("y", 700)+"\r\n.\r\n")
@@ -605,6 +624,9 @@ func TestHostileLineLength(t *testing.T) {
 			t.Fatalf("got %q, want %q", got, tooLong)
 		}
 		hostileClosed(t, c, 5*time.Second)
+		if n := hostileRecords(e); n != records {
+			t.Fatalf("spool records %d -> %d after a refused message", records, n)
+		}
 	})
 	hostileSettled(t, e, srv, baseline)
 }
@@ -639,17 +661,17 @@ func TestHostileMessageSize(t *testing.T) {
 	}
 
 	t.Run("declared", func(t *testing.T) {
-		for _, tc := range []struct{ arg, want, bug string }{
+		for _, tc := range []struct{ arg, want, gap string }{
 			{"SIZE=1000", "250 2.0.0 Roger, accepting mail from <a@remote.test>", ""},
 			{"SIZE=1001", tooBigDeclared, ""},
 			{"SIZE=4294967295", tooBigDeclared, ""},
 			{"SIZE=abc", "501 5.5.4 Unable to parse SIZE as an integer", ""},
 			{"SIZE=-1", "501 5.5.4 Unable to parse SIZE as an integer", ""},
-			{"SIZE=99999999999", tooBigDeclared, bugSizeHuge},
+			{"SIZE=99999999999", tooBigDeclared, gapSizeHuge},
 		} {
 			t.Run(tc.arg, func(t *testing.T) {
-				if tc.bug != "" {
-					t.Skip(tc.bug)
+				if tc.gap != "" {
+					t.Skip(tc.gap)
 				}
 				c := st.Dial(t, addr)
 				c.Expect("250", "EHLO client.test")
@@ -667,7 +689,7 @@ func TestHostileMessageSize(t *testing.T) {
 		}
 	})
 	t.Run("actual/1000", func(t *testing.T) {
-		t.Skip(bugSizeExact)
+		t.Skip(gapSizeExact)
 		c := st.Dial(t, addr)
 		c.Expect("250", "EHLO client.test")
 		c.Expect("250", "MAIL FROM:<a@remote.test> SIZE=1000")
@@ -676,6 +698,33 @@ func TestHostileMessageSize(t *testing.T) {
 		c.Conn.Write([]byte(body(1000) + ".\r\n"))
 		if code, msg := c.Read(); code != 250 {
 			t.Fatalf("got %d %s, want 250", code, msg)
+		}
+	})
+	// With BDAT, go-smtp counts the chunk sizes and takes exactly the
+	// limit; one byte more is refused before the chunk is read.
+	t.Run("actual/1000-bdat", func(t *testing.T) {
+		c := st.Dial(t, addr)
+		c.Expect("250", "EHLO client.test")
+		c.Expect("250", "MAIL FROM:<a@remote.test> SIZE=1000")
+		c.Expect("250", "RCPT TO:<b@example.test>")
+		c.Conn.Write([]byte("BDAT 1000 LAST\r\n" + body(1000)))
+		if got := hostileRead(c); !strings.HasPrefix(got, "250 2.0.0 OK: queued as ") {
+			t.Fatalf("got %q", got)
+		}
+	})
+	t.Run("actual/1001-bdat", func(t *testing.T) {
+		records := hostileRecords(e)
+		c := st.Dial(t, addr)
+		c.Expect("250", "EHLO client.test")
+		c.Expect("250", "MAIL FROM:<a@remote.test>")
+		c.Expect("250", "RCPT TO:<b@example.test>")
+		c.Conn.Write([]byte("BDAT 1001 LAST\r\n" + body(1001)))
+		if got := hostileRead(c); got != tooBigDeclared {
+			t.Fatalf("got %q, want %q", got, tooBigDeclared)
+		}
+		c.Expect("250", "NOOP")
+		if n := hostileRecords(e); n != records {
+			t.Fatalf("spool records %d -> %d after a refused message", records, n)
 		}
 	})
 	// Over the limit, with and without a SIZE that lied, and far over
@@ -819,18 +868,22 @@ func TestHostileEndlessHeader(t *testing.T) {
 		hostileClosed(t, c, 5*time.Second)
 	})
 	// Over the size limit and still sending: the rest of the message
-	// must never be read as commands.
+	// must never be read as commands. The refused message's tail comes
+	// for longer than read_timeout (after the limit was crossed) but
+	// ends within data_timeout: it is drained to its end of data (the
+	// smuggled transaction inside it included), then 552; the stray "."
+	// after it is a bad command, and the client, silent then, times out.
+	smuggled := "RSET\r\nMAIL FROM:<smuggler@evil.test>\r\nRCPT TO:<victim@elsewhere.test>\r\nDATA\r\n" +
+		"Subject: smuggled\r\n\r\nhi\r\n.\r\n.\r\n"
 	t.Run("over-limit-still-sending", func(t *testing.T) {
-		t.Skip(bugDrainSmuggling)
 		c := start(t)
 		go func() {
 			c.Conn.Write([]byte("Subject: big\r\n\r\n" + strings.Repeat("x\r\n", 400)))
-			for i := 0; i < 15; i++ { // past read_timeout after the limit
+			for i := 0; i < 13; i++ { // 1.3 s: past read_timeout, within data_timeout
 				c.Conn.Write([]byte("NOOP\r\n"))
 				time.Sleep(100 * time.Millisecond)
 			}
-			c.Conn.Write([]byte("RSET\r\nMAIL FROM:<smuggler@evil.test>\r\nRCPT TO:<victim@elsewhere.test>\r\nDATA\r\n" +
-				"Subject: smuggled\r\n\r\nhi\r\n.\r\n.\r\n"))
+			c.Conn.Write([]byte(smuggled))
 		}()
 		var replies []string
 		for {
@@ -840,13 +893,38 @@ func TestHostileEndlessHeader(t *testing.T) {
 			}
 			replies = append(replies, fmt.Sprintf("%d %s", code, msg))
 		}
-		if len(replies) == 0 || replies[0] != "552 5.3.4 Maximum message size exceeded" {
-			t.Fatalf("replies %q, want 552 first", replies)
+		want := []string{
+			"552 5.3.4 Maximum message size exceeded",
+			"501 5.5.2 Bad command",
+			"421 4.4.2 Idle timeout, bye bye",
 		}
-		for _, r := range replies[1:] {
-			if !strings.HasPrefix(r, "5") && !strings.HasPrefix(r, "421") {
-				t.Fatalf("message body run as commands: %q", replies)
+		if fmt.Sprintf("%q", replies) != fmt.Sprintf("%q", want) {
+			t.Fatalf("replies %q, want %q", replies, want)
+		}
+	})
+	// Over the size limit and still sending past data_timeout: the drain
+	// gives up at the data deadline and the server hangs up without a
+	// reply, since what follows could not be told from commands.
+	t.Run("over-limit-past-data-timeout", func(t *testing.T) {
+		c := start(t)
+		begin := time.Now()
+		go func() {
+			c.Conn.Write([]byte("Subject: big\r\n\r\n" + strings.Repeat("x\r\n", 400)))
+			for i := 0; i < 40; i++ { // 4 s: past data_timeout
+				if _, err := c.Conn.Write([]byte("NOOP\r\n")); err != nil {
+					return
+				}
+				time.Sleep(100 * time.Millisecond)
 			}
+			c.Conn.Write([]byte(smuggled))
+		}()
+		got := hostileRead(c)
+		took := time.Since(begin)
+		if !strings.HasPrefix(got, "0 ") {
+			t.Fatalf("got %q, want the connection closed without a reply", got)
+		}
+		if took < 1500*time.Millisecond || took > 3500*time.Millisecond {
+			t.Fatalf("closed after %s, want at data_timeout (2s)", took)
 		}
 	})
 	if n := hostileRecords(e); n != records {
@@ -914,7 +992,7 @@ func TestHostileSlowClients(t *testing.T) {
 		}
 	})
 	// A byte every 3 s while a command is read: disconnected within two
-	// read timeouts (see bugPartialLine for the reply it should be).
+	// read timeouts (see gapPartialLine for the reply it should be).
 	t.Run("command/byte-every-3s", func(t *testing.T) {
 		c := st.Dial(t, addr)
 		begin := time.Now()
@@ -929,7 +1007,7 @@ func TestHostileSlowClients(t *testing.T) {
 		t.Logf("replies: %s", show(got))
 	})
 	t.Run("command/exact-reply", func(t *testing.T) {
-		t.Skip(bugPartialLine)
+		t.Skip(gapPartialLine)
 		c := st.Dial(t, addr)
 		go trickle(c, "EHLO slow.test\r\n", 3*time.Second)
 		got := replies(c, time.Now())
@@ -938,7 +1016,7 @@ func TestHostileSlowClients(t *testing.T) {
 		}
 	})
 	// A byte every 300 ms never completes a line within the read
-	// timeout; each timeout hands go-smtp a fragment (bugPartialLine),
+	// timeout; each timeout hands go-smtp a fragment (gapPartialLine),
 	// and the fragments are bad commands: go-smtp's error limit closes
 	// the connection after four.
 	t.Run("command/byte-every-300ms", func(t *testing.T) {
