@@ -127,15 +127,37 @@ send() {
 # check_delivered CHECK-NAME: the last send got a 250 with a queue id and
 # the spool holds that record.
 check_delivered() {
-	if [[ $swaks_rc -eq 0 && -n $queue_id && -f $queue/$queue_id.json && -f $queue/$queue_id.eml ]]; then
+	if [[ $swaks_rc -eq 0 && -n $queue_id && -f $queue/$queue_id.rec ]] && record_envelope "$queue_id" >/dev/null; then
 		pass "$1 (swaks exit 0, queued as $queue_id)"
 	else
 		fail "$1" "swaks exit $swaks_rc, queue id '${queue_id}'" "$(show "$swaks_log")"
 	fi
 }
 
+# A spool record is one file, ID.rec: the message, its envelope (JSON),
+# and a 56-byte trailer "\ncaddy-smtp-record-v1 MSGLEN ENVLEN\n" (16 hex
+# digits each); an ID.json beside it is a newer envelope.
+record_lengths() { tail -c 56 "$queue/$1.rec" 2>/dev/null | tr '\n' ' '; }
+# record_envelope ID: the current envelope of a record.
+record_envelope() {
+	local magic m e
+	if [[ -f $queue/$1.json ]]; then
+		cat "$queue/$1.json"
+		return
+	fi
+	read -r magic m e <<<"$(record_lengths "$1")"
+	[[ $magic == caddy-smtp-record-v1 ]] || return 1
+	tail -c $((16#$e + 56)) "$queue/$1.rec" | head -c $((16#$e))
+}
+# record_message ID: the stored message of a record.
+record_message() {
+	local magic m e
+	read -r magic m e <<<"$(record_lengths "$1")"
+	[[ $magic == caddy-smtp-record-v1 ]] || return 1
+	head -c $((16#$m)) "$queue/$1.rec"
+}
 # record_field ID JQ-FILTER: a field of a spool envelope.
-record_field() { jq -r "$2" "$queue/$1.json" 2>/dev/null; }
+record_field() { record_envelope "$1" | jq -r "$2" 2>/dev/null; }
 
 # tls_probe NAME PORT [S_CLIENT-OPTIONS...]: STARTTLS with openssl
 # s_client; output in $work/t/NAME.log, exit code in $probe_rc, the
@@ -273,14 +295,14 @@ if [[ -n $queue_id ]]; then
 	fi
 fi
 
-records_before=$(find "$queue" -maxdepth 1 -name '*.json' ! -name '.*' | wc -l)
+records_before=$(find "$queue" -maxdepth 1 -name '*.rec' ! -name '.*' | wc -l)
 send may-tls $PORT_MAY --tls
 check_delivered "may: STARTTLS mail accepted"
-records_after=$(find "$queue" -maxdepth 1 -name '*.json' ! -name '.*' | wc -l)
+records_after=$(find "$queue" -maxdepth 1 -name '*.rec' ! -name '.*' | wc -l)
 if ((records_after == records_before + 1)); then
-	pass "may: spool got one new record ($records_before -> $records_after *.json)"
+	pass "may: spool got one new record ($records_before -> $records_after *.rec)"
 else
-	fail "may: spool got one new record" "$records_before -> $records_after *.json"
+	fail "may: spool got one new record" "$records_before -> $records_after *.rec"
 fi
 if [[ -n $queue_id ]]; then
 	proto=$(record_field "$queue_id" '.client.protocol')
@@ -288,12 +310,12 @@ if [[ -n $queue_id ]]; then
 	if [[ $proto == ESMTPS && -n $tlsver ]]; then
 		pass "may: STARTTLS record has client.protocol ESMTPS ($tlsver, $(record_field "$queue_id" '.client.tls.cipher'))"
 	else
-		fail "may: STARTTLS record has client.protocol ESMTPS" "protocol '$proto', tls version '$tlsver'" "$(show "$queue/$queue_id.json")"
+		fail "may: STARTTLS record has client.protocol ESMTPS" "protocol '$proto', tls version '$tlsver'" "$(record_envelope "$queue_id")"
 	fi
-	if grep -q 'with ESMTPS id' "$queue/$queue_id.eml"; then
+	if record_message "$queue_id" | grep -q 'with ESMTPS id'; then
 		pass "may: Received header says 'with ESMTPS'"
 	else
-		fail "may: Received header says 'with ESMTPS'" "$(head -n 5 "$queue/$queue_id.eml")"
+		fail "may: Received header says 'with ESMTPS'" "$(record_message "$queue_id" | head -n 5)"
 	fi
 fi
 
@@ -324,7 +346,7 @@ if [[ -n $queue_id ]]; then
 		pass "encrypt: STARTTLS record has client.protocol ESMTPS and tls.server_name localhost"
 	else
 		fail "encrypt: STARTTLS record has client.protocol ESMTPS and tls.server_name localhost" \
-			"protocol '$proto', server_name '$sni'" "$(show "$queue/$queue_id.json")"
+			"protocol '$proto', server_name '$sni'" "$(record_envelope "$queue_id")"
 	fi
 fi
 

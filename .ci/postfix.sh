@@ -386,7 +386,7 @@ if [[ -n $line ]] && jq -e '.reply | test("unknown authority")' <<<"$line" >/dev
 else
 	fail "upstream verify: deferred because the certificate is self-signed (unknown authority)" "${line:-none}"
 fi
-if [[ -n $id_verify && -f $queue/$id_verify.json && -f $queue/$id_verify.eml ]] &&
+if [[ -n $id_verify && -f $queue/$id_verify.rec ]] &&
 	[[ -n $line ]] && jq -e '(.next_attempt // "") != ""' <<<"$line" >/dev/null; then
 	pass "upstream verify: message stays queued (spool record, next_attempt $(jq -r .next_attempt <<<"$line"))"
 else

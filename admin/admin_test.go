@@ -264,7 +264,7 @@ func TestQueueAPI(t *testing.T) {
 		}
 		deadline := time.Now().Add(time.Second)
 		for time.Now().Before(deadline) {
-			for _, ext := range []string{".json", ".eml"} {
+			for _, ext := range []string{".rec", ".json"} {
 				if _, err := os.Stat(filepath.Join(e.SpoolDir(), id+ext)); err == nil {
 					t.Fatalf("%s%s is back in the spool", id, ext)
 				}

@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -119,10 +117,7 @@ func TestPROXYProtocol(t *testing.T) {
 				t.Fatalf("relay from a proxied address in relay_networks: %s", got)
 			}
 			id := strings.TrimPrefix(got, "250 2.0.0 OK: queued as ")
-			raw, err := os.ReadFile(filepath.Join(e.SpoolDir(), id+".json"))
-			if err != nil {
-				t.Fatal(err)
-			}
+			raw, data := e.SpoolRecord(id)
 			var env struct {
 				Client struct {
 					IP       string `json:"ip"`
@@ -133,7 +128,6 @@ func TestPROXYProtocol(t *testing.T) {
 			if env.Client.IP != "192.0.2.10" || env.Client.Protocol != "ESMTPS" {
 				t.Fatalf("record client: %s", raw)
 			}
-			data, _ := os.ReadFile(filepath.Join(e.SpoolDir(), id+".eml"))
 			if !strings.HasPrefix(string(data), "Received: from client.test ([192.0.2.10])") {
 				t.Fatalf("Received header: %q", data[:80])
 			}
@@ -191,7 +185,7 @@ func TestImplicitTLSThroughLayer4(t *testing.T) {
 		t.Fatalf("DATA: %s", got)
 	}
 	id := strings.TrimPrefix(got, "250 2.0.0 OK: queued as ")
-	data, _ := os.ReadFile(filepath.Join(e.SpoolDir(), id+".eml"))
+	_, data := e.SpoolRecord(id)
 	if !strings.Contains(string(data), "with ESMTPS id "+id) || !strings.Contains(string(data), "(using TLSv1.3 with cipher") {
 		t.Fatalf("Received header does not show TLS: %q", data)
 	}

@@ -2,8 +2,6 @@ package smtpapp
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -60,14 +58,11 @@ func TestBDATHangUp(t *testing.T) {
 	if p := e.LogLines("smtp engine panic"); len(p) > 0 {
 		t.Fatalf("%d engine panics logged as errors; first:\n%v", len(p), p[0]["detail"])
 	}
-	emls, _ := filepath.Glob(filepath.Join(e.SpoolDir(), "*.eml"))
-	if len(emls) != 1 {
-		t.Fatalf("spool holds %d messages, want the 1 sent whole", len(emls))
+	ids := e.SpoolIDs()
+	if len(ids) != 1 {
+		t.Fatalf("spool holds %d messages, want the 1 sent whole", len(ids))
 	}
-	data, err := os.ReadFile(emls[0])
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, data := e.SpoolRecord(ids[0])
 	if !strings.HasSuffix(string(data), "Subject: chunks\r\n\r\nhello world\r\n") {
 		t.Fatalf("queued message ends %q", data[max(0, len(data)-60):])
 	}

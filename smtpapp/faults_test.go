@@ -18,6 +18,7 @@ import (
 	"time"
 
 	st "github.com/caddy-smtp/caddy-smtp/internal/smtptest"
+	"github.com/caddy-smtp/caddy-smtp/spool"
 )
 
 // mountTmpfs mounts a small tmpfs for a spool, so that the test can
@@ -53,10 +54,7 @@ func TestDiskFull(t *testing.T) {
 	e.Load(map[string]any{"queue": map[string]any{"path": spoolDir, "hold": true}, "servers": map[string]any{"mx": s}}, nil)
 
 	first := st.Submit(t, addr, "a@remote.test", "b@example.test", "Subject: before\r\n\r\nkept\r\n.\r\n")
-	before, err := os.ReadFile(filepath.Join(spoolDir, first+".eml"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	beforeEnv, before := st.SpoolRecord(t, spoolDir, first)
 	// Fill the disk.
 	filler, err := os.Create(filepath.Join(spoolDir, "filler"))
 	if err != nil {
@@ -79,15 +77,12 @@ func TestDiskFull(t *testing.T) {
 		t.Fatalf("disk full: %q, want 452 4.3.1", got)
 	}
 	c.Expect("250", "RSET") // the session goes on
-	after, err := os.ReadFile(filepath.Join(spoolDir, first+".eml"))
-	if err != nil || string(after) != string(before) {
-		t.Fatalf("acknowledged message damaged: %v", err)
+	afterEnv, after := st.SpoolRecord(t, spoolDir, first)
+	if string(after) != string(before) || string(afterEnv) != string(beforeEnv) {
+		t.Fatal("acknowledged record damaged")
 	}
-	ids, _ := os.ReadDir(spoolDir)
-	for _, f := range ids {
-		if strings.HasSuffix(f.Name(), ".json") && !strings.HasPrefix(f.Name(), first) {
-			t.Fatalf("a record for the refused message exists: %s", f.Name())
-		}
+	if ids, _ := spool.ListIDs(spoolDir); len(ids) != 1 {
+		t.Fatalf("a record for the refused message exists: %v", ids)
 	}
 	// Room again: mail flows.
 	os.Remove(filepath.Join(spoolDir, "filler"))

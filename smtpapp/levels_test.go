@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"net"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -161,10 +160,7 @@ func TestSpoolRecord(t *testing.T) {
 	}
 	id := strings.TrimPrefix(msg, "2.0.0 OK: queued as ")
 
-	raw, err := os.ReadFile(filepath.Join(e.SpoolDir(), id+".json"))
-	if err != nil {
-		t.Fatalf("envelope not on disk after 250: %v", err)
-	}
+	raw, data := e.SpoolRecord(id)
 	var env struct {
 		ID         string `json:"id"`
 		Server     string `json:"server"`
@@ -206,10 +202,6 @@ func TestSpoolRecord(t *testing.T) {
 		t.Fatalf("envelope tls: %s", raw)
 	}
 
-	data, err := os.ReadFile(filepath.Join(e.SpoolDir(), id+".eml"))
-	if err != nil {
-		t.Fatalf("message not on disk after 250: %v", err)
-	}
 	if int64(len(data)) != env.Size {
 		t.Fatalf("size %d in envelope, %d on disk", env.Size, len(data))
 	}

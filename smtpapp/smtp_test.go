@@ -79,10 +79,7 @@ func TestSmuggling(t *testing.T) {
 // assertCRLFOnly fails if the stored message has a bare CR or LF.
 func assertCRLFOnly(t *testing.T, e *st.Env, id string) []byte {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(e.SpoolDir(), id+".eml"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, data := e.SpoolRecord(id)
 	for i := range data {
 		if data[i] == '\n' && (i == 0 || data[i-1] != '\r') || data[i] == '\r' && (i+1 == len(data) || data[i+1] != '\n') {
 			t.Fatalf("bare line ending at %d in stored message: %q", i, data)

@@ -1,17 +1,26 @@
 // Package spool is the durable message store of caddy-smtp: every message
 // the gateway acknowledges is a record here before its 250 is sent.
 //
-// A record is two files in one directory, named by the queue id:
+// A record is one file in one directory, named by the queue id:
 //
-//	ID.eml   the message as received, with our Received: header first;
-//	         written once, never changed.
-//	ID.json  the envelope (sender, recipients and their delivery state,
-//	         client facts); replaced atomically on every update.
+//	ID.rec   the message as received (our Received: header first), then
+//	         the envelope as accepted (sender, recipients, client facts)
+//	         in JSON, then a fixed-size trailer giving both lengths.
+//	         Written once, never changed.
+//	ID.json  a newer envelope (delivery state), written only once the
+//	         queue has something to record about the message: it
+//	         overrides the one in ID.rec; replaced atomically.
 //
-// The envelope file is the commit point: it is written last, after the
-// message file is on disk, so a record either exists whole or not at all.
-// A message file without an envelope is debris from a crash before the
-// 250 and is removed when the spool is opened.
+// The rename of ID.rec into place is the commit point: a record either
+// exists whole or not at all, and ID.rec decides whether it exists. One
+// file per accepted message (rather than a message file and an envelope
+// file) halves the files created, fsynced and renamed before the 250
+// (see the README's Performance section); a message delivered at the
+// first attempt never gets an ID.json.
+//
+// Temp files and an ID.json left without its ID.rec are debris from a
+// crash and are removed when the spool is opened. Records of the
+// earlier two-file layout (ID.eml and ID.json) are converted at Open.
 package spool
 
 import (
@@ -21,10 +30,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -32,14 +43,24 @@ import (
 )
 
 const (
-	dataExt     = ".eml"
+	recordExt   = ".rec"
 	envelopeExt = ".json"
 	tempPrefix  = ".tmp-"
+
+	// legacyDataExt is the message file of the two-file layout that
+	// Open converts.
+	legacyDataExt = ".eml"
 
 	// debrisAge is how old an orphaned file must be before Open removes
 	// it; a younger one may belong to a writer in another app instance
 	// (the old config during a reload) that is about to commit it.
 	debrisAge = time.Hour
+
+	// trailerMagic starts the trailer of a record file; the trailer is
+	// "\n" + trailerMagic + " " + 16 hex digits of the message length +
+	// " " + 16 hex digits of the envelope length + "\n".
+	trailerMagic       = "caddy-smtp-record-v1"
+	trailerLen   int64 = 1 + int64(len(trailerMagic)) + 1 + 16 + 1 + 16 + 1
 )
 
 // ErrNotFound is returned for a queue id with no record.
@@ -59,7 +80,8 @@ type Spool struct {
 }
 
 // Open prepares dir (creating it with mode 0700 if needed), checks that
-// records can be written there, and removes debris of earlier crashes.
+// records can be written there, converts records of the two-file
+// layout, and removes debris of earlier crashes.
 func Open(dir string) (*Spool, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating spool directory: %w", err)
@@ -76,13 +98,19 @@ func Open(dir string) (*Spool, error) {
 		return nil, fmt.Errorf("opening spool records lock: %w", err)
 	}
 	s := &Spool{dir: dir, recordsLock: lock}
+	if err := s.convertLegacy(); err != nil {
+		s.Close()
+		return nil, err
+	}
 	if err := s.removeDebris(time.Now().Add(-debrisAge)); err != nil {
+		s.Close()
 		return nil, err
 	}
 	return s, nil
 }
 
-// Close releases the spool's files.
+// Close releases the spool's files. Drafts of sessions that outlive a
+// config reload may still be committed afterwards.
 func (s *Spool) Close() error { return s.recordsLock.Close() }
 
 // lockRecords takes the records lock for one update or removal.
@@ -98,22 +126,31 @@ func (s *Spool) lockRecords() (unlock func()) {
 // Dir returns the spool directory.
 func (s *Spool) Dir() string { return s.dir }
 
+// syncDir fsyncs the spool directory, so that the renames and unlinks
+// in it are durable.
+func (s *Spool) syncDir() error { return syncDir(s.dir) }
+
+// removeDebris removes, once older than olderThan, temp files and files
+// that belong to no record: an envelope without its record file (a
+// crash during Remove), a legacy message file without an envelope.
 func (s *Spool) removeDebris(olderThan time.Time) error {
 	entries, err := os.ReadDir(s.dir)
 	if err != nil {
 		return fmt.Errorf("reading spool directory: %w", err)
 	}
-	envelopes := make(map[string]bool)
+	records := make(map[string]bool)
 	for _, e := range entries {
-		if id, ok := strings.CutSuffix(e.Name(), envelopeExt); ok && !strings.HasPrefix(id, tempPrefix) {
-			envelopes[id] = true
+		if id, ok := strings.CutSuffix(e.Name(), recordExt); ok && !strings.HasPrefix(id, tempPrefix) {
+			records[id] = true
 		}
 	}
 	for _, e := range entries {
 		name := e.Name()
 		orphan := strings.HasPrefix(name, tempPrefix)
-		if id, ok := strings.CutSuffix(name, dataExt); ok && !orphan {
-			orphan = !envelopes[id]
+		for _, ext := range []string{envelopeExt, legacyDataExt} {
+			if id, ok := strings.CutSuffix(name, ext); ok && !orphan {
+				orphan = !records[id]
+			}
 		}
 		if !orphan {
 			continue
@@ -125,6 +162,72 @@ func (s *Spool) removeDebris(olderThan time.Time) error {
 		os.Remove(filepath.Join(s.dir, name))
 	}
 	return nil
+}
+
+// convertLegacy turns each record of the two-file layout (ID.eml and
+// ID.json, no ID.rec) into an ID.rec; its ID.json stays as the newer
+// envelope, so no delivery state is lost, and ID.eml goes once ID.rec
+// is durable. A crash half-way leaves either the old record or both,
+// and the next Open finishes the job.
+func (s *Spool) convertLegacy() error {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return fmt.Errorf("reading spool directory: %w", err)
+	}
+	names := make(map[string]bool, len(entries))
+	for _, e := range entries {
+		names[e.Name()] = true
+	}
+	for name := range names {
+		id, ok := strings.CutSuffix(name, legacyDataExt)
+		if !ok || !validID(id) || !names[id+envelopeExt] {
+			continue
+		}
+		if names[id+recordExt] {
+			// Converted before a crash that kept the unlink below.
+			os.Remove(filepath.Join(s.dir, name))
+			continue
+		}
+		if err := s.convertOne(id); err != nil {
+			return fmt.Errorf("converting record %s to the one-file layout: %w", id, err)
+		}
+	}
+	return nil
+}
+
+func (s *Spool) convertOne(id string) error {
+	data, err := os.ReadFile(s.envelopePath(id))
+	if err != nil {
+		return err
+	}
+	env, err := DecodeEnvelope(data)
+	if err != nil {
+		return err
+	}
+	msg, err := os.Open(filepath.Join(s.dir, id+legacyDataExt))
+	if err != nil {
+		return err
+	}
+	defer msg.Close()
+	d, err := s.create(id)
+	if err != nil {
+		return err
+	}
+	defer d.Abort()
+	if _, err := io.Copy(d, msg); err != nil {
+		return err
+	}
+	size := env.Size
+	if err := d.Commit(env); err != nil {
+		return err
+	}
+	if env.Size != size {
+		return fmt.Errorf("message is %d bytes, envelope says %d", env.Size, size)
+	}
+	if err := os.Remove(filepath.Join(s.dir, id+legacyDataExt)); err != nil {
+		return err
+	}
+	return s.syncDir()
 }
 
 // NewID returns a new queue id: the time in milliseconds and 32 random
@@ -147,7 +250,7 @@ func validID(id string) bool {
 	return true
 }
 
-func (s *Spool) dataPath(id string) string     { return filepath.Join(s.dir, id+dataExt) }
+func (s *Spool) recordPath(id string) string   { return filepath.Join(s.dir, id+recordExt) }
 func (s *Spool) envelopePath(id string) string { return filepath.Join(s.dir, id+envelopeExt) }
 
 // Draft is a record being received. Write the message into it, then
@@ -163,10 +266,16 @@ type Draft struct {
 
 // Create starts a new record with a fresh queue id.
 func (s *Spool) Create() (*Draft, error) {
-	id := NewID()
-	f, err := os.CreateTemp(s.dir, tempPrefix+id+dataExt+"-*")
+	return s.create(NewID())
+}
+
+func (s *Spool) create(id string) (*Draft, error) {
+	// The id is unique (milliseconds and 32 random bits), so the temp
+	// name needs no random part of its own: O_EXCL catches the
+	// impossible.
+	f, err := os.OpenFile(filepath.Join(s.dir, tempPrefix+id+recordExt), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("creating message file: %w", err)
+		return nil, fmt.Errorf("creating record file: %w", err)
 	}
 	return &Draft{spool: s, id: id, file: f, buf: bufio.NewWriterSize(f, 64<<10)}, nil
 }
@@ -191,10 +300,11 @@ func (d *Draft) WriteString(s string) (int, error) {
 	return n, err
 }
 
-// Commit makes the record durable: the message file is flushed, fsynced
-// and renamed into place, then the envelope is written the same way and
-// the directory is fsynced. Only after Commit returns nil may the server
-// acknowledge the message. env.ID and env.Size are set by Commit.
+// Commit makes the record durable: the envelope and the trailer are
+// appended to the message, the file is flushed, fsynced and renamed
+// into place, and the directory is fsynced. Only after Commit returns
+// nil may the server acknowledge the message. env.ID and env.Size are
+// set by Commit.
 func (d *Draft) Commit(env *Envelope) error {
 	if d.done {
 		return errors.New("spool: draft already finished")
@@ -206,28 +316,34 @@ func (d *Draft) Commit(env *Envelope) error {
 		os.Remove(tmpName)
 		return err
 	}
-	if err := d.buf.Flush(); err != nil {
-		return fail(fmt.Errorf("writing message file: %w", err))
-	}
-	if err := d.file.Sync(); err != nil {
-		return fail(fmt.Errorf("syncing message file: %w", err))
-	}
-	if err := d.file.Close(); err != nil {
-		return fail(fmt.Errorf("closing message file: %w", err))
-	}
-	if err := os.Rename(tmpName, d.spool.dataPath(d.id)); err != nil {
-		os.Remove(tmpName)
-		return fmt.Errorf("renaming message file: %w", err)
-	}
 	env.ID = d.id
 	env.Size = d.size
 	if env.Version == 0 {
 		env.Version = EnvelopeVersion
 	}
-	// writeFileDurably fsyncs the directory after the envelope's rename,
-	// which also makes the message file's rename above durable.
-	if err := d.spool.writeEnvelope(env); err != nil {
-		os.Remove(d.spool.dataPath(d.id))
+	data, err := json.Marshal(env)
+	if err != nil {
+		return fail(fmt.Errorf("encoding envelope: %w", err))
+	}
+	d.buf.Write(data)
+	fmt.Fprintf(d.buf, "\n%s %016x %016x\n", trailerMagic, d.size, len(data))
+	if err := d.buf.Flush(); err != nil {
+		return fail(fmt.Errorf("writing record file: %w", err))
+	}
+	if err := d.file.Sync(); err != nil {
+		return fail(fmt.Errorf("syncing record file: %w", err))
+	}
+	if err := d.file.Close(); err != nil {
+		return fail(fmt.Errorf("closing record file: %w", err))
+	}
+	if err := os.Rename(tmpName, d.spool.recordPath(d.id)); err != nil {
+		os.Remove(tmpName)
+		return fmt.Errorf("renaming record file: %w", err)
+	}
+	if err := d.spool.syncDir(); err != nil {
+		// The rename may or may not survive a crash: the message must
+		// not be acknowledged, and must not be delivered either.
+		os.Remove(d.spool.recordPath(d.id))
 		return err
 	}
 	return nil
@@ -243,6 +359,122 @@ func (d *Draft) Abort() {
 	os.Remove(d.file.Name())
 }
 
+// IDs lists the queue ids of all committed records, oldest first.
+func (s *Spool) IDs() ([]string, error) {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("reading spool directory: %w", err)
+	}
+	var ids []string
+	for _, e := range entries {
+		if id, ok := strings.CutSuffix(e.Name(), recordExt); ok && validID(id) {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	return ids, nil
+}
+
+// layout is where the parts of a record file are.
+type layout struct {
+	msgLen, envLen int64
+}
+
+// readLayout reads and checks the trailer of a record file.
+func readLayout(f *os.File) (layout, error) {
+	info, err := f.Stat()
+	if err != nil {
+		return layout{}, err
+	}
+	size := info.Size()
+	if size < trailerLen {
+		return layout{}, errors.New("record file too short for its trailer")
+	}
+	var t [trailerLen]byte
+	if _, err := f.ReadAt(t[:], size-trailerLen); err != nil {
+		return layout{}, fmt.Errorf("reading trailer: %w", err)
+	}
+	fields := strings.Fields(string(t[:]))
+	if t[0] != '\n' || t[trailerLen-1] != '\n' || len(fields) != 3 || fields[0] != trailerMagic {
+		return layout{}, errors.New("record file has no valid trailer")
+	}
+	msgLen, err1 := strconv.ParseInt(fields[1], 16, 64)
+	envLen, err2 := strconv.ParseInt(fields[2], 16, 64)
+	if err1 != nil || err2 != nil || msgLen < 0 || envLen <= 0 || msgLen+envLen+trailerLen != size {
+		return layout{}, errors.New("record file trailer does not match its size")
+	}
+	return layout{msgLen: msgLen, envLen: envLen}, nil
+}
+
+// Load reads the envelope of a record: the newer one (ID.json) if the
+// queue has written one, else the one the record was accepted with.
+func (s *Spool) Load(id string) (*Envelope, error) {
+	if !validID(id) {
+		return nil, ErrNotFound
+	}
+	f, err := os.Open(s.recordPath(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("opening record %s: %w", id, err)
+	}
+	defer f.Close()
+	data, err := os.ReadFile(s.envelopePath(id))
+	switch {
+	case err == nil:
+		return DecodeEnvelope(data)
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("reading envelope %s: %w", id, err)
+	}
+	l, err := readLayout(f)
+	if err != nil {
+		return nil, fmt.Errorf("record %s: %w", id, err)
+	}
+	if l.envLen > maxEnvelopeSize {
+		return nil, fmt.Errorf("record %s: envelope of %d bytes", id, l.envLen)
+	}
+	data = make([]byte, l.envLen)
+	if _, err := f.ReadAt(data, l.msgLen); err != nil {
+		return nil, fmt.Errorf("record %s: reading envelope: %w", id, err)
+	}
+	return DecodeEnvelope(data)
+}
+
+// maxEnvelopeSize bounds what Load reads as an envelope: far above the
+// largest a server with max_recipients in the thousands writes.
+const maxEnvelopeSize = 64 << 20
+
+// Message is the stored message of a record, from its first byte to its
+// last (the envelope after it is not part of it).
+type Message struct {
+	*io.SectionReader
+	f *os.File
+}
+
+// Close closes the record file.
+func (m *Message) Close() error { return m.f.Close() }
+
+// OpenMessage opens the message of a record for reading.
+func (s *Spool) OpenMessage(id string) (*Message, error) {
+	if !validID(id) {
+		return nil, ErrNotFound
+	}
+	f, err := os.Open(s.recordPath(id))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("opening record %s: %w", id, err)
+	}
+	l, err := readLayout(f)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("record %s: %w", id, err)
+	}
+	return &Message{SectionReader: io.NewSectionReader(f, 0, l.msgLen), f: f}, nil
+}
+
 func (s *Spool) writeEnvelope(env *Envelope) error {
 	data, err := json.Marshal(env)
 	if err != nil {
@@ -254,47 +486,11 @@ func (s *Spool) writeEnvelope(env *Envelope) error {
 	return nil
 }
 
-// IDs lists the queue ids of all committed records, oldest first.
-func (s *Spool) IDs() ([]string, error) {
-	entries, err := os.ReadDir(s.dir)
-	if err != nil {
-		return nil, fmt.Errorf("reading spool directory: %w", err)
-	}
-	var ids []string
-	for _, e := range entries {
-		if id, ok := strings.CutSuffix(e.Name(), envelopeExt); ok && validID(id) {
-			ids = append(ids, id)
-		}
-	}
-	sort.Strings(ids)
-	return ids, nil
-}
-
-// Load reads the envelope of a record.
-func (s *Spool) Load(id string) (*Envelope, error) {
-	if !validID(id) {
-		return nil, ErrNotFound
-	}
-	data, err := os.ReadFile(s.envelopePath(id))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, ErrNotFound
-	}
-	if err != nil {
-		return nil, fmt.Errorf("reading envelope %s: %w", id, err)
-	}
-	return DecodeEnvelope(data)
-}
-
-// OpenMessage opens the message of a record for reading.
-func (s *Spool) OpenMessage(id string) (*os.File, error) {
-	if !validID(id) {
-		return nil, ErrNotFound
-	}
-	f, err := os.Open(s.dataPath(id))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, ErrNotFound
-	}
-	return f, err
+// exists reports whether a record is there; under the records lock it
+// is the truth.
+func (s *Spool) exists(id string) bool {
+	_, err := os.Lstat(s.recordPath(id))
+	return err == nil
 }
 
 // Update durably replaces the envelope of an existing record, for
@@ -304,7 +500,7 @@ func (s *Spool) Update(env *Envelope) error {
 		return ErrNotFound
 	}
 	defer s.lockRecords()()
-	if _, err := os.Stat(s.envelopePath(env.ID)); err != nil {
+	if !s.exists(env.ID) {
 		return ErrNotFound
 	}
 	return s.writeEnvelope(env)
@@ -341,8 +537,9 @@ func (s *Spool) Modify(id string, fn func(env *Envelope) (remove bool, err error
 	return s.writeEnvelope(env)
 }
 
-// Remove deletes a record: the envelope first, so that a crash half-way
-// leaves only debris and never a record without its message.
+// Remove deletes a record: the record file first, so that a crash
+// half-way leaves only an envelope without a record, which is debris,
+// and never a record with an older envelope than the one written last.
 func (s *Spool) Remove(id string) error {
 	if !validID(id) {
 		return ErrNotFound
@@ -352,14 +549,40 @@ func (s *Spool) Remove(id string) error {
 }
 
 func (s *Spool) removeLocked(id string) error {
-	if err := os.Remove(s.envelopePath(id)); err != nil {
+	if err := os.Remove(s.recordPath(id)); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return ErrNotFound
 		}
+		return fmt.Errorf("removing record %s: %w", id, err)
+	}
+	if err := os.Remove(s.envelopePath(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("removing envelope %s: %w", id, err)
 	}
-	if err := os.Remove(s.dataPath(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("removing message %s: %w", id, err)
+	return s.syncDir()
+}
+
+// Peek reads a record of the spool in dir without opening the spool,
+// for tools and tests: its current envelope and its message.
+func Peek(dir, id string) (*Envelope, []byte, error) {
+	s := &Spool{dir: dir}
+	env, err := s.Load(id)
+	if err != nil {
+		return nil, nil, err
 	}
-	return syncDir(s.dir)
+	m, err := s.OpenMessage(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer m.Close()
+	msg, err := io.ReadAll(m)
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading message %s: %w", id, err)
+	}
+	return env, msg, nil
+}
+
+// ListIDs lists the queue ids of the records in the spool in dir
+// without opening the spool, for tools and tests.
+func ListIDs(dir string) ([]string, error) {
+	return (&Spool{dir: dir}).IDs()
 }

@@ -1,6 +1,7 @@
 package spool
 
 import (
+	"encoding/json"
 	"errors"
 	"io"
 	"os"
@@ -92,8 +93,9 @@ func TestAbortLeavesNothing(t *testing.T) {
 }
 
 // TestDebrisRemoved: what a crash before the commit point leaves (a
-// temp file, a message without envelope) is cleaned up at Open once old
-// enough, and never listed as a record.
+// temp file), or during a removal (an envelope without its record), or
+// the two-file layout's message without envelope, is cleaned up at
+// Open once old enough, and never listed as a record.
 func TestDebrisRemoved(t *testing.T) {
 	dir := t.TempDir()
 	s, _ := Open(dir)
@@ -101,12 +103,12 @@ func TestDebrisRemoved(t *testing.T) {
 	io.WriteString(d, "x")
 	d.Commit(testEnvelope())
 	old := time.Now().Add(-2 * debrisAge)
-	for _, name := range []string{".tmp-ABC.eml-123", "0000000000000000000.eml", ".tmp-DEF.json-9"} {
+	for _, name := range []string{".tmp-ABC.rec", "0000000000000000000.json", "0000000000000000001.eml", ".tmp-DEF.json-9"} {
 		p := filepath.Join(dir, name)
 		os.WriteFile(p, []byte("debris"), 0o600)
 		os.Chtimes(p, old, old)
 	}
-	young := filepath.Join(dir, "1111111111111111111.eml") // a writer in flight
+	young := filepath.Join(dir, ".tmp-1111111111111111111.rec") // a writer in flight
 	os.WriteFile(young, []byte("in flight"), 0o600)
 	if ids, _ := s.IDs(); len(ids) != 1 {
 		t.Fatalf("debris listed as records: %v", ids)
@@ -115,8 +117,122 @@ func TestDebrisRemoved(t *testing.T) {
 		t.Fatal(err)
 	}
 	names := records(t, dir)
-	if len(names) != 3 || !strings.Contains(strings.Join(names, " "), "1111111111111111111.eml") {
+	if len(names) != 2 || !strings.Contains(strings.Join(names, " "), ".tmp-1111111111111111111.rec") {
 		t.Fatalf("after Open: %v", names)
+	}
+}
+
+// TestOneFile: a record accepted and delivered at once is one file
+// from its commit to its removal; the first update adds the envelope
+// file, which Load prefers and Remove takes along.
+func TestOneFile(t *testing.T) {
+	s, _ := Open(t.TempDir())
+	d, _ := s.Create()
+	io.WriteString(d, "Subject: x\r\n\r\nbody\r\n")
+	env := testEnvelope()
+	if err := d.Commit(env); err != nil {
+		t.Fatal(err)
+	}
+	if names := records(t, s.Dir()); len(names) != 1 || names[0] != env.ID+".rec" {
+		t.Fatalf("after Commit: %v", names)
+	}
+	env.Recipients[0].Status = StatusDeferred
+	if err := s.Update(env); err != nil {
+		t.Fatal(err)
+	}
+	if names := records(t, s.Dir()); len(names) != 2 {
+		t.Fatalf("after Update: %v", names)
+	}
+	got, err := s.Load(env.ID)
+	if err != nil || got.Recipients[0].Status != StatusDeferred {
+		t.Fatalf("Load after Update: %+v %v", got, err)
+	}
+	m, _ := s.OpenMessage(env.ID)
+	body, _ := io.ReadAll(m)
+	m.Close()
+	if string(body) != "Subject: x\r\n\r\nbody\r\n" {
+		t.Fatalf("message after Update: %q", body)
+	}
+	if err := s.Remove(env.ID); err != nil {
+		t.Fatal(err)
+	}
+	if names := records(t, s.Dir()); len(names) != 0 {
+		t.Fatalf("after Remove: %v", names)
+	}
+}
+
+// TestCorruptRecord: a record file whose trailer does not add up is an
+// error naming the record, never a message with part of its envelope.
+func TestCorruptRecord(t *testing.T) {
+	s, _ := Open(t.TempDir())
+	d, _ := s.Create()
+	io.WriteString(d, "body\r\n")
+	env := testEnvelope()
+	d.Commit(env)
+	path := filepath.Join(s.Dir(), env.ID+".rec")
+	data, _ := os.ReadFile(path)
+	for name, bad := range map[string][]byte{
+		"truncated":    data[:len(data)-1],
+		"extended":     append(append([]byte{}, data...), 'x'),
+		"short":        []byte("x"),
+		"wrong-length": []byte(strings.Replace(string(data), "caddy-smtp-record-v1 0000000000000006", "caddy-smtp-record-v1 0000000000000005", 1)),
+	} {
+		os.WriteFile(path, bad, 0o600)
+		if _, err := s.Load(env.ID); err == nil || !strings.Contains(err.Error(), env.ID) {
+			t.Errorf("%s: Load: %v", name, err)
+		}
+		if _, err := s.OpenMessage(env.ID); err == nil {
+			t.Errorf("%s: OpenMessage succeeded", name)
+		}
+	}
+}
+
+// TestLegacyConverted: a record of the two-file layout (ID.eml and
+// ID.json, as written before the one-file layout) is converted at Open
+// with its delivery state, and nothing is left of the old files but the
+// envelope, which stays the newer one.
+func TestLegacyConverted(t *testing.T) {
+	dir := t.TempDir()
+	env := testEnvelope()
+	env.ID, env.Version, env.Size = "1A21C9A91BFF0E40124", EnvelopeVersion, 6
+	env.Recipients[0].Status, env.Recipients[0].Attempts = StatusDeferred, 3
+	data, _ := json.Marshal(env)
+	os.WriteFile(filepath.Join(dir, env.ID+".json"), data, 0o600)
+	os.WriteFile(filepath.Join(dir, env.ID+".eml"), []byte("body\r\n"), 0o600)
+	// A half-converted one: its record file exists already.
+	env2 := *env
+	env2.ID = "1A21C9A91BFF0E40125"
+	s0, _ := Open(t.TempDir())
+	d, _ := s0.create(env2.ID)
+	io.WriteString(d, "two\r\n")
+	d.Commit(&env2)
+	rec, _ := os.ReadFile(filepath.Join(s0.Dir(), env2.ID+".rec"))
+	os.WriteFile(filepath.Join(dir, env2.ID+".rec"), rec, 0o600)
+	os.WriteFile(filepath.Join(dir, env2.ID+".eml"), []byte("two\r\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, env2.ID+".json"), rec[5:len(rec)-int(trailerLen)], 0o600)
+
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := records(t, dir)
+	if strings.Contains(strings.Join(names, " "), ".eml") || len(names) != 4 {
+		t.Fatalf("after Open: %v", names)
+	}
+	for id, body := range map[string]string{env.ID: "body\r\n", env2.ID: "two\r\n"} {
+		got, err := s.Load(id)
+		if err != nil || got.Recipients[0].Attempts != 3 {
+			t.Fatalf("Load %s: %+v %v", id, got, err)
+		}
+		m, err := s.OpenMessage(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(m)
+		m.Close()
+		if string(b) != body {
+			t.Fatalf("message %s: %q", id, b)
+		}
 	}
 }
 

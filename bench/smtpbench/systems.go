@@ -203,14 +203,14 @@ func (g *Gateway) Pids() []int {
 	return []int{g.cmd.Process.Pid}
 }
 
-// QueueEmpty implements System: no envelope (*.json) in the spool.
+// QueueEmpty implements System: no record (*.rec) in the spool.
 func (g *Gateway) QueueEmpty() bool {
 	entries, err := os.ReadDir(filepath.Join(g.cfg.Dir, "queue"))
 	if err != nil {
 		return false
 	}
 	for _, e := range entries {
-		if strings.HasSuffix(e.Name(), ".json") && !strings.HasPrefix(e.Name(), ".") {
+		if strings.HasSuffix(e.Name(), ".rec") && !strings.HasPrefix(e.Name(), ".") {
 			return false
 		}
 	}
