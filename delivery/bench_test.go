@@ -15,11 +15,15 @@ import (
 )
 
 // BenchmarkSendSMTP is one delivery of a 4 KiB message to an in-process
-// upstream, with and without STARTTLS (level may), one connection each.
+// upstream, with and without STARTTLS (level may): on a new connection
+// each, or on a session kept in a Pool ("reused").
 func BenchmarkSendSMTP(b *testing.B) {
 	ca := st.NewCA(b, "Bench CA")
 	cert := ca.Issue(b, "upstream.test", "upstream.test")
-	for _, withTLS := range []bool{false, true} {
+	for _, c := range []struct {
+		withTLS, reuse bool
+	}{{false, false}, {true, false}, {false, true}, {true, true}} {
+		withTLS := c.withTLS
 		name := "plain"
 		opts := st.UpstreamOpts{}
 		level := "none"
@@ -27,7 +31,15 @@ func BenchmarkSendSMTP(b *testing.B) {
 			name, level = "starttls", "may"
 			opts.TLS = st.TLSServerConfig(cert)
 		}
+		if c.reuse {
+			name += "-reused"
+		}
 		b.Run(name, func(b *testing.B) {
+			var pool *delivery.Pool
+			if c.reuse {
+				pool = delivery.NewPool()
+				defer pool.Close()
+			}
 			u := st.NewUpstream(b, opts)
 			policy := &delivery.ClientTLS{Level: level}
 			if err := policy.Provision(st.CaddyContext(b)); err != nil {
@@ -47,7 +59,7 @@ func BenchmarkSendSMTP(b *testing.B) {
 			hop := delivery.Hop{Host: "upstream.test", Addr: u.Addr}
 			b.ReportAllocs()
 			for i := 0; i < b.N; i++ {
-				res, _ := delivery.SendSMTP(context.Background(), job, hop, policy, nil)
+				res, _ := delivery.SendSMTP(context.Background(), job, hop, policy, nil, pool)
 				if res[0].Status != delivery.Sent || (withTLS && res[0].TLSVersion == "") {
 					b.Fatalf("%+v", res[0])
 				}

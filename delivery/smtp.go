@@ -56,25 +56,72 @@ const (
 // greeting, TLS required but failed), after which the caller should try
 // its next host; per-recipient replies are final for this attempt.
 //
+// With a pool, the transaction runs on an open session to the same hop
+// when one is idle there, and the session is kept for the next one
+// afterwards (see Pool). A nil pool opens and closes a connection.
+//
 // Under level may a failed handshake is followed at once by a second
 // attempt in plaintext, as Postfix does, and logged.
-func SendSMTP(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *Credentials) (results []Result, tryNext bool) {
-	results, tryNext, tlsFailed := sendOnce(ctx, job, hop, policy, creds, true)
+func SendSMTP(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *Credentials, pool *Pool) (results []Result, tryNext bool) {
+	results, tryNext, tlsFailed := sendOnce(ctx, job, hop, policy, creds, pool, true)
 	if tlsFailed && policy.EffectiveLevel() == LevelMay && !job.Envelope.RequireTLS {
 		job.Logger.Info("tls handshake failed; retrying in plaintext (level may)",
 			zap.String("queue_id", job.Envelope.ID), zap.String("relay", hop.String()),
 			zap.String("reason", results[0].Reply))
-		results, tryNext, _ = sendOnce(ctx, job, hop, policy, creds, false)
+		results, tryNext, _ = sendOnce(ctx, job, hop, policy, creds, pool, false)
 	}
 	return results, tryNext
 }
 
-func sendOnce(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *Credentials, useTLS bool) (results []Result, tryNext, tlsFailed bool) {
+func sendOnce(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *Credentials, pool *Pool, useTLS bool) (results []Result, tryNext, tlsFailed bool) {
+	level := policy.EffectiveLevel()
+	if job.Envelope.RequireTLS {
+		// RFC 8689 section 5: REQUIRETLS mail goes only over a verified
+		// TLS session.
+		level = LevelVerify
+	}
+	if !useTLS {
+		level = LevelNone
+	}
+	key := poolKey{addr: hop.Addr, host: hop.Host, level: level, wantTLS: useTLS, policy: policy, creds: creds, hostname: job.Hostname}
+	if s := pool.get(key); s != nil {
+		results, tryNext, reusable, stale := transact(ctx, job, s)
+		if !stale {
+			release(pool, key, s, reusable)
+			return results, tryNext, false
+		}
+		// The next hop closed the idle session (or said 421) before it
+		// accepted anything: this attempt goes on a new connection.
+		s.c.Close()
+	}
+	s, results, tryNext, tlsFailed := open(ctx, job, hop, policy, creds, level)
+	if s == nil {
+		return results, tryNext, tlsFailed
+	}
+	results, tryNext, reusable, _ := transact(ctx, job, s)
+	release(pool, key, s, reusable)
+	return results, tryNext, false
+}
+
+// release puts a session back into the pool after a clean transaction,
+// and closes it otherwise.
+func release(pool *Pool, key poolKey, s *clientSession, reusable bool) {
+	if reusable {
+		pool.put(key, s)
+		return
+	}
+	s.c.Close()
+}
+
+// open connects to hop, reads its greeting, says EHLO, starts TLS as
+// level requires or allows, and authenticates. On failure it returns no
+// session and the results for every recipient.
+func open(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *Credentials, level Level) (s *clientSession, results []Result, tryNext, tlsFailed bool) {
 	n := len(job.Recipients)
 	remote := hop.String()
-	fail := func(r Result) ([]Result, bool, bool) {
+	fail := func(r Result) (*clientSession, []Result, bool, bool) {
 		r.Remote = remote
-		return All(r, n), true, false
+		return nil, All(r, n), true, false
 	}
 	dialer := net.Dialer{Timeout: DialTimeout}
 	conn, err := dialer.DialContext(ctx, "tcp", hop.Addr)
@@ -88,21 +135,13 @@ func sendOnce(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 
-	level := policy.EffectiveLevel()
-	if job.Envelope.RequireTLS {
-		// RFC 8689 section 5: REQUIRETLS mail goes only over a verified
-		// TLS session.
-		level = LevelVerify
-	}
-	if !useTLS {
-		level = LevelNone
-	}
 	// go-smtp's client has no exported STARTTLS and greets with
 	// "localhost" before it; so the plaintext part up to the handshake
 	// is done here, with our hostname, and go-smtp takes over the
 	// connection after it (DESIGN.md, "What go-smtp leaves to us").
 	var facts tlsFacts
 	var greeting string
+	c := conn
 	if level != LevelNone {
 		var offered bool
 		var err error
@@ -127,7 +166,7 @@ func sendOnce(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *
 				conn.Close()
 				r := replyResult(err, "4.7.0", "STARTTLS at "+remote)
 				r.Remote = remote
-				return All(r, n), true, true
+				return nil, All(r, n), true, true
 			}
 			tc := tls.Client(conn, cfg)
 			tc.SetDeadline(time.Now().Add(CommandTimeout))
@@ -135,34 +174,60 @@ func sendOnce(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *
 				conn.Close()
 				r := Temporary("4.7.5", tlsFailure(err, remote))
 				r.Remote = remote
-				return All(r, n), true, true
+				return nil, All(r, n), true, true
 			}
 			tc.SetDeadline(time.Time{})
 			cs := tc.ConnectionState()
 			facts = tlsFacts{on: true, version: tls.VersionName(cs.Version), cipher: tls.CipherSuiteName(cs.CipherSuite), verified: verified}
-			conn = tc
+			c = tc
 		}
 	}
 	if greeting != "" {
 		// go-smtp's client starts by reading a greeting; give it the
 		// one we already read.
-		conn = &replayConn{Conn: conn, prefix: []byte("220 " + greeting + "\r\n")}
+		c = &replayConn{Conn: c, prefix: []byte("220 " + greeting + "\r\n")}
 	}
-	c := smtp.NewClient(conn)
-	c.CommandTimeout, c.SubmissionTimeout = CommandTimeout, DataTimeout
-	defer c.Close()
-	if err := c.Hello(job.Hostname); err != nil {
+	client := smtp.NewClient(c)
+	client.CommandTimeout, client.SubmissionTimeout = CommandTimeout, DataTimeout
+	s = &clientSession{c: client, conn: conn, remote: remote, facts: facts, created: time.Now()}
+	if err := client.Hello(job.Hostname); err != nil {
+		client.Close()
 		return fail(replyResult(err, "4.4.2", "greeting from "+remote))
 	}
-
 	if creds != nil {
 		if !facts.on {
+			client.Close()
 			return fail(Temporary("4.7.0", fmt.Sprintf("refusing to send credentials to %s without TLS", remote)))
 		}
-		if err := c.Auth(sasl.NewPlainClient("", creds.Username, creds.Password)); err != nil {
+		if err := client.Auth(sasl.NewPlainClient("", creds.Username, creds.Password)); err != nil {
+			client.Close()
 			return fail(replyResult(err, "4.7.8", "AUTH at "+remote))
 		}
 	}
+	if ctx.Err() != nil {
+		client.Close()
+		return fail(Temporary("4.4.2", fmt.Sprintf("connection to %s: %v", remote, ctx.Err())))
+	}
+	return s, nil, false, false
+}
+
+// transact runs one mail transaction on an open session. reusable says
+// the session is ready for another transaction; stale says it failed at
+// MAIL without a reply of the next hop's own, or with 421, before
+// anything was accepted (a session that was idle and is no more).
+func transact(ctx context.Context, job *Job, s *clientSession) (results []Result, tryNext, reusable, stale bool) {
+	n := len(job.Recipients)
+	c, remote, facts := s.c, s.remote, s.facts
+	fail := func(r Result) ([]Result, bool, bool, bool) {
+		r.Remote = remote
+		return withFacts(All(r, n), remote, facts), true, false, false
+	}
+	stop := context.AfterFunc(ctx, func() { s.conn.Close() })
+	defer func() {
+		if !stop() {
+			reusable = false // ctx ended: the connection is closed
+		}
+	}()
 
 	env := job.Envelope
 	mailOpts := &smtp.MailOptions{
@@ -177,13 +242,18 @@ func sendOnce(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *
 		var smtpErr *smtp.SMTPError
 		switch {
 		case errors.As(err, &smtpErr):
-			return withFacts(All(replyResult(err, "", ""), n), remote, facts), smtpErr.Code == 421, false
+			if smtpErr.Code == 421 {
+				r, next, _, _ := fail(replyResult(err, "", ""))
+				return r, next, false, true
+			}
+			return withFacts(All(replyResult(err, "", ""), n), remote, facts), false, c.Reset() == nil, false
 		case strings.Contains(err.Error(), "SMTPUTF8"):
-			return withFacts(All(Permanent("5.6.7", "next hop "+remote+" does not support SMTPUTF8"), n), remote, facts), false, false
+			return withFacts(All(Permanent("5.6.7", "next hop "+remote+" does not support SMTPUTF8"), n), remote, facts), false, true, false
 		case strings.Contains(err.Error(), "REQUIRETLS"):
-			return withFacts(All(Permanent("5.7.30", "REQUIRETLS not supported by next hop "+remote), n), remote, facts), false, false
+			return withFacts(All(Permanent("5.7.30", "REQUIRETLS not supported by next hop "+remote), n), remote, facts), false, true, false
 		}
-		return fail(Temporary("4.4.2", fmt.Sprintf("lost connection with %s after MAIL: %v", remote, err)))
+		r, next, _, _ := fail(Temporary("4.4.2", fmt.Sprintf("lost connection with %s after MAIL: %v", remote, err)))
+		return r, next, false, true
 	}
 
 	results = make([]Result, n)
@@ -203,52 +273,51 @@ func sendOnce(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *
 		accepted++
 	}
 	if accepted == 0 {
-		c.Quit()
-		return withFacts(results, remote, facts), false, false
+		return withFacts(results, remote, facts), false, c.Reset() == nil, false
 	}
 
 	final := Result{Status: Sent, Code: "2.0.0", Remote: remote}
 	msg, err := job.Open()
 	if err != nil {
 		final = Temporary("4.3.0", fmt.Sprintf("opening queued message: %v", err))
+		reusable = c.Reset() == nil
 	} else {
 		defer msg.Close()
-		final = sendData(c, msg, remote)
+		final, reusable = sendData(c, msg, remote)
 	}
 	for i := range results {
 		if results[i].Status == -1 {
 			results[i] = final
 		}
 	}
-	if final.Status != Deferred || final.Code != "4.4.2" {
-		c.Quit()
-	}
-	return withFacts(results, remote, facts), false, false
+	return withFacts(results, remote, facts), false, reusable, false
 }
 
-// sendData transfers the message and turns the final reply into a result.
-func sendData(c *smtp.Client, msg io.Reader, remote string) Result {
+// sendData transfers the message and turns the final reply into a
+// result; reusable says the session is ready for another transaction
+// (the next hop answered the end of data, and not with 421).
+func sendData(c *smtp.Client, msg io.Reader, remote string) (r Result, reusable bool) {
 	w, err := c.Data()
 	if err != nil {
 		var smtpErr *smtp.SMTPError
 		if errors.As(err, &smtpErr) {
-			return replyResult(err, "", "")
+			return replyResult(err, "", ""), smtpErr.Code != 421 && c.Reset() == nil
 		}
-		return Temporary("4.4.2", fmt.Sprintf("lost connection with %s after DATA: %v", remote, err))
+		return Temporary("4.4.2", fmt.Sprintf("lost connection with %s after DATA: %v", remote, err)), false
 	}
 	if _, err := io.Copy(w, msg); err != nil {
 		w.Close()
-		return Temporary("4.4.2", fmt.Sprintf("lost connection with %s while sending message: %v", remote, err))
+		return Temporary("4.4.2", fmt.Sprintf("lost connection with %s while sending message: %v", remote, err)), false
 	}
 	resp, err := w.CloseWithResponse()
 	if err != nil {
 		var smtpErr *smtp.SMTPError
 		if errors.As(err, &smtpErr) {
-			return replyResult(err, "", "")
+			return replyResult(err, "", ""), smtpErr.Code != 421
 		}
-		return Temporary("4.4.2", fmt.Sprintf("lost connection with %s after end of data: %v", remote, err))
+		return Temporary("4.4.2", fmt.Sprintf("lost connection with %s after end of data: %v", remote, err)), false
 	}
-	return Result{Status: Sent, Code: "2.0.0", Reply: "250 " + resp.StatusText, Remote: remote}
+	return Result{Status: Sent, Code: "2.0.0", Reply: "250 " + resp.StatusText, Remote: remote}, true
 }
 
 // rcptOptions passes the recipient's DSN parameters on (RFC 3461 5.2).

@@ -42,6 +42,7 @@ type MX struct {
 	Port int `json:"port,omitempty"`
 
 	resolver *net.Resolver
+	pool     *delivery.Pool
 }
 
 // CaddyModule returns the Caddy module information.
@@ -80,6 +81,13 @@ func (m *MX) Provision(ctx caddy.Context) error {
 	if err := m.TLS.Provision(ctx); err != nil {
 		return fmt.Errorf("mx: %w", err)
 	}
+	m.pool = delivery.NewPool()
+	return nil
+}
+
+// Cleanup closes the connections kept open to the exchangers.
+func (m *MX) Cleanup() error {
+	m.pool.Close()
 	return nil
 }
 
@@ -97,7 +105,7 @@ func (m *MX) Deliver(ctx context.Context, job *delivery.Job) []delivery.Result {
 	var results []delivery.Result
 	for _, hop := range hops {
 		var tryNext bool
-		results, tryNext = delivery.SendSMTP(ctx, job, hop, m.TLS, nil)
+		results, tryNext = delivery.SendSMTP(ctx, job, hop, m.TLS, nil, m.pool)
 		if !tryNext || ctx.Err() != nil {
 			break
 		}
@@ -216,6 +224,7 @@ func (m *MX) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // Interface guards
 var (
 	_ caddy.Provisioner     = (*MX)(nil)
+	_ caddy.CleanerUpper    = (*MX)(nil)
 	_ delivery.Deliverer    = (*MX)(nil)
 	_ caddyfile.Unmarshaler = (*MX)(nil)
 )

@@ -39,6 +39,7 @@ type Relay struct {
 
 	hops  []delivery.Hop
 	creds *delivery.Credentials
+	pool  *delivery.Pool
 }
 
 // CaddyModule returns the Caddy module information.
@@ -67,6 +68,7 @@ func (r *Relay) Provision(ctx caddy.Context) error {
 	if err := r.TLS.Provision(ctx); err != nil {
 		return fmt.Errorf("relay: %w", err)
 	}
+	r.pool = delivery.NewPool()
 	if r.Username != "" || r.Password != "" {
 		repl := caddy.NewReplacer()
 		r.creds = &delivery.Credentials{Username: repl.ReplaceAll(r.Username, ""), Password: repl.ReplaceAll(r.Password, "")}
@@ -96,12 +98,18 @@ func ParseHop(a string, defaultPort int) (delivery.Hop, error) {
 // all recipients of the route.
 func (r *Relay) Destination(string) string { return "relay:" + r.hops[0].Addr }
 
+// Cleanup closes the connections kept open to the smarthosts.
+func (r *Relay) Cleanup() error {
+	r.pool.Close()
+	return nil
+}
+
 // Deliver tries the smarthosts in order.
 func (r *Relay) Deliver(ctx context.Context, job *delivery.Job) []delivery.Result {
 	var results []delivery.Result
 	for _, hop := range r.hops {
 		var tryNext bool
-		results, tryNext = delivery.SendSMTP(ctx, job, hop, r.TLS, r.creds)
+		results, tryNext = delivery.SendSMTP(ctx, job, hop, r.TLS, r.creds, r.pool)
 		if !tryNext || ctx.Err() != nil {
 			break
 		}
@@ -145,6 +153,7 @@ func (r *Relay) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // Interface guards
 var (
 	_ caddy.Provisioner     = (*Relay)(nil)
+	_ caddy.CleanerUpper    = (*Relay)(nil)
 	_ delivery.Deliverer    = (*Relay)(nil)
 	_ caddyfile.Unmarshaler = (*Relay)(nil)
 )

@@ -36,6 +36,10 @@ type Upstream struct {
 	active int
 	// MaxActive is the most sessions seen in DATA at once.
 	MaxActive int
+
+	conns    map[*smtp.Conn]bool // every connection that said HELO/EHLO
+	failMail *smtp.SMTPError     // returned for the next MAIL only
+	ln       *trackingListener
 }
 
 // UpstreamMessage is one message an Upstream received.
@@ -82,8 +86,9 @@ func NewUpstream(t testing.TB, o UpstreamOpts) *Upstream {
 	if err != nil {
 		t.Fatal(err)
 	}
-	u.Addr, u.srv = ln.Addr().String(), s
-	go s.Serve(ln)
+	tl := &trackingListener{Listener: ln, conns: make(map[net.Conn]bool)}
+	u.Addr, u.srv, u.ln, u.conns = ln.Addr().String(), s, tl, make(map[*smtp.Conn]bool)
+	go s.Serve(tl)
 	t.Cleanup(func() { s.Close() })
 	return u
 }
@@ -97,6 +102,7 @@ func (nopLogger) Println(...any)        {}
 func (u *Upstream) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	u.Mu.Lock()
 	u.helos = append(u.helos, c.Hostname())
+	u.conns[c] = true
 	u.Mu.Unlock()
 	_, isTLS := c.TLSConnectionState()
 	return &upstreamSession{u: u, tls: isTLS}, nil
@@ -104,6 +110,79 @@ func (u *Upstream) NewSession(c *smtp.Conn) (smtp.Session, error) {
 
 // Close stops the upstream: its listener and every connection.
 func (u *Upstream) Close() { u.srv.Close() }
+
+// Connections returns how many connections have greeted so far.
+func (u *Upstream) Connections() int {
+	u.Mu.Lock()
+	defer u.Mu.Unlock()
+	return len(u.conns)
+}
+
+// DropConnections closes every open connection without a word, as a
+// next hop does with idle ones, and keeps listening. It returns how
+// many it closed.
+func (u *Upstream) DropConnections() int { return u.ln.closeAll() }
+
+// OpenConnections returns how many accepted connections are still open.
+func (u *Upstream) OpenConnections() int { return u.ln.open() }
+
+// FailNextMail makes the next MAIL command, on any connection, get err.
+func (u *Upstream) FailNextMail(err *smtp.SMTPError) {
+	u.Mu.Lock()
+	u.failMail = err
+	u.Mu.Unlock()
+}
+
+// trackingListener remembers the connections it accepted.
+type trackingListener struct {
+	net.Listener
+	mu    sync.Mutex
+	conns map[net.Conn]bool
+}
+
+func (l *trackingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	tc := &trackedConn{Conn: c, l: l}
+	l.mu.Lock()
+	l.conns[tc] = true
+	l.mu.Unlock()
+	return tc, nil
+}
+
+func (l *trackingListener) closeAll() int {
+	l.mu.Lock()
+	all := make([]net.Conn, 0, len(l.conns))
+	for c := range l.conns {
+		all = append(all, c)
+	}
+	l.mu.Unlock()
+	for _, c := range all {
+		c.Close()
+	}
+	return len(all)
+}
+
+func (l *trackingListener) open() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.conns)
+}
+
+// trackedConn leaves its listener's set when closed.
+type trackedConn struct {
+	net.Conn
+	l *trackingListener
+}
+
+func (c *trackedConn) Close() error {
+	c.l.mu.Lock()
+	delete(c.l.conns, c)
+	c.l.mu.Unlock()
+	return c.Conn.Close()
+}
 
 // Received returns the messages received so far.
 func (u *Upstream) Received() []UpstreamMessage {
@@ -146,6 +225,13 @@ func (s *upstreamSession) Logout() error { return nil }
 func (s *upstreamSession) Mail(from string, _ *smtp.MailOptions) error {
 	if s.u.authUser != "" && !s.authed {
 		return smtp.ErrAuthRequired
+	}
+	s.u.Mu.Lock()
+	fail := s.u.failMail
+	s.u.failMail = nil
+	s.u.Mu.Unlock()
+	if fail != nil {
+		return fail
 	}
 	s.msg.From, s.from = from, true
 	return nil

@@ -1,0 +1,213 @@
+package delivery_test
+
+import (
+	"context"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"go.uber.org/zap"
+
+	"github.com/caddy-smtp/caddy-smtp/delivery"
+	st "github.com/caddy-smtp/caddy-smtp/internal/smtptest"
+	"github.com/caddy-smtp/caddy-smtp/spool"
+)
+
+// poolRig is an upstream with STARTTLS (a certificate of a test CA the
+// client does not trust) and a level-may policy.
+type poolRig struct {
+	u      *st.Upstream
+	hop    delivery.Hop
+	policy *delivery.ClientTLS
+}
+
+func newPoolRig(t *testing.T) *poolRig {
+	ca := st.NewCA(t, "Pool CA")
+	u := st.NewUpstream(t, st.UpstreamOpts{TLS: st.TLSServerConfig(ca.Issue(t, "upstream.test", "upstream.test"))})
+	policy := &delivery.ClientTLS{Level: "may"}
+	if err := policy.Provision(st.CaddyContext(t)); err != nil {
+		t.Fatal(err)
+	}
+	return &poolRig{u: u, hop: delivery.Hop{Host: "upstream.test", Addr: u.Addr}, policy: policy}
+}
+
+func poolJob(id string, requireTLS bool) *delivery.Job {
+	body := "Subject: " + id + "\r\n\r\nhello\r\n"
+	return &delivery.Job{
+		Envelope:   &spool.Envelope{ID: id, From: "a@example.test", Size: int64(len(body)), RequireTLS: requireTLS, Received: time.Now()},
+		Recipients: []*spool.Recipient{{Address: "b@upstream.test", Status: spool.StatusQueued}},
+		Open: func() (io.ReadSeekCloser, error) {
+			return nopCloser{strings.NewReader(body)}, nil
+		},
+		Hostname: "gw.example.test",
+		Logger:   zap.NewNop(),
+	}
+}
+
+// send delivers one job and fails the test unless it was sent over TLS.
+func (r *poolRig) send(t *testing.T, pool *delivery.Pool, id string) {
+	t.Helper()
+	res, _ := delivery.SendSMTP(context.Background(), poolJob(id, false), r.hop, r.policy, nil, pool)
+	if res[0].Status != delivery.Sent || res[0].TLSVersion == "" {
+		t.Fatalf("%s: %+v", id, res[0])
+	}
+}
+
+// TestPoolReuse: with a pool, twenty messages to one next hop take one
+// connection (one handshake), and every result still carries the TLS
+// facts of the session; without a pool each takes its own.
+func TestPoolReuse(t *testing.T) {
+	r := newPoolRig(t)
+	pool := delivery.NewPool()
+	defer pool.Close()
+	for i := 0; i < 20; i++ {
+		r.send(t, pool, "pooled")
+	}
+	if n := r.u.Connections(); n != 1 {
+		t.Fatalf("20 messages with a pool took %d connections, want 1", n)
+	}
+	if got := len(r.u.WaitMessages(t, 20, 5*time.Second)); got != 20 {
+		t.Fatalf("upstream got %d messages", got)
+	}
+	for i := 0; i < 3; i++ {
+		r.send(t, nil, "unpooled")
+	}
+	if n := r.u.Connections(); n != 4 {
+		t.Fatalf("3 messages without a pool: %d connections in all, want 1+3", n)
+	}
+}
+
+// TestPoolStaleSession: a next hop that dropped the idle connection, or
+// answers the next MAIL with 421, costs the attempt nothing: it goes on
+// over a new connection at once.
+func TestPoolStaleSession(t *testing.T) {
+	r := newPoolRig(t)
+	pool := delivery.NewPool()
+	defer pool.Close()
+	r.send(t, pool, "first")
+	if n := r.u.DropConnections(); n != 1 {
+		t.Fatalf("dropped %d connections, want the idle one", n)
+	}
+	r.send(t, pool, "after-drop")
+	if n := r.u.Connections(); n != 2 {
+		t.Fatalf("%d connections, want 2", n)
+	}
+	r.u.FailNextMail(&smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "idle too long"})
+	r.send(t, pool, "after-421")
+	if n := r.u.Connections(); n != 3 {
+		t.Fatalf("%d connections, want 3", n)
+	}
+	if got := len(r.u.WaitMessages(t, 3, 5*time.Second)); got != 3 {
+		t.Fatalf("upstream got %d messages, want 3", got)
+	}
+}
+
+// TestPoolReplyKeepsSession: a refusal of the message by the next hop
+// (a 5xx at MAIL, answered by RSET) leaves the session usable.
+func TestPoolReplyKeepsSession(t *testing.T) {
+	r := newPoolRig(t)
+	pool := delivery.NewPool()
+	defer pool.Close()
+	r.send(t, pool, "first")
+	r.u.FailNextMail(&smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "sender refused"})
+	res, _ := delivery.SendSMTP(context.Background(), poolJob("refused", false), r.hop, r.policy, nil, pool)
+	if res[0].Status != delivery.Bounced || !strings.Contains(res[0].Reply, "sender refused") {
+		t.Fatalf("refused: %+v", res[0])
+	}
+	r.send(t, pool, "third")
+	if n := r.u.Connections(); n != 1 {
+		t.Fatalf("%d connections, want 1", n)
+	}
+}
+
+// TestPoolLimits: a session carries at most MaxUses messages, and an
+// idle one is closed after IdleTimeout; Close closes what is idle.
+func TestPoolLimits(t *testing.T) {
+	r := newPoolRig(t)
+	pool := delivery.NewPoolWithLimits(delivery.PoolLimits{MaxUses: 3, IdleTimeout: 300 * time.Millisecond})
+	defer pool.Close()
+	for i := 0; i < 7; i++ {
+		r.send(t, pool, "limited")
+	}
+	if n := r.u.Connections(); n != 3 {
+		t.Fatalf("7 messages at 3 per session: %d connections, want 3", n)
+	}
+	waitOpen(t, r.u, 0, 5*time.Second)
+	if pool.Idle() != 0 {
+		t.Fatalf("%d sessions idle after the idle timeout", pool.Idle())
+	}
+
+	other := delivery.NewPool()
+	r.send(t, other, "before-close")
+	waitOpen(t, r.u, 1, time.Second)
+	other.Close()
+	waitOpen(t, r.u, 0, 5*time.Second)
+	if other.Idle() != 0 {
+		t.Fatal("sessions kept after Close")
+	}
+}
+
+func waitOpen(t *testing.T, u *st.Upstream, want int, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for u.OpenConnections() != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections open at the upstream, want %d", u.OpenConnections(), want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestPoolKeysApart: a REQUIRETLS message needs a verified session, so
+// it never rides the unverified one a level-may message left in the
+// pool: it opens its own, which fails verification, and is deferred.
+func TestPoolKeysApart(t *testing.T) {
+	r := newPoolRig(t)
+	pool := delivery.NewPool()
+	defer pool.Close()
+	r.send(t, pool, "may")
+	res, _ := delivery.SendSMTP(context.Background(), poolJob("requiretls", true), r.hop, r.policy, nil, pool)
+	if res[0].Status != delivery.Deferred || !strings.Contains(res[0].Reply, "certificate not verified") {
+		t.Fatalf("REQUIRETLS over an unverified next hop: %+v", res[0])
+	}
+	if n := r.u.Connections(); n != 2 {
+		t.Fatalf("%d connections greeted, want 2 (its own, which said EHLO before STARTTLS)", n)
+	}
+	if pool.Idle() != 1 {
+		t.Fatalf("%d sessions idle, want the level-may one", pool.Idle())
+	}
+}
+
+// TestPoolConcurrent: many deliveries at once share the pool safely
+// and every message arrives once.
+func TestPoolConcurrent(t *testing.T) {
+	r := newPoolRig(t)
+	pool := delivery.NewPool()
+	defer pool.Close()
+	const workers, each = 10, 20
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				res, _ := delivery.SendSMTP(context.Background(), poolJob("c", false), r.hop, r.policy, nil, pool)
+				if res[0].Status != delivery.Sent {
+					t.Errorf("%+v", res[0])
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if got := len(r.u.WaitMessages(t, workers*each, 10*time.Second)); got != workers*each {
+		t.Fatalf("upstream got %d messages, want %d", got, workers*each)
+	}
+	if n := r.u.Connections(); n > workers {
+		t.Fatalf("%d connections for %d concurrent senders", n, workers)
+	}
+	t.Logf("%d messages over %d connections", workers*each, r.u.Connections())
+}
