@@ -23,6 +23,7 @@ import (
 // RunConfig is the configuration of "smtpbench run".
 type RunConfig struct {
 	Caddy     string // the caddy binary built from this repository
+	Baseline  string // optional: another caddy binary, run as system "baseline"
 	Work      string // a directory for everything the run writes
 	Cert, Key string // ECDSA P-256 certificate and key (PEM)
 	PortBase  int    // ports PortBase+1 .. +4 on 127.0.0.1
@@ -499,6 +500,7 @@ func cmdRun(args []string) error {
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
 	var cfg RunConfig
 	fs.StringVar(&cfg.Caddy, "caddy", "", "caddy binary built from this repository (required)")
+	fs.StringVar(&cfg.Baseline, "baseline", "", "another caddy binary (e.g. built from an earlier commit), run as system \"baseline\" in every cell beside the others, to measure a change side by side")
 	fs.StringVar(&cfg.Work, "work", "", "work directory, reachable by the postfix user (required)")
 	fs.StringVar(&cfg.Cert, "cert", "", "ECDSA P-256 certificate, PEM (required)")
 	fs.StringVar(&cfg.Key, "key", "", "its key, PEM (required)")
@@ -536,6 +538,9 @@ func cmdRun(args []string) error {
 		switch strings.TrimSpace(name) {
 		case "gateway":
 			r.systems = append(r.systems, &Gateway{Bin: cfg.Caddy})
+			if cfg.Baseline != "" {
+				r.systems = append(r.systems, &Gateway{Bin: cfg.Baseline, Label: "baseline"})
+			}
 		case "postfix":
 			r.systems = append(r.systems, &Postfix{Template: filepath.Join(cfg.Work, "postfix-template")})
 		case "":
@@ -735,8 +740,11 @@ func writeReport(w *bytes.Buffer, rep *Report) {
 	p("| TLS: the same, %d at once | %.0f | %.0f |\n", c.TLSStreams, c.TLSParallel, ce.TLSParallel)
 	p("| TLS: the same, %d at once, X25519 (what OpenSSL 3.0 negotiates) | %.0f | %.0f |\n", c.TLSStreams, c.TLSParallelX, ce.TLSParallelX)
 	k := float64(rep.Config.PerConn)
-	p("\nA STARTTLS message costs 1/%d inbound handshake plus one outbound (neither system reuses the outbound TLS connection: Postfix's smtp_tls_connection_reuse is off by default, the gateway opens a connection per delivery), so the CPU ceiling for STARTTLS end to end is about %.0f msgs/s (%d at once, X25519) before any mail work.\n",
-		rep.Config.PerConn, c.TLSParallelX/(1+1/k), c.TLSStreams)
+	// gatewayReuse is delivery.PoolMaxUses, the messages one outbound
+	// session of the gateway carries at most.
+	const gatewayReuse = 100
+	p("\nA STARTTLS message costs 1/%d inbound handshake plus, for Postfix, one outbound (its smtp_tls_connection_reuse is off by default), so Postfix's CPU ceiling for STARTTLS end to end is about %.0f msgs/s (%d at once, X25519) before any mail work. The gateway reuses its outbound sessions (up to %d messages each), so its ceiling from handshakes is about %.0f msgs/s.\n",
+		rep.Config.PerConn, c.TLSParallelX/(1+1/k), c.TLSStreams, gatewayReuse, c.TLSParallelX/(1/k+1/float64(gatewayReuse)))
 	for _, st := range rep.Strace {
 		if st.Err != "" || st.Messages == 0 {
 			continue
@@ -765,7 +773,7 @@ func writeReport(w *bytes.Buffer, rep *Report) {
 			float64(res.Usage.PeakRSSKB) / 1024, float64(res.Usage.PeakPSSKB) / 1024, res.CPUmsPerMsg}
 	}
 	for _, cell := range order {
-		for _, sys := range []string{"gateway", "postfix"} {
+		for _, sys := range []string{"gateway", "baseline", "postfix"} {
 			res, ok := byCell[cell][sys]
 			if !ok {
 				continue
@@ -781,9 +789,12 @@ func writeReport(w *bytes.Buffer, rep *Report) {
 			p("| %s | %s | %.1f | %.1f | %.2f | %.2f | %.1f | %.1f | %.1f | %.2f | %s |\n",
 				cell, sys, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], strings.ReplaceAll(note, "|", "/"))
 		}
-		g, okg := byCell[cell]["gateway"]
-		pf, okp := byCell[cell]["postfix"]
-		if okg && okp {
+		for _, pair := range [][2]string{{"gateway", "postfix"}, {"baseline", "postfix"}, {"gateway", "baseline"}} {
+			g, okg := byCell[cell][pair[0]]
+			pf, okp := byCell[cell][pair[1]]
+			if !okg || !okp {
+				continue
+			}
 			a, b := row(g), row(pf)
 			var cells []string
 			for i := range a {
@@ -793,7 +804,7 @@ func writeReport(w *bytes.Buffer, rep *Report) {
 					cells = append(cells, "–")
 				}
 			}
-			p("| %s | gateway/postfix | %s | |\n", cell, strings.Join(cells, " | "))
+			p("| %s | %s/%s | %s | |\n", cell, pair[0], pair[1], strings.Join(cells, " | "))
 		}
 		if a, ok := byCell[cell]["harness alone"]; ok {
 			v := row(a)

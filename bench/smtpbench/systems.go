@@ -137,15 +137,22 @@ func waitGone(pids []int, timeout time.Duration) {
 // Gateway is caddy-smtp, a Caddy binary built from this repository.
 type Gateway struct {
 	Bin string
-	cfg SystemConfig
-	cmd *exec.Cmd
-	out *os.File
+	// Label names the system in the report; empty means "gateway".
+	Label string
+	cfg   SystemConfig
+	cmd   *exec.Cmd
+	out   *os.File
 	// exited is closed when the process has been waited for.
 	exited chan struct{}
 }
 
 // Name implements System.
-func (g *Gateway) Name() string { return "gateway" }
+func (g *Gateway) Name() string {
+	if g.Label != "" {
+		return g.Label
+	}
+	return "gateway"
+}
 
 // Version implements System.
 func (g *Gateway) Version() string {
