@@ -38,7 +38,7 @@ start() {
 	"$caddy_bin" run --config "$repo/examples/$1" >caddy.out 2>&1 &
 	pid=$!
 	for _ in $(seq 150); do
-		if echo | timeout 5 openssl s_client -starttls smtp -connect 127.0.0.1:2525 -servername localhost </dev/null 2>/dev/null | grep -q 'BEGIN CERTIFICATE'; then
+		if grep -q 'BEGIN CERTIFICATE' <<<"$(timeout 5 openssl s_client -starttls smtp -connect 127.0.0.1:2525 -servername localhost </dev/null 2>/dev/null)"; then
 			return 0
 		fi
 		sleep 0.2

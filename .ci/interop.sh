@@ -312,7 +312,7 @@ if [[ -n $queue_id ]]; then
 	else
 		fail "may: STARTTLS record has client.protocol ESMTPS" "protocol '$proto', tls version '$tlsver'" "$(record_envelope "$queue_id")"
 	fi
-	if record_message "$queue_id" | grep -q 'with ESMTPS id'; then
+	if grep -q 'with ESMTPS id' <<<"$(record_message "$queue_id")"; then
 		pass "may: Received header says 'with ESMTPS'"
 	else
 		fail "may: Received header says 'with ESMTPS'" "$(record_message "$queue_id" | head -n 5)"

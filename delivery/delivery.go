@@ -78,6 +78,10 @@ type Result struct {
 	TLSVersion, TLSCipher string
 	// TLSVerified says whether the next hop's certificate verified.
 	TLSVerified bool
+	// ConnUse is the number of this transaction on its connection: 1 on
+	// a new connection, more on a reused one (Postfix's conn_use); 0
+	// when no SMTP session was reached.
+	ConnUse int
 	// Via is the type of target that produced the result (relay, mx,
 	// maildir...); the queue sets it.
 	Via string

@@ -47,13 +47,15 @@ func poolJob(id string, requireTLS bool) *delivery.Job {
 	}
 }
 
-// send delivers one job and fails the test unless it was sent over TLS.
-func (r *poolRig) send(t *testing.T, pool *delivery.Pool, id string) {
+// send delivers one job and fails the test unless it was sent over TLS;
+// it returns the transaction's number on its connection.
+func (r *poolRig) send(t *testing.T, pool *delivery.Pool, id string) int {
 	t.Helper()
 	res, _ := delivery.SendSMTP(context.Background(), poolJob(id, false), r.hop, r.policy, nil, pool)
 	if res[0].Status != delivery.Sent || res[0].TLSVersion == "" {
 		t.Fatalf("%s: %+v", id, res[0])
 	}
+	return res[0].ConnUse
 }
 
 // TestPoolReuse: with a pool, twenty messages to one next hop take one
@@ -64,7 +66,9 @@ func TestPoolReuse(t *testing.T) {
 	pool := delivery.NewPool()
 	defer pool.Close()
 	for i := 0; i < 20; i++ {
-		r.send(t, pool, "pooled")
+		if use := r.send(t, pool, "pooled"); use != i+1 {
+			t.Fatalf("message %d: conn_use %d", i+1, use)
+		}
 	}
 	if n := r.u.Connections(); n != 1 {
 		t.Fatalf("20 messages with a pool took %d connections, want 1", n)
@@ -91,7 +95,9 @@ func TestPoolStaleSession(t *testing.T) {
 	if n := r.u.DropConnections(); n != 1 {
 		t.Fatalf("dropped %d connections, want the idle one", n)
 	}
-	r.send(t, pool, "after-drop")
+	if use := r.send(t, pool, "after-drop"); use != 1 {
+		t.Fatalf("after a drop: conn_use %d, want 1 (a new connection)", use)
+	}
 	if n := r.u.Connections(); n != 2 {
 		t.Fatalf("%d connections, want 2", n)
 	}

@@ -218,6 +218,7 @@ func open(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *Cred
 func transact(ctx context.Context, job *Job, s *clientSession) (results []Result, tryNext, reusable, stale bool) {
 	n := len(job.Recipients)
 	c, remote, facts := s.c, s.remote, s.facts
+	facts.connUse = s.uses + 1
 	fail := func(r Result) ([]Result, bool, bool, bool) {
 		r.Remote = remote
 		return withFacts(All(r, n), remote, facts), true, false, false
@@ -377,12 +378,14 @@ func tlsFailure(err error, remote string) string {
 	return fmt.Sprintf("TLS handshake with %s failed: %v", remote, err)
 }
 
-// tlsFacts describe the TLS session of an attempt, for its log line.
+// tlsFacts describe the session of an attempt, for its log line: its
+// TLS, and which transaction on the connection this is.
 type tlsFacts struct {
 	on       bool
 	version  string
 	cipher   string
 	verified bool
+	connUse  int
 }
 
 func withFacts(rs []Result, remote string, f tlsFacts) []Result {
@@ -393,6 +396,7 @@ func withFacts(rs []Result, remote string, f tlsFacts) []Result {
 		if f.on {
 			rs[i].TLSVersion, rs[i].TLSCipher, rs[i].TLSVerified = f.version, f.cipher, f.verified
 		}
+		rs[i].ConnUse = f.connUse
 	}
 	return rs
 }

@@ -489,6 +489,10 @@ func (r *runner) logResult(env *spool.Envelope, rc *spool.Recipient, res deliver
 		fields = append(fields, zap.String("tls_version", res.TLSVersion),
 			zap.String("tls_cipher", res.TLSCipher), zap.Bool("tls_verified", res.TLSVerified))
 	}
+	if res.ConnUse > 1 {
+		// As Postfix: only a reused connection says so.
+		fields = append(fields, zap.Int("conn_use", res.ConnUse))
+	}
 	if res.Status == delivery.Deferred {
 		fields = append(fields, zap.Time("next_attempt", rc.NextAttempt))
 	}
