@@ -209,6 +209,9 @@ func (s *Spool) convertOne(id string) error {
 		return err
 	}
 	defer msg.Close()
+	// A conversion cut short by a crash left its temp file; the id is
+	// the legacy record's, so no other writer uses that name.
+	os.Remove(filepath.Join(s.dir, tempPrefix+id+recordExt))
 	d, err := s.create(id)
 	if err != nil {
 		return err

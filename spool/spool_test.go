@@ -199,6 +199,8 @@ func TestLegacyConverted(t *testing.T) {
 	data, _ := json.Marshal(env)
 	os.WriteFile(filepath.Join(dir, env.ID+".json"), data, 0o600)
 	os.WriteFile(filepath.Join(dir, env.ID+".eml"), []byte("body\r\n"), 0o600)
+	// A conversion of it cut short by a crash.
+	os.WriteFile(filepath.Join(dir, ".tmp-"+env.ID+".rec"), []byte("body"), 0o600)
 	// A half-converted one: its record file exists already.
 	env2 := *env
 	env2.ID = "1A21C9A91BFF0E40125"
