@@ -420,12 +420,15 @@ func (r *runner) deliver(ctx context.Context, srv *Server, env *spool.Envelope, 
 		res := srv.Routes[k.route].deliverer.Deliver(ctx, job)
 		release()
 		via := srv.Routes[k.route].via
-		// One job is one connection (or one per smarthost tried): count
-		// its outbound handshake once, not once per recipient.
+		// One job is at most one new connection (or one per smarthost
+		// tried): count its outbound handshake once, not once per
+		// recipient, and not at all on a reused session.
 		if len(res) > 0 {
 			switch tlsOutcome(res[0].TLSVersion, res[0].TLSVerified, res[0].Reply) {
 			case "verified", "untrusted":
-				r.app.metrics.handshakes.WithLabelValues(env.Server, "out", res[0].TLSVersion, "ok").Inc()
+				if res[0].ConnUse <= 1 {
+					r.app.metrics.handshakes.WithLabelValues(env.Server, "out", res[0].TLSVersion, "ok").Inc()
+				}
 			case "failed":
 				r.app.metrics.handshakes.WithLabelValues(env.Server, "out", "", "failed").Inc()
 			}

@@ -4,6 +4,8 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+
 	st "github.com/caddy-smtp/caddy-smtp/internal/smtptest"
 )
 
@@ -40,6 +42,14 @@ func TestDeliveryReusesConnection(t *testing.T) {
 	}
 	if n := up.OpenConnections(); n != 1 {
 		t.Fatalf("%d connections open, want the idle one", n)
+	}
+	// One outbound handshake for the three.
+	var m dto.Metric
+	if err := hostileApp(t).metrics.handshakes.WithLabelValues("gw", "out", "TLS 1.3", "ok").Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	if v := m.GetCounter().GetValue(); v != 1 {
+		t.Fatalf("outbound handshakes counted: %v, want 1", v)
 	}
 
 	// A reload replaces the relay target; the old one's session ends.
