@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/emersion/go-smtp"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -35,40 +34,29 @@ func TestQueueAPI(t *testing.T) {
 	// to answer DATA; later.test defers first and recovers later (two
 	// upstreams, one after the other, on one address).
 	sink := st.NewUpstream(t, st.UpstreamOpts{})
-	deferrer := st.NewUpstream(t, st.UpstreamOpts{RcptErr: greylisted})
+	deferrer := st.NewUpstream(t, st.UpstreamOpts{RcptErr: st.Greylisted})
 	inflight := st.NewUpstream(t, st.UpstreamOpts{DataWait: 3 * time.Second})
-	later := fmt.Sprintf("127.0.0.1:%d", st.FreePort(t))
-	s, addr := st.ServerConfig(t, map[string]any{
-		"hostname":       "gw.example.test",
-		"tls":            map[string]any{"level": "none"},
-		"relay_networks": []string{"127.0.0.1"},
-		"routes": []any{
-			route("later.test", later),
-			route("slow.test", deferrer.Addr),
-			route("inflight.test", inflight.Addr),
-			route("*", sink.Addr),
-		},
-	})
+	later := st.FreeAddr(t)
 	// Deferred mail waits an hour: only a flush brings it back sooner.
-	e.Load(e.DeliveringApp(map[string]any{"gw": s}, nil), nil)
+	addr := e.LoadRelayGateway(
+		st.DomainRelayRoute("later.test", later),
+		st.DomainRelayRoute("slow.test", deferrer.Addr),
+		st.DomainRelayRoute("inflight.test", inflight.Addr),
+		st.DomainRelayRoute("*", sink.Addr))
 	api := apiClient{base: "http://" + e.Admin}
 
 	var ids []string
 	if !t.Run("queue-deferred", func(t *testing.T) {
 		// closed when this subtest ends
-		st.NewUpstream(t, st.UpstreamOpts{ListenAddr: later, RcptErr: greylisted})
+		st.NewUpstream(t, st.UpstreamOpts{ListenAddr: later, RcptErr: st.Greylisted})
 		ids = append(ids,
-			st.Submit(t, addr, "alice@example.test", "bob@later.test", message("one")),
-			st.Submit(t, addr, "alice@example.test", "carol@later.test", message("two")),
-			st.Submit(t, addr, "dave@example.test", "erin@slow.test", message("three")))
-		for _, id := range ids {
-			if l := e.DeliveryLine(t, id); l["status"] != "deferred" {
-				t.Fatalf("%s: %v", id, l)
-			}
-		}
+			st.Submit(t, addr, "alice@example.test", "bob@later.test", st.NamedMessage("one")),
+			st.Submit(t, addr, "alice@example.test", "carol@later.test", st.NamedMessage("two")),
+			st.Submit(t, addr, "dave@example.test", "erin@slow.test", st.NamedMessage("three")))
+		e.ExpectDeferred(t, ids...)
 		// the deferrals are logged before they are recorded
-		api.waitList(t, "three deferrals recorded", func(l admin.QueueListResponse) bool {
-			return l.Total == 3 && attemptsAre(l, 1)
+		e.WaitQueue(t, "three deferrals recorded", func(l st.QueueListing) bool {
+			return l.Total == 3 && l.AllDeferred(1)
 		})
 	}) {
 		t.FailNow()
@@ -192,7 +180,7 @@ func TestQueueAPI(t *testing.T) {
 		if !slices.Equal(got[0].To, []string{"bob@later.test"}) {
 			t.Errorf("delivered to %v", got[0].To)
 		}
-		api.waitList(t, ids[0]+" gone", func(l admin.QueueListResponse) bool { return l.Total == 2 })
+		e.WaitQueue(t, ids[0]+" gone", func(l st.QueueListing) bool { return l.Total == 2 })
 		// the other later.test message was not flushed: still waiting
 		time.Sleep(300 * time.Millisecond)
 		if n := len(good.Received()); n != 1 {
@@ -210,10 +198,10 @@ func TestQueueAPI(t *testing.T) {
 		waitLog(t, e, "delivery sent", ids[1])
 		good.WaitMessages(t, 2, 10*time.Second)
 		// slow.test is still down: tried again, deferred again
-		list := api.waitList(t, "only "+ids[2]+", deferred twice", func(l admin.QueueListResponse) bool {
-			return l.Total == 1 && attemptsAre(l, 2)
+		list := e.WaitQueue(t, "only "+ids[2]+", deferred twice", func(l st.QueueListing) bool {
+			return l.Total == 1 && l.AllDeferred(2)
 		})
-		if got := entryIDs(list); !slices.Equal(got, ids[2:]) {
+		if got := list.IDs(); !slices.Equal(got, ids[2:]) {
 			t.Errorf("after flush: %v", got)
 		}
 		if n := len(logsOf(e, "delivery deferred", ids[2])); n != 2 {
@@ -230,19 +218,8 @@ func TestQueueAPI(t *testing.T) {
 		// DATA for 3s, during which the message is deleted. When the
 		// delivery ends, the runner records the deferral: that update
 		// must not bring the record back.
-		c := st.Dial(t, addr)
-		c.Expect("250", "EHLO client.test")
-		c.Expect("250", "MAIL FROM:<frank@example.test>")
-		c.Expect("250", "RCPT TO:<x@slow.test>")
-		c.Expect("250", "RCPT TO:<y@inflight.test>")
-		c.Expect("354", "DATA")
-		c.Conn.Write([]byte(message("four")))
-		code, msg := c.Read()
-		id, ok := strings.CutPrefix(msg, "2.0.0 OK: queued as ")
-		if code != 250 || !ok {
-			t.Fatalf("DATA: %d %s", code, msg)
-		}
-		waitFor(t, "the delivery to inflight.test in DATA", func() bool {
+		id := st.SubmitToAll(t, addr, "frank@example.test", []string{"x@slow.test", "y@inflight.test"}, st.NamedMessage("four"))
+		st.WaitFor(t, "the delivery to inflight.test in DATA", func() bool {
 			inflight.Mu.Lock()
 			defer inflight.Mu.Unlock()
 			return inflight.MaxActive > 0
@@ -282,8 +259,8 @@ func TestQueueAPI(t *testing.T) {
 	})
 
 	t.Run("delete-many", func(t *testing.T) {
-		a := st.Submit(t, addr, "gina@example.test", "h@slow.test", message("five"))
-		b := st.Submit(t, addr, "gina@example.test", "i@slow.test", message("six"))
+		a := st.Submit(t, addr, "gina@example.test", "h@slow.test", st.NamedMessage("five"))
+		b := st.Submit(t, addr, "gina@example.test", "i@slow.test", st.NamedMessage("six"))
 		var r admin.DeleteResponse
 		api.json(t, http.MethodPost, "/smtp/queue/delete", admin.DeleteRequest{IDs: []string{a, "0000000000000000000", b}},
 			http.StatusOK, &r)
@@ -302,16 +279,12 @@ func TestQueueAPI(t *testing.T) {
 			t.Errorf("bounce: %+v", r)
 		}
 		dsn := sink.WaitBounce(t, "dave@example.test", "<three@example.test>")
-		for _, want := range []string{"Final-Recipient: rfc822; erin@slow.test", "Status: 5.0.0",
-			"returned to sender by the administrator", "Subject: three"} {
-			if !bytes.Contains(dsn.Data, []byte(want)) {
-				t.Errorf("bounce has no %q:\n%s", want, dsn.Data)
-			}
-		}
+		st.ExpectContains(t, "bounce", dsn.Data, "Final-Recipient: rfc822; erin@slow.test", "Status: 5.0.0",
+			"returned to sender by the administrator", "Subject: three")
 		api.json(t, http.MethodGet, "/smtp/queue/"+ids[2], nil, http.StatusNotFound, nil)
 		m := scrape(t, e.Admin)
 		expect(t, m, "caddy_smtp_delivery_attempts_total", labels{"result": "bounced"}, 1)
-		waitFor(t, "an empty queue", func() bool {
+		st.WaitFor(t, "an empty queue", func() bool {
 			return value(scrape(t, e.Admin), "caddy_smtp_queue_messages", nil) == 0
 		})
 	})
@@ -362,7 +335,7 @@ func TestQueueAPI(t *testing.T) {
 		if err := caddy.Load([]byte(cfg), true); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "a 503", func() bool {
+		st.WaitFor(t, "a 503", func() bool {
 			status, _, _ := api.raw(t, http.MethodGet, "/smtp/queue", "")
 			return status == http.StatusServiceUnavailable
 		})
@@ -376,9 +349,8 @@ func TestQueueAPI(t *testing.T) {
 // TestHoldListed: a queue on hold says so in its listing.
 func TestHoldListed(t *testing.T) {
 	e := st.NewEnv(t)
-	s, addr := st.ServerConfig(t, map[string]any{"tls": map[string]any{"level": "none"}})
-	e.Load(st.App(map[string]any{"mx": s}), nil) // the harness's default queue is on hold
-	id := st.Submit(t, addr, "a@remote.test", "b@example.test", message("held"))
+	addr := e.LoadPlainServer() // its queue is on hold
+	id := st.Submit(t, addr, "a@remote.test", "b@example.test", st.NamedMessage("held"))
 	api := apiClient{base: "http://" + e.Admin}
 	var list admin.QueueListResponse
 	api.json(t, http.MethodGet, "/smtp/queue", nil, http.StatusOK, &list)
@@ -394,48 +366,12 @@ func TestHoldListed(t *testing.T) {
 	expect(t, scrape(t, e.Admin), "caddy_smtp_queue_messages", nil, 1)
 }
 
-var greylisted = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "greylisted, try again later"}
-
-func route(domain, addr string) map[string]any {
-	return map[string]any{"domains": []string{domain}, "deliver": map[string]any{
-		"via": "relay", "addresses": []string{addr}, "tls": map[string]any{"level": "none"}}}
-}
-
-func message(name string) string {
-	return fmt.Sprintf("Subject: %s\r\nMessage-ID: <%s@example.test>\r\n\r\nbody of %s\r\n.\r\n", name, name, name)
-}
-
 func entryIDs(l admin.QueueListResponse) []string {
 	var ids []string
 	for _, m := range l.Messages {
 		ids = append(ids, m.ID)
 	}
 	return ids
-}
-
-// attemptsAre reports whether every message's every recipient has been
-// tried n times, and is deferred with a next attempt recorded.
-func attemptsAre(l admin.QueueListResponse, n int) bool {
-	for _, m := range l.Messages {
-		for _, r := range m.Recipients {
-			if r.Attempts != n || r.Status != "deferred" || r.NextAttempt.IsZero() {
-				return false
-			}
-		}
-	}
-	return true
-}
-
-// waitList polls the listing until cond holds, and returns it.
-func (c apiClient) waitList(t *testing.T, what string, cond func(admin.QueueListResponse) bool) admin.QueueListResponse {
-	t.Helper()
-	var l admin.QueueListResponse
-	waitFor(t, what, func() bool {
-		l = admin.QueueListResponse{}
-		c.json(t, http.MethodGet, "/smtp/queue", nil, http.StatusOK, &l)
-		return cond(l)
-	})
-	return l
 }
 
 // apiClient calls the admin API.
@@ -537,18 +473,6 @@ func expect(t *testing.T, fams map[string]*dto.MetricFamily, name string, want l
 	}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		if cond() {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("timed out waiting for %s", what)
-}
-
 // logsOf returns the log lines with msg about queue id.
 func logsOf(e *st.Env, msg, id string) []map[string]any {
 	var out []map[string]any
@@ -563,7 +487,7 @@ func logsOf(e *st.Env, msg, id string) []map[string]any {
 func waitLog(t *testing.T, e *st.Env, msg, id string) map[string]any {
 	t.Helper()
 	var l []map[string]any
-	waitFor(t, fmt.Sprintf("%q about %s", msg, id), func() bool {
+	st.WaitFor(t, fmt.Sprintf("%q about %s", msg, id), func() bool {
 		l = logsOf(e, msg, id)
 		return len(l) > 0
 	})

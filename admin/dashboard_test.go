@@ -46,7 +46,7 @@ func TestGrafanaDashboard(t *testing.T) {
 	sink := st.NewUpstream(t, st.UpstreamOpts{})
 	s, addr := st.ServerConfig(t, map[string]any{
 		"relay_networks": []string{"127.0.0.1"},
-		"routes":         []any{route("*", sink.Addr)},
+		"routes":         []any{st.DomainRelayRoute("*", sink.Addr)},
 	})
 	e.Load(e.DeliveringApp(map[string]any{"mx": s}, nil), nil)
 	st.WaitTLS(t, addr, st.TLSConfig(nil, "localhost"))
@@ -56,12 +56,12 @@ func TestGrafanaDashboard(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Expect("250", "EHLO client.test")
-	if got := c.Send("a@example.test", "b@remote.test", message("dashboard")); !strings.HasPrefix(got, "250 ") {
+	if got := c.Send("a@example.test", "b@remote.test", st.NamedMessage("dashboard")); !strings.HasPrefix(got, "250 ") {
 		t.Fatal(got)
 	}
 	sink.WaitMessages(t, 1, 10*time.Second)
 	var fams = scrape(t, e.Admin)
-	waitFor(t, "a delivery in /metrics", func() bool {
+	st.WaitFor(t, "a delivery in /metrics", func() bool {
 		fams = scrape(t, e.Admin)
 		return value(fams, "caddy_smtp_delivery_attempts_total", labels{"result": "sent"}) == 1
 	})

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,8 +13,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/emersion/go-smtp"
 
 	"github.com/caddy-smtp/caddy-smtp/admin"
 	st "github.com/caddy-smtp/caddy-smtp/internal/smtptest"
@@ -104,19 +101,12 @@ func TestSMTPQueueCommand(t *testing.T) {
 	}
 	e := st.NewEnv(t)
 	sink := st.NewUpstream(t, st.UpstreamOpts{})
-	deferrer := st.NewUpstream(t, st.UpstreamOpts{RcptErr: greylisted})
-	later := fmt.Sprintf("127.0.0.1:%d", st.FreePort(t))
-	s, addr := st.ServerConfig(t, map[string]any{
-		"hostname":       "gw.example.test",
-		"tls":            map[string]any{"level": "none"},
-		"relay_networks": []string{"127.0.0.1"},
-		"routes": []any{
-			route("later.test", later),
-			route("slow.test", deferrer.Addr),
-			route("*", sink.Addr),
-		},
-	})
-	e.Load(e.DeliveringApp(map[string]any{"gw": s}, nil), nil)
+	deferrer := st.NewUpstream(t, st.UpstreamOpts{RcptErr: st.Greylisted})
+	later := st.FreeAddr(t)
+	addr := e.LoadRelayGateway(
+		st.DomainRelayRoute("later.test", later),
+		st.DomainRelayRoute("slow.test", deferrer.Addr),
+		st.DomainRelayRoute("*", sink.Addr))
 	c := cli{t: t, bin: bin, admin: e.Admin}
 
 	if out := c.ok("list"); out != "Mail queue is empty\n" {
@@ -125,32 +115,16 @@ func TestSMTPQueueCommand(t *testing.T) {
 
 	var ids []string
 	if !t.Run("queue-deferred", func(t *testing.T) {
-		st.NewUpstream(t, st.UpstreamOpts{ListenAddr: later, RcptErr: greylisted}) // closed when this subtest ends
+		st.NewUpstream(t, st.UpstreamOpts{ListenAddr: later, RcptErr: st.Greylisted}) // closed when this subtest ends
 		ids = append(ids,
-			st.Submit(t, addr, "alice@example.test", "bob@later.test", message("one")),
-			st.Submit(t, addr, "alice@example.test", "carol@later.test", message("two")))
-		// two recipients with the same error: one reason line for both
-		cl := st.Dial(t, addr)
-		cl.Expect("250", "EHLO client.test")
-		cl.Expect("250", "MAIL FROM:<dave@example.test>")
-		cl.Expect("250", "RCPT TO:<erin@slow.test>")
-		cl.Expect("250", "RCPT TO:<frank@slow.test>")
-		cl.Expect("354", "DATA")
-		cl.Conn.Write([]byte(message("three")))
-		code, msg := cl.Read()
-		id, ok := strings.CutPrefix(msg, "2.0.0 OK: queued as ")
-		if code != 250 || !ok {
-			t.Fatalf("DATA: %d %s", code, msg)
-		}
-		ids = append(ids, id)
-		for _, id := range ids {
-			if l := e.DeliveryLine(t, id); l["status"] != "deferred" {
-				t.Fatalf("%s: %v", id, l)
-			}
-		}
+			st.Submit(t, addr, "alice@example.test", "bob@later.test", st.NamedMessage("one")),
+			st.Submit(t, addr, "alice@example.test", "carol@later.test", st.NamedMessage("two")),
+			// two recipients with the same error: one reason line for both
+			st.SubmitToAll(t, addr, "dave@example.test", []string{"erin@slow.test", "frank@slow.test"}, st.NamedMessage("three")))
+		e.ExpectDeferred(t, ids...)
 		// the deferrals are logged before they are recorded
-		waitList(t, e.Admin, "every deferral recorded", func(l admin.QueueListResponse) bool {
-			return l.Total == 3 && attemptsAre(l, 1)
+		e.WaitQueue(t, "every deferral recorded", func(l st.QueueListing) bool {
+			return l.Total == 3 && l.AllDeferred(1)
 		})
 	}) {
 		t.FailNow()
@@ -291,7 +265,7 @@ func TestSMTPQueueCommand(t *testing.T) {
 			t.Errorf("flush <id>: %q", out)
 		}
 		good.WaitMessages(t, 1, 10*time.Second)
-		waitList(t, e.Admin, ids[0]+" gone", func(l admin.QueueListResponse) bool { return l.Total == 2 })
+		e.WaitQueue(t, ids[0]+" gone", func(l st.QueueListing) bool { return l.Total == 2 })
 		if out := c.ok("flush"); out != "Flushed: 2 messages\n" {
 			t.Errorf("flush: %q", out)
 		}
@@ -299,8 +273,8 @@ func TestSMTPQueueCommand(t *testing.T) {
 		if !slices.Equal(got[0].To, []string{"bob@later.test"}) || !slices.Equal(got[1].To, []string{"carol@later.test"}) {
 			t.Errorf("delivered: %v, %v", got[0].To, got[1].To)
 		}
-		waitList(t, e.Admin, "only "+ids[2]+", deferred twice", func(l admin.QueueListResponse) bool {
-			return l.Total == 1 && attemptsAre(l, 2)
+		e.WaitQueue(t, "only "+ids[2]+", deferred twice", func(l st.QueueListing) bool {
+			return l.Total == 1 && l.AllDeferred(2)
 		})
 		out := c.ok("list")
 		if strings.Contains(out, ids[0]) || strings.Contains(out, ids[1]) || !strings.Contains(out, ids[2]) {
@@ -317,8 +291,8 @@ func TestSMTPQueueCommand(t *testing.T) {
 
 	t.Run("delete", func(t *testing.T) {
 		c := c.in(t)
-		a := st.Submit(t, addr, "gina@example.test", "h@slow.test", message("four"))
-		b := st.Submit(t, addr, "gina@example.test", "i@slow.test", message("five"))
+		a := st.Submit(t, addr, "gina@example.test", "h@slow.test", st.NamedMessage("four"))
+		b := st.Submit(t, addr, "gina@example.test", "i@slow.test", st.NamedMessage("five"))
 		if out := c.ok("delete", a); out != "Deleted: 1 message\n" {
 			t.Errorf("delete <id>: %q", out)
 		}
@@ -340,16 +314,12 @@ func TestSMTPQueueCommand(t *testing.T) {
 			t.Errorf("bounce: %q", out)
 		}
 		dsn := sink.WaitBounce(t, "dave@example.test", "<three@example.test>")
-		for _, want := range []string{"Final-Recipient: rfc822; erin@slow.test", "Final-Recipient: rfc822; frank@slow.test",
-			"Status: 5.0.0", "returned to sender by the administrator"} {
-			if !bytes.Contains(dsn.Data, []byte(want)) {
-				t.Errorf("bounce has no %q:\n%s", want, dsn.Data)
-			}
-		}
+		st.ExpectContains(t, "bounce", dsn.Data, "Final-Recipient: rfc822; erin@slow.test", "Final-Recipient: rfc822; frank@slow.test",
+			"Status: 5.0.0", "returned to sender by the administrator")
 		if out, errOut, code := c.run("bounce", ids[2]); code != 1 || !strings.Contains(errOut, "HTTP 404") {
 			t.Errorf("second bounce: exit %d\n%s%s", code, out, errOut)
 		}
-		waitFor(t, "an empty queue", func() bool {
+		st.WaitFor(t, "an empty queue", func() bool {
 			out, _, _ := c.run("list")
 			return out == "Mail queue is empty\n"
 		})
@@ -357,7 +327,7 @@ func TestSMTPQueueCommand(t *testing.T) {
 
 	t.Run("unreachable", func(t *testing.T) {
 		c := c.in(t)
-		dead := fmt.Sprintf("127.0.0.1:%d", st.FreePort(t))
+		dead := st.FreeAddr(t)
 		out, errOut, code := c.runEnv(nil, "list", "--address", dead)
 		if code != 1 || out != "" || !strings.Contains(errOut, "connection refused") {
 			t.Errorf("no admin API: exit %d\n%s%s", code, out, errOut)
@@ -372,9 +342,8 @@ func TestHoldMark(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := st.NewEnv(t)
-	s, addr := st.ServerConfig(t, map[string]any{"tls": map[string]any{"level": "none"}})
-	e.Load(st.App(map[string]any{"mx": s}), nil) // the harness's default queue is on hold
-	id := st.Submit(t, addr, "", "b@example.test", message("held"))
+	addr := e.LoadPlainServer() // its queue is on hold
+	id := st.Submit(t, addr, "", "b@example.test", st.NamedMessage("held"))
 	out := cli{t: t, bin: bin, admin: e.Admin}.ok("list")
 	lines := strings.Split(out, "\n")
 	if len(lines) < 3 || !strings.HasPrefix(lines[1], id+"! ") || !strings.HasSuffix(lines[1], "  MAILER-DAEMON") ||
@@ -385,54 +354,4 @@ func TestHoldMark(t *testing.T) {
 
 func idLine(id string, size int64, received time.Time, sender string) string {
 	return fmt.Sprintf("%s  %7d %s  %s\n", id, size, received.Local().Format("Mon Jan _2 15:04:05"), sender)
-}
-
-var greylisted = &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 1}, Message: "greylisted, try again later"}
-
-func route(domain, addr string) map[string]any {
-	return map[string]any{"domains": []string{domain}, "deliver": map[string]any{
-		"via": "relay", "addresses": []string{addr}, "tls": map[string]any{"level": "none"}}}
-}
-
-func message(name string) string {
-	return fmt.Sprintf("Subject: %s\r\nMessage-ID: <%s@example.test>\r\n\r\nbody of %s\r\n.\r\n", name, name, name)
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		if cond() {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("timed out waiting for %s", what)
-}
-
-// attemptsAre reports whether every message's every recipient has been
-// tried n times, and is deferred with a next attempt recorded.
-func attemptsAre(l admin.QueueListResponse, n int) bool {
-	for _, m := range l.Messages {
-		for _, r := range m.Recipients {
-			if r.Attempts != n || r.Status != "deferred" || r.NextAttempt.IsZero() {
-				return false
-			}
-		}
-	}
-	return true
-}
-
-// waitList polls the admin API's listing until cond holds.
-func waitList(t *testing.T, adminAddr, what string, cond func(admin.QueueListResponse) bool) {
-	t.Helper()
-	waitFor(t, what, func() bool {
-		resp, err := http.Get("http://" + adminAddr + "/smtp/queue")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		var l admin.QueueListResponse
-		return json.NewDecoder(resp.Body).Decode(&l) == nil && cond(l)
-	})
 }
