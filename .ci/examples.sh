@@ -10,39 +10,23 @@
 # 2. examples/proxy-protocol.Caddyfile: swaks with PROXY v1 and v2
 #    headers to 127.0.0.1:2587 lands in ./maildir with the proxied
 #    client address in the gateway's Received: header.
-# Prints PASS/FAIL per check and "examples: N passed, M failed".
-set -uo pipefail
+# Prints PASS/FAIL per check and "examples: N passed, M failed"; exits
+# non-zero if any failed.
+set -uo pipefail # no -e: every check runs and is counted
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-caddy_bin=$(realpath "$1") || exit 2
+ci_init examples "$@"
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-passed=0 failed=0 pid=
-pass() { passed=$((passed + 1)); printf 'PASS  %s\n' "$1"; }
-fail() { failed=$((failed + 1)); printf 'FAIL  %s\n' "$1"; [[ -z ${2:-} ]] || sed 's/^/        /' <<<"$2"; }
-stop() {
-	if [[ -n $pid ]]; then
-		kill -TERM "$pid" 2>/dev/null
-		for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-		kill -KILL "$pid" 2>/dev/null
-		wait "$pid" 2>/dev/null
-		pid=
-	fi
-}
-work=$(mktemp -d /tmp/caddy-smtp-examples.XXXXXX)
-trap 'stop; rm -rf "$work"; printf "examples: %d passed, %d failed\n" "$passed" "$failed"; ((failed == 0))' EXIT
-export XDG_DATA_HOME=$work/data XDG_CONFIG_HOME=$work/config
+make_work examples
+ci_traps
 
 # start <example>: run it from a fresh directory (its ./queue and
 # ./maildir are relative), wait for a TLS handshake on the gateway.
 start() {
 	mkdir -p "$work/$1" && cd "$work/$1" || return 1
-	"$caddy_bin" run --config "$repo/examples/$1" >caddy.out 2>&1 &
-	pid=$!
-	for _ in $(seq 150); do
-		if grep -q 'BEGIN CERTIFICATE' <<<"$(timeout 5 openssl s_client -starttls smtp -connect 127.0.0.1:2525 -servername localhost </dev/null 2>/dev/null)"; then
-			return 0
-		fi
-		sleep 0.2
-	done
+	caddy_start caddy.out --config "$repo/examples/$1"
+	wait_cert ready.log 2525 && return 0
 	fail "$1: gateway ready within 30s" "$(tail -20 caddy.out)"
 	return 1
 }
@@ -72,7 +56,7 @@ if start Caddyfile; then
 	fi
 	out=$(swaks --server 127.0.0.1:2526 --to someone@example.test 2>&1)
 	if grep -q '^<\*\* 530 5.7.0 Must issue a STARTTLS command first' <<<"$out"; then pass "quick start: mailbox answers plaintext MAIL with 530"; else fail "quick start: mailbox answers plaintext MAIL with 530" "$out"; fi
-	stop
+	caddy_stop
 fi
 
 if start proxy-protocol.Caddyfile; then
@@ -88,5 +72,5 @@ if start proxy-protocol.Caddyfile; then
 	else
 		fail "PROXY v1/v2: delivered with the proxied client in Received:" "$(grep -h '^Received: from' maildir/new/* 2>&1; tail -5 caddy.out)"
 	fi
-	stop
+	caddy_stop
 fi

@@ -11,78 +11,33 @@
 # Needs: bash, swaks (with Net::SSLeay), openssl, jq, coreutils.
 # Set INTEROP_KEEP=1 to keep the temporary directory.
 set -uo pipefail # no -e: every check runs and is counted
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-if [[ $# -ne 1 ]]; then
-	echo "usage: $0 <caddy-binary>" >&2
-	exit 2
-fi
-caddy_bin=$(realpath "$1") || exit 2
-[[ -x $caddy_bin ]] || { echo "interop: $1 is not executable" >&2; exit 2; }
+ci_init interop "$@"
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 config=$here/interop.Caddyfile
+need_tools swaks openssl jq timeout
 
-for tool in swaks openssl jq timeout; do
-	command -v "$tool" >/dev/null || { echo "interop: $tool not found" >&2; exit 2; }
-done
-
-readonly HOST=127.0.0.1 PORT_NONE=2601 PORT_MAY=2602 PORT_ENCRYPT=2603
-readonly RCPT=postmaster@example.test SENDER=interop@client.example.net
+readonly PORT_NONE=2601 PORT_MAY=2602 PORT_ENCRYPT=2603
+readonly RCPT=postmaster@example.test
 readonly ISSUER_CN="Caddy Local Authority - ECC Intermediate"
 
-work=$(mktemp -d /tmp/caddy-smtp-interop.XXXXXX)
+make_work interop
 export INTEROP_DIR=$work
-# Keep Caddy's data and autosaved config out of $HOME.
-export XDG_DATA_HOME=$work/data XDG_CONFIG_HOME=$work/config
 queue=$work/queue
 root_ca=$work/storage/pki/authorities/local/root.crt
 caddy_log=$work/caddy.log # the JSON log (Caddyfile `log` option)
 caddy_out=$work/caddy.out # the process's stdout and stderr
 mkdir -p "$work/t"
+keep=${INTEROP_KEEP:-}
 
-passed=0 failed=0 caddy_pid=
-pass() { passed=$((passed + 1)); printf 'PASS  %s\n' "$1"; }
-fail() {
-	failed=$((failed + 1))
-	printf 'FAIL  %s\n' "$1"
-	shift
-	(($# == 0)) || printf '%s\n' "$@" | sed 's/^/        /'
+on_failure() {
+	print_tail "caddy stdout/stderr" 30 "$caddy_out"
+	print_tail "caddy JSON log" 30 "$caddy_log"
+	echo "----"
 }
-# show FILE: the end of a file, for a failure's details
-show() { tail -n 40 "$1" 2>&1 | sed 's/^/| /'; }
-
-cleanup() {
-	local rc=$?
-	if [[ -n $caddy_pid ]] && kill -0 "$caddy_pid" 2>/dev/null; then
-		kill -TERM "$caddy_pid" 2>/dev/null
-		for _ in $(seq 50); do
-			kill -0 "$caddy_pid" 2>/dev/null || break
-			sleep 0.1
-		done
-		kill -KILL "$caddy_pid" 2>/dev/null
-		wait "$caddy_pid" 2>/dev/null
-	fi
-	if [[ $rc -ne 0 || $failed -ne 0 ]]; then
-		echo "---- caddy stdout/stderr (last 30 lines) ----"
-		tail -n 30 "$caddy_out" 2>/dev/null
-		echo "---- caddy JSON log (last 30 lines) ----"
-		tail -n 30 "$caddy_log" 2>/dev/null
-		echo "----"
-	fi
-	if [[ ${INTEROP_KEEP:-} == 1 ]]; then
-		echo "interop: kept $work"
-	else
-		rm -rf "$work"
-	fi
-	echo "interop: $passed passed, $failed failed"
-	((rc != 0 || failed == 0)) || rc=1
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-caddy_alive() { [[ -n $caddy_pid ]] && kill -0 "$caddy_pid" 2>/dev/null; }
-
-port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+ci_traps
 
 # smtp_dialog PORT CMD...: a plain SMTP conversation over bash's
 # /dev/tcp; prints the banner, then each command (">> ") and the
@@ -107,21 +62,6 @@ _smtp_reply() {
 		[[ $line =~ ^[0-9]{3}- ]] || return 0
 	done
 	return 1
-}
-
-# send NAME PORT [SWAKS-OPTIONS...]: one message with swaks; the
-# transcript goes to $work/t/NAME.log, the exit code to $swaks_rc, and
-# the queue id of a "250 ... queued as ID" reply to $queue_id.
-send() {
-	local name=$1 port=$2
-	shift 2
-	swaks_log=$work/t/$name.log
-	timeout 60 swaks --server "$HOST" --port "$port" \
-		--ehlo client.example.net --from "$SENDER" --to "$RCPT" \
-		--header "Subject: caddy-smtp interop $name" \
-		--timeout 15 "$@" </dev/null >"$swaks_log" 2>&1
-	swaks_rc=$?
-	queue_id=$(sed -n 's/^<[-~] *250 .*queued as \([A-Za-z0-9_-]*\).*/\1/p' "$swaks_log" | tail -n 1)
 }
 
 # check_delivered CHECK-NAME: the last send got a 250 with a queue id and
@@ -167,8 +107,7 @@ tls_probe() {
 	shift 2
 	probe_log=$work/t/$name.log
 	probe_pem=$work/t/$name.pem
-	timeout 20 openssl s_client -starttls smtp -connect "$HOST:$port" "$@" \
-		</dev/null >"$probe_log" 2>&1
+	starttls_probe "$probe_log" "$port" "$@"
 	probe_rc=$?
 	sed -n '/-----BEGIN CERTIFICATE-----/,/-----END CERTIFICATE-----/p' "$probe_log" |
 		awk '{print} /-----END CERTIFICATE-----/{exit}' >"$probe_pem"
@@ -211,41 +150,21 @@ else
 	exit 1
 fi
 
-for port in $PORT_NONE $PORT_MAY $PORT_ENCRYPT 2604 2699; do
-	if port_open "$port"; then
-		fail "start: port $port is free" "something already listens on $HOST:$port"
-		exit 1
-	fi
-done
+ports_free start 0 $PORT_NONE $PORT_MAY $PORT_ENCRYPT 2604 2699 || exit 1
 
-"$caddy_bin" run --config "$config" --adapter caddyfile </dev/null >"$caddy_out" 2>&1 &
-caddy_pid=$!
+caddy_start "$caddy_out" --config "$config" --adapter caddyfile
+if wait_ports 30 $PORT_NONE $PORT_MAY $PORT_ENCRYPT; then
+	pass "start: caddy (pid $caddy_pid) listens on $PORT_NONE, $PORT_MAY, $PORT_ENCRYPT"
+else
+	fail "start: caddy listens on $PORT_NONE, $PORT_MAY, $PORT_ENCRYPT" \
+		"$(caddy_alive && echo 'still not listening after 30s' || echo 'caddy exited')"
+	exit 1
+fi
 
-deadline=$((SECONDS + 30))
-until port_open $PORT_NONE && port_open $PORT_MAY && port_open $PORT_ENCRYPT; do
-	if ! caddy_alive || ((SECONDS > deadline)); then
-		fail "start: caddy listens on $PORT_NONE, $PORT_MAY, $PORT_ENCRYPT" \
-			"$(caddy_alive && echo 'still not listening after 30s' || echo 'caddy exited')"
-		exit 1
-	fi
-	sleep 0.2
-done
-pass "start: caddy (pid $caddy_pid) listens on $PORT_NONE, $PORT_MAY, $PORT_ENCRYPT"
-
-# The internal CA issues the certificate asynchronously after start.
-deadline=$((SECONDS + 30))
-while :; do
-	tls_probe ready $PORT_MAY -servername localhost
-	[[ $probe_rc -eq 0 && -s $probe_pem ]] && break
-	if ! caddy_alive || ((SECONDS > deadline)); then
-		break
-	fi
-	sleep 1
-done
-if [[ $probe_rc -eq 0 && -s $probe_pem ]]; then
+if wait_cert "$work/t/ready.log" $PORT_MAY; then
 	pass "start: TLS handshake on $PORT_MAY works (certificate ready)"
 else
-	fail "start: TLS handshake on $PORT_MAY within 30s" "$(show "$probe_log")"
+	fail "start: TLS handshake on $PORT_MAY within 30s" "$(show "$work/t/ready.log")"
 	exit 1
 fi
 
@@ -264,10 +183,10 @@ else
 	fail "none: STARTTLS gets 502 5.5.1" "$(show "$work/t/none-raw.log")"
 fi
 
-send none-plain $PORT_NONE
+send none-plain $PORT_NONE "$RCPT"
 check_delivered "none: plaintext mail accepted"
 
-send none-tls $PORT_NONE --tls
+send none-tls $PORT_NONE "$RCPT" --tls
 if [[ $swaks_rc -ne 0 && -z $queue_id ]]; then
 	pass "none: swaks --tls fails (exit $swaks_rc: $(grep -m1 -i 'starttls' "$swaks_log" | sed 's/^[^ ]* *//'))"
 else
@@ -283,7 +202,7 @@ else
 	fail "may: EHLO reply advertises STARTTLS" "$(show "$work/t/may-raw.log")"
 fi
 
-send may-plain $PORT_MAY
+send may-plain $PORT_MAY "$RCPT"
 check_delivered "may: plaintext mail accepted"
 if [[ -n $queue_id ]]; then
 	proto=$(record_field "$queue_id" '.client.protocol')
@@ -296,7 +215,7 @@ if [[ -n $queue_id ]]; then
 fi
 
 records_before=$(find "$queue" -maxdepth 1 -name '*.rec' ! -name '.*' | wc -l)
-send may-tls $PORT_MAY --tls
+send may-tls $PORT_MAY "$RCPT" --tls
 check_delivered "may: STARTTLS mail accepted"
 records_after=$(find "$queue" -maxdepth 1 -name '*.rec' ! -name '.*' | wc -l)
 if ((records_after == records_before + 1)); then
@@ -328,7 +247,7 @@ else
 	fail "encrypt: EHLO reply advertises STARTTLS" "$(show "$work/t/encrypt-raw.log")"
 fi
 
-send encrypt-plain $PORT_ENCRYPT
+send encrypt-plain $PORT_ENCRYPT "$RCPT"
 reply=$(sed -n '/^ *-> MAIL FROM/{n;p;}' "$swaks_log")
 if [[ $swaks_rc -eq 23 && -z $queue_id && $reply == *"530 5.7.0 Must issue a STARTTLS command first"* ]]; then
 	pass "encrypt: plaintext MAIL gets '${reply#'<** '}' (swaks exit 23)"
@@ -337,7 +256,7 @@ else
 		"swaks exit $swaks_rc, queue id '${queue_id}'" "$(show "$swaks_log")"
 fi
 
-send encrypt-tls $PORT_ENCRYPT --tls --tls-sni localhost
+send encrypt-tls $PORT_ENCRYPT "$RCPT" --tls --tls-sni localhost
 check_delivered "encrypt: STARTTLS mail accepted (SNI localhost)"
 if [[ -n $queue_id ]]; then
 	proto=$(record_field "$queue_id" '.client.protocol')
@@ -436,4 +355,4 @@ else
 	fail "end: caddy still running" "it exited"
 fi
 
-((failed == 0)) # cleanup prints the totals
+((failed == 0)) # ci_finish prints the totals

@@ -30,94 +30,37 @@
 # Prints one PASS/FAIL line per check and "nmap: N passed, M failed";
 # exits non-zero if any failed.
 set -uo pipefail # no -e: every check runs and is counted
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-if [[ $# -ne 1 ]]; then
-	echo "usage: $0 <caddy-binary>" >&2
-	exit 2
-fi
-caddy_bin=$(realpath "$1") || exit 2
-[[ -x $caddy_bin ]] || { echo "nmap: $1 is not executable" >&2; exit 2; }
+ci_init nmap "$@"
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-readonly HOST=127.0.0.1
 
-passed=0 failed=0 pid='' work=''
-pass() { passed=$((passed + 1)); printf 'PASS  %s\n' "$1"; }
-fail() {
-	failed=$((failed + 1))
-	printf 'FAIL  %s\n' "$1"
-	shift
-	(($# == 0)) || printf '%s\n' "$@" | sed 's/^/        /'
+on_failure() {
+	local f
+	for f in "$work"/*/caddy.out; do
+		[[ -f $f ]] || continue
+		print_tail "$f" 20 "$f"
+	done
 }
-stop() {
-	if [[ -n $pid ]]; then
-		kill -TERM "$pid" 2>/dev/null
-		for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-		kill -KILL "$pid" 2>/dev/null
-		wait "$pid" 2>/dev/null
-		pid=''
-	fi
-}
-finish() {
-	local rc=$?
-	stop
-	if [[ -n $work ]]; then
-		if [[ $failed -ne 0 || $rc -ne 0 ]]; then
-			for f in "$work"/*/caddy.out; do
-				[[ -f $f ]] || continue
-				echo "---- $f (last 20 lines) ----"
-				tail -n 20 "$f"
-			done
-		fi
-		rm -rf "$work"
-	fi
-	printf 'nmap: %d passed, %d failed\n' "$passed" "$failed"
-	((rc != 0 || failed == 0)) || rc=1
-	exit "$rc"
-}
-trap finish EXIT
-trap 'exit 130' INT TERM
+ci_traps
 
-if ! command -v nmap >/dev/null; then
-	sudo=()
-	[[ $(id -u) -eq 0 ]] || sudo=(sudo)
-	echo "nmap: installing nmap"
-	export DEBIAN_FRONTEND=noninteractive
-	if ! { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" apt-get install -y -qq --no-install-recommends nmap >/dev/null; }; then
-		echo "nmap: apt-get install nmap failed" >&2
-		exit 2
-	fi
-fi
+command -v nmap >/dev/null || apt_install nmap
 echo "nmap: $(nmap --version | head -n 1)"
-
-port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
 # start NAME CADDYFILE PORT...: run caddy from $work/NAME and wait until
 # it listens on the ports.
 start() {
-	local name=$1 config=$2 p
+	local name=$1 config=$2
 	shift 2
-	for p in "$@" 2019; do
-		# (a caddy stopped a moment ago may still be letting go)
-		for _ in $(seq 25); do port_open "$p" || break; sleep 0.2; done
-		if port_open "$p"; then
-			fail "$name: port $p is free" "something already listens on $HOST:$p"
-			return 1
-		fi
-	done
+	ports_free "$name" 5 "$@" 2019 || return 1
 	mkdir -p "$work/$name" && cd "$work/$name" || return 1
-	XDG_DATA_HOME=$work/$name/data XDG_CONFIG_HOME=$work/$name/config \
-		"$caddy_bin" run --config "$config" </dev/null >caddy.out 2>&1 &
-	pid=$!
-	for _ in $(seq 150); do
-		local all=1
-		for p in "$@"; do port_open "$p" || all=''; done
-		if [[ -n $all ]]; then
-			pass "$name: caddy (pid $pid) listens on $*"
-			return 0
-		fi
-		kill -0 "$pid" 2>/dev/null || break
-		sleep 0.2
-	done
+	export XDG_DATA_HOME=$work/$name/data XDG_CONFIG_HOME=$work/$name/config
+	caddy_start caddy.out --config "$config"
+	if wait_ports 30 "$@"; then
+		pass "$name: caddy (pid $caddy_pid) listens on $*"
+		return 0
+	fi
 	fail "$name: caddy listens on $* within 30s" "$(tail -n 20 caddy.out)"
 	return 1
 }
@@ -152,7 +95,7 @@ no_relay() {
 	fi
 }
 
-work=$(mktemp -d /tmp/caddy-smtp-nmap.XXXXXX)
+make_work nmap
 start=$SECONDS
 
 if start quickstart "$repo/examples/Caddyfile" 2525 2526; then
@@ -172,7 +115,7 @@ if start quickstart "$repo/examples/Caddyfile" 2525 2526; then
 	else
 		fail "control: with domain example.test only example.test recipients are taken" "${lines:-no smtp-open-relay output}"
 	fi
-	stop
+	caddy_stop
 fi
 
 if [[ ${NMAP_ROUTING_CHECK:-} == 1 ]]; then
@@ -200,7 +143,7 @@ if [[ ${NMAP_ROUTING_CHECK:-} == 1 ]]; then
 	if start routing "$work/routing.Caddyfile" 2525; then
 		scan 2525
 		no_relay "hostname in accept_domains: smtp-open-relay finds no open relay (%-hack, bang path, user@host@domain)"
-		stop
+		caddy_stop
 	fi
 fi
 

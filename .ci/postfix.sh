@@ -27,13 +27,10 @@
 # apt-get if postfix is missing.
 # Set POSTFIX_KEEP=1 to keep the temporary directory.
 set -uo pipefail # no -e: every check runs and is counted
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-if [[ $# -ne 1 ]]; then
-	echo "usage: $0 <caddy-binary>" >&2
-	exit 2
-fi
-caddy_bin=$(realpath "$1") || exit 2
-[[ -x $caddy_bin ]] || { echo "postfix interop: $1 is not executable" >&2; exit 2; }
+ci_init "postfix interop" "$@"
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 templates=$here/postfix
 config=$templates/postfix.Caddyfile
@@ -43,25 +40,14 @@ if [[ $(id -u) -ne 0 ]]; then
 	echo "postfix interop: must run as root (it runs a Postfix instance)" >&2
 	exit 2
 fi
-for tool in swaks openssl jq timeout; do
-	command -v "$tool" >/dev/null || { echo "postfix interop: $tool not found" >&2; exit 2; }
-done
+need_tools swaks openssl jq timeout
 
-readonly HOST=127.0.0.1 PORT_POSTFIX=2700 PORT_VERIFY=2711 PORT_ENCRYPT=2712 PORT_MAY=2713
+readonly PORT_POSTFIX=2700 PORT_VERIFY=2711 PORT_ENCRYPT=2712 PORT_MAY=2713
 readonly PORT_RELAY=2720 PORT_ADMIN=2799 PORT_SMUGGLE_REJECT=2714 PORT_SMUGGLE_NORMALIZE=2715
-readonly SENDER=interop@client.example.net
 readonly UPSTREAM_RCPT=someone@upstream.test GATEWAY_RCPT=someone@example.test
 
-passed=0 failed=0 caddy_pid='' postfix_started='' policy_rc_d_ours='' work=''
-pass() { passed=$((passed + 1)); printf 'PASS  %s\n' "$1"; }
-fail() {
-	failed=$((failed + 1))
-	printf 'FAIL  %s\n' "$1"
-	shift
-	(($# == 0)) || printf '%s\n' "$@" | sed 's/^/        /'
-}
-# show FILE: the end of a file, for a failure's details
-show() { tail -n 40 "$1" 2>&1 | sed 's/^/| /'; }
+postfix_started='' policy_rc_d_ours=''
+keep=${POSTFIX_KEEP:-}
 
 # The master's pid, from the instance's pid file.
 postfix_master_pid() { sed -n 's/^ *\([0-9][0-9]*\).*/\1/p' "$pf/queue/pid/master.pid" 2>/dev/null; }
@@ -83,45 +69,21 @@ stop_postfix() {
 	postfix_started=
 }
 
-cleanup() {
-	local rc=$?
+at_exit() {
 	[[ -z $policy_rc_d_ours ]] || rm -f /usr/sbin/policy-rc.d
-	if [[ -n $caddy_pid ]] && kill -0 "$caddy_pid" 2>/dev/null; then
-		kill -TERM "$caddy_pid" 2>/dev/null
-		for _ in $(seq 50); do
-			kill -0 "$caddy_pid" 2>/dev/null || break
-			sleep 0.1
-		done
-		kill -KILL "$caddy_pid" 2>/dev/null
-		wait "$caddy_pid" 2>/dev/null
-	fi
 	stop_postfix
-	if [[ -n $work && ($rc -ne 0 || $failed -ne 0) ]]; then
-		echo "---- caddy stdout/stderr (last 30 lines) ----"
-		tail -n 30 "$caddy_out" 2>/dev/null
-		echo "---- caddy JSON log (last 30 lines) ----"
-		tail -n 30 "$caddy_log" 2>/dev/null
-		echo "---- postfix maillog (last 40 lines) ----"
-		tail -n 40 "$maillog" 2>/dev/null
-		echo "----"
-	fi
-	if [[ -n $work ]]; then
-		if [[ ${POSTFIX_KEEP:-} == 1 ]]; then
-			echo "postfix interop: kept $work"
-		else
-			rm -rf "$work"
-		fi
-	fi
-	echo "postfix interop: $passed passed, $failed failed"
-	((rc != 0 || failed == 0)) || rc=1
-	exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+on_failure() {
+	print_tail "caddy stdout/stderr" 30 "$caddy_out"
+	print_tail "caddy JSON log" 30 "$caddy_log"
+	print_tail "postfix maillog" 40 "$maillog"
+	echo "----"
+}
+ci_traps
 
 # ---- 0. postfix package -------------------------------------------------
 
-if ! dpkg-query -W -f='${Status}' postfix 2>/dev/null | grep -q 'install ok installed'; then
+if ! grep -q 'install ok installed' <<<"$(dpkg-query -W -f='${Status}' postfix 2>/dev/null)"; then
 	echo "postfix interop: installing postfix (no configuration, not started)"
 	export DEBIAN_FRONTEND=noninteractive
 	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
@@ -161,21 +123,15 @@ fi
 
 echo "postfix interop: $("$caddy_bin" version)"
 
-for port in $PORT_POSTFIX $PORT_VERIFY $PORT_ENCRYPT $PORT_MAY $PORT_RELAY $PORT_ADMIN $PORT_SMUGGLE_REJECT $PORT_SMUGGLE_NORMALIZE; do
-	if (exec 3<>"/dev/tcp/$HOST/$port") 2>/dev/null; then
-		fail "start: port $port is free" "something already listens on $HOST:$port"
-		exit 1
-	fi
-done
+ports_free start 0 $PORT_POSTFIX $PORT_VERIFY $PORT_ENCRYPT $PORT_MAY $PORT_RELAY $PORT_ADMIN \
+	$PORT_SMUGGLE_REJECT $PORT_SMUGGLE_NORMALIZE || exit 1
 
-work=$(mktemp -d /tmp/caddy-smtp-postfix.XXXXXX)
+make_work postfix
 # Postfix's daemons run as the postfix user and its virtual(8) delivers
 # as it: they must be able to reach the directories below.
 chmod 755 "$work"
 echo "postfix interop: work directory $work"
 export POSTFIX_CI_DIR=$work
-# Keep Caddy's data and autosaved config out of $HOME.
-export XDG_DATA_HOME=$work/data XDG_CONFIG_HOME=$work/config
 caddy_log=$work/caddy.log # the JSON log (Caddyfile `log` option)
 caddy_out=$work/caddy.out # the process's stdout and stderr
 queue=$work/queue         # the gateway's spool
@@ -185,27 +141,10 @@ maillog=$pf/maillog
 pf_maildir=$pf/vmail/upstream.test/someone
 mkdir -p "$work/t" "$pf/etc" "$pf/queue" "$pf/data" "$pf/vmail" "$pf/tls"
 
-port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
-caddy_alive() { [[ -n $caddy_pid ]] && kill -0 "$caddy_pid" 2>/dev/null; }
 postfix_alive() {
 	local pid
 	pid=$(postfix_master_pid)
 	[[ -n $pid ]] && kill -0 "$pid" 2>/dev/null
-}
-
-# send NAME PORT RCPT [SWAKS-OPTIONS...]: one message with swaks; the
-# transcript goes to $work/t/NAME.log, the exit code to $swaks_rc, and
-# the queue id of a "250 ... queued as ID" reply to $queue_id.
-send() {
-	local name=$1 port=$2 rcpt=$3
-	shift 3
-	swaks_log=$work/t/$name.log
-	timeout 60 swaks --server "$HOST" --port "$port" \
-		--ehlo client.example.net --from "$SENDER" --to "$rcpt" \
-		--header "Subject: caddy-smtp postfix interop $name" \
-		--timeout 15 "$@" </dev/null >"$swaks_log" 2>&1
-	swaks_rc=$?
-	queue_id=$(sed -n 's/^<[-~] *250 .*queued as \([A-Za-z0-9_-]*\).*/\1/p' "$swaks_log" | tail -n 1)
 }
 
 # check_queued CHECK-NAME: the last send got a 250 with a queue id.
@@ -303,8 +242,7 @@ else
 	exit 1
 fi
 
-timeout 20 openssl s_client -starttls smtp -connect "$HOST:$PORT_POSTFIX" -noservername \
-	</dev/null >"$work/t/postfix-tls.log" 2>&1
+starttls_probe "$work/t/postfix-tls.log" $PORT_POSTFIX -noservername
 probe_rc=$?
 if ((probe_rc == 0)) && grep -q '^subject=.*CN *= *postfix.test' "$work/t/postfix-tls.log"; then
 	pass "postfix: STARTTLS on $PORT_POSTFIX serves the self-signed postfix.test certificate"
@@ -323,33 +261,17 @@ else
 	exit 1
 fi
 
-"$caddy_bin" run --config "$config" --adapter caddyfile </dev/null >"$caddy_out" 2>&1 &
-caddy_pid=$!
-deadline=$((SECONDS + 30))
-until port_open $PORT_VERIFY && port_open $PORT_ENCRYPT && port_open $PORT_MAY && port_open $PORT_RELAY; do
-	if ! caddy_alive || ((SECONDS > deadline)); then
-		fail "start: caddy listens on $PORT_VERIFY, $PORT_ENCRYPT, $PORT_MAY, $PORT_RELAY" \
-			"$(caddy_alive && echo 'still not listening after 30s' || echo 'caddy exited')"
-		exit 1
-	fi
-	sleep 0.2
-done
-pass "start: caddy (pid $caddy_pid) listens on $PORT_VERIFY, $PORT_ENCRYPT, $PORT_MAY, $PORT_RELAY"
+caddy_start "$caddy_out" --config "$config" --adapter caddyfile
+if wait_ports 30 $PORT_VERIFY $PORT_ENCRYPT $PORT_MAY $PORT_RELAY; then
+	pass "start: caddy (pid $caddy_pid) listens on $PORT_VERIFY, $PORT_ENCRYPT, $PORT_MAY, $PORT_RELAY"
+else
+	fail "start: caddy listens on $PORT_VERIFY, $PORT_ENCRYPT, $PORT_MAY, $PORT_RELAY" \
+		"$(caddy_alive && echo 'still not listening after 30s' || echo 'caddy exited')"
+	exit 1
+fi
 
-# The internal CA issues the certificate asynchronously after start;
-# Postfix (level encrypt) needs it on $PORT_RELAY.
-deadline=$((SECONDS + 30))
-while :; do
-	timeout 20 openssl s_client -starttls smtp -connect "$HOST:$PORT_RELAY" -servername localhost \
-		</dev/null >"$work/t/relay-ready.log" 2>&1
-	probe_rc=$?
-	((probe_rc == 0)) && grep -q -- '-----BEGIN CERTIFICATE-----' "$work/t/relay-ready.log" && break
-	if ! caddy_alive || ((SECONDS > deadline)); then
-		break
-	fi
-	sleep 1
-done
-if ((probe_rc == 0)); then
+# Postfix (level encrypt) needs the certificate on $PORT_RELAY.
+if wait_cert "$work/t/relay-ready.log" $PORT_RELAY; then
 	pass "start: TLS handshake on $PORT_RELAY works (certificate ready)"
 else
 	fail "start: TLS handshake on $PORT_RELAY within 30s" "$(show "$work/t/relay-ready.log")"
@@ -594,4 +516,4 @@ else
 	fail "end: Postfix instance still running" "its master exited"
 fi
 
-((failed == 0)) # cleanup prints the totals
+((failed == 0)) # ci_finish prints the totals

@@ -29,51 +29,18 @@
 # of CPU in all, so about a minute on an idle 2-CPU machine, more when
 # the machine is busy. Set TESTSSL_KEEP=1 to keep the directory.
 set -uo pipefail # no -e: every check runs and is counted
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-if [[ $# -ne 1 ]]; then
-	echo "usage: $0 <caddy-binary>" >&2
-	exit 2
-fi
-caddy_bin=$(realpath "$1") || exit 2
-[[ -x $caddy_bin ]] || { echo "testssl: $1 is not executable" >&2; exit 2; }
+ci_init testssl "$@"
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-readonly HOST=127.0.0.1 PORT=2525
+readonly PORT=2525
 readonly INTERMEDIATE_CN="Caddy Local Authority - ECC Intermediate"
 timeout_s=${TESTSSL_TIMEOUT:-480}
+keep=${TESTSSL_KEEP:-}
 
-passed=0 failed=0 pid='' work=''
-pass() { passed=$((passed + 1)); printf 'PASS  %s\n' "$1"; }
-fail() {
-	failed=$((failed + 1))
-	printf 'FAIL  %s\n' "$1"
-	shift
-	(($# == 0)) || printf '%s\n' "$@" | sed 's/^/        /'
-}
-stop() {
-	if [[ -n $pid ]]; then
-		kill -TERM "$pid" 2>/dev/null
-		for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-		kill -KILL "$pid" 2>/dev/null
-		wait "$pid" 2>/dev/null
-		pid=''
-	fi
-}
-finish() {
-	local rc=$?
-	stop
-	if [[ -n $work ]]; then
-		if [[ $failed -ne 0 || $rc -ne 0 ]]; then
-			echo "---- caddy output (last 20 lines) ----"
-			tail -n 20 "$work/caddy.out" 2>/dev/null
-		fi
-		if [[ ${TESTSSL_KEEP:-} == 1 ]]; then echo "testssl: kept $work"; else rm -rf "$work"; fi
-	fi
-	printf 'testssl: %d passed, %d failed\n' "$passed" "$failed"
-	((rc != 0 || failed == 0)) || rc=1
-	exit "$rc"
-}
-trap finish EXIT
-trap 'exit 130' INT TERM
+on_failure() { print_tail "caddy output" 20 "$work/caddy.out"; }
+ci_traps
 
 # ---- tools ----------------------------------------------------------------
 
@@ -81,46 +48,19 @@ missing=()
 command -v testssl >/dev/null || command -v testssl.sh >/dev/null || missing+=(testssl.sh)
 command -v jq >/dev/null || missing+=(jq)
 command -v openssl >/dev/null || missing+=(openssl)
-if ((${#missing[@]})); then
-	sudo=()
-	[[ $(id -u) -eq 0 ]] || sudo=(sudo)
-	echo "testssl: installing ${missing[*]}"
-	export DEBIAN_FRONTEND=noninteractive
-	if ! { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }; then
-		echo "testssl: apt-get install ${missing[*]} failed" >&2
-		exit 2
-	fi
-fi
+((${#missing[@]} == 0)) || apt_install "${missing[@]}"
 testssl_bin=$(command -v testssl || command -v testssl.sh)
 echo "testssl: $("$testssl_bin" --version 2>/dev/null | grep -m1 -o 'testssl.* from' | sed 's/ from//') ($testssl_bin), $(openssl version)"
 
 # ---- start ----------------------------------------------------------------
 
-port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
-for p in 2525 2526 2019; do
-	if port_open "$p"; then
-		fail "start: port $p is free" "something already listens on $HOST:$p"
-		exit 1
-	fi
-done
+ports_free start 0 2525 2526 2019 || exit 1
 
-work=$(mktemp -d /tmp/caddy-smtp-testssl.XXXXXX)
-export XDG_DATA_HOME=$work/data XDG_CONFIG_HOME=$work/config
+make_work testssl
 root_ca=$work/data/caddy/pki/authorities/local/root.crt
 cd "$work" || exit 2
-"$caddy_bin" run --config "$repo/examples/Caddyfile" </dev/null >caddy.out 2>&1 &
-pid=$!
-ready=
-for _ in $(seq 150); do
-	if timeout 5 openssl s_client -starttls smtp -connect "$HOST:$PORT" -servername localhost </dev/null 2>/dev/null |
-		grep -q 'BEGIN CERTIFICATE'; then
-		ready=1
-		break
-	fi
-	kill -0 "$pid" 2>/dev/null || break
-	sleep 0.2
-done
-if [[ -n $ready && -s $root_ca ]]; then
+caddy_start caddy.out --config "$repo/examples/Caddyfile"
+if wait_cert ready.log "$PORT" && [[ -s $root_ca ]]; then
 	pass "start: examples/Caddyfile serves STARTTLS on $HOST:$PORT with the internal CA's certificate"
 else
 	fail "start: gateway ready within 30s" "$(tail -n 20 caddy.out)"
