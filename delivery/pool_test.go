@@ -2,6 +2,7 @@ package delivery_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"strings"
 	"sync"
@@ -217,3 +218,63 @@ func TestPoolConcurrent(t *testing.T) {
 	}
 	t.Logf("%d messages over %d connections", workers*each, r.u.Connections())
 }
+
+// TestPoolIdleGoodbye: a next hop that says goodbye to an idle session
+// as MAIL arrives ("451 timeout", then it hangs up) costs the attempt
+// nothing: the reply is not taken for an answer to MAIL, and the
+// message goes over a new connection.
+func TestPoolIdleGoodbye(t *testing.T) {
+	r := newPoolRig(t)
+	pool := delivery.NewPool()
+	defer pool.Close()
+	r.send(t, pool, "first")
+	r.u.HangUpAtNextMail(&smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "timeout"})
+	if use := r.send(t, pool, "second"); use != 1 {
+		t.Fatalf("conn_use %d, want 1 (a new connection)", use)
+	}
+	if n := r.u.Connections(); n != 2 {
+		t.Fatalf("%d connections, want 2", n)
+	}
+}
+
+// TestSpoolReadErrorSendsNothing: when the queued message cannot be read
+// to its end, the next hop never gets an end of data, so it cannot
+// accept a cut-off message; the attempt is deferred and the session is
+// not kept.
+func TestSpoolReadErrorSendsNothing(t *testing.T) {
+	r := newPoolRig(t)
+	pool := delivery.NewPool()
+	defer pool.Close()
+	job := poolJob("broken", false)
+	job.Open = func() (io.ReadSeekCloser, error) {
+		return brokenReader{strings.NewReader("Subject: broken\r\n\r\n" + strings.Repeat("xxxxxxxxx\r\n", 500))}, nil
+	}
+	res, _ := delivery.SendSMTP(context.Background(), job, r.hop, r.policy, nil, pool)
+	if res[0].Status != delivery.Deferred || !strings.Contains(res[0].Reply, "while sending message") {
+		t.Fatalf("%+v", res[0])
+	}
+	if pool.Idle() != 0 {
+		t.Fatal("the session of a broken transfer was kept")
+	}
+	r.send(t, pool, "after")
+	if got := r.u.WaitMessages(t, 1, 5*time.Second); len(got) != 1 || !strings.Contains(string(got[0].Data), "Subject: after") {
+		t.Fatalf("upstream got %d messages, the first %.40q", len(got), got[0].Data)
+	}
+}
+
+// brokenReader fails after 1000 bytes, like a spool file on a failing
+// disk. (A field, not embedded: io.Copy must not find a WriteTo.)
+type brokenReader struct{ r *strings.Reader }
+
+func (b brokenReader) Read(p []byte) (int, error) {
+	if b.r.Size()-int64(b.r.Len()) >= 1000 {
+		return 0, errors.New("read spool: input/output error")
+	}
+	if len(p) > 100 {
+		p = p[:100]
+	}
+	return b.r.Read(p)
+}
+
+func (b brokenReader) Seek(off int64, whence int) (int64, error) { return b.r.Seek(off, whence) }
+func (b brokenReader) Close() error                              { return nil }

@@ -247,7 +247,16 @@ func transact(ctx context.Context, job *Job, s *clientSession) (results []Result
 				r, next, _, _ := fail(replyResult(err, "", ""))
 				return r, next, false, true
 			}
-			return withFacts(All(replyResult(err, "", ""), n), remote, facts), false, c.Reset() == nil, false
+			resetOK := c.Reset() == nil
+			if !resetOK && s.uses > 0 {
+				// The reply was the next hop's goodbye to an idle session
+				// (qmail's "451 timeout", Exchange's "451 4.7.0 Timeout
+				// waiting for client input"), not its answer to MAIL:
+				// the session is gone, and a new one is tried.
+				r, next, _, _ := fail(replyResult(err, "", ""))
+				return r, next, false, true
+			}
+			return withFacts(All(replyResult(err, "", ""), n), remote, facts), false, resetOK, false
 		case strings.Contains(err.Error(), "SMTPUTF8"):
 			return withFacts(All(Permanent("5.6.7", "next hop "+remote+" does not support SMTPUTF8"), n), remote, facts), false, true, false
 		case strings.Contains(err.Error(), "REQUIRETLS"):
@@ -284,7 +293,7 @@ func transact(ctx context.Context, job *Job, s *clientSession) (results []Result
 		reusable = c.Reset() == nil
 	} else {
 		defer msg.Close()
-		final, reusable = sendData(c, msg, remote)
+		final, reusable = sendData(c, s.conn, msg, remote)
 	}
 	for i := range results {
 		if results[i].Status == -1 {
@@ -296,8 +305,9 @@ func transact(ctx context.Context, job *Job, s *clientSession) (results []Result
 
 // sendData transfers the message and turns the final reply into a
 // result; reusable says the session is ready for another transaction
-// (the next hop answered the end of data, and not with 421).
-func sendData(c *smtp.Client, msg io.Reader, remote string) (r Result, reusable bool) {
+// (the next hop answered the end of data, and not with 421). raw is the
+// TCP connection beneath c, for the deadline of the transfer.
+func sendData(c *smtp.Client, raw net.Conn, msg io.Reader, remote string) (r Result, reusable bool) {
 	w, err := c.Data()
 	if err != nil {
 		var smtpErr *smtp.SMTPError
@@ -306,8 +316,15 @@ func sendData(c *smtp.Client, msg io.Reader, remote string) (r Result, reusable 
 		}
 		return Temporary("4.4.2", fmt.Sprintf("lost connection with %s after DATA: %v", remote, err)), false
 	}
-	if _, err := io.Copy(w, msg); err != nil {
-		w.Close()
+	// go-smtp sets no deadline while the message is written: a next hop
+	// that stops reading must not hold the attempt forever.
+	raw.SetWriteDeadline(time.Now().Add(DataTimeout))
+	_, err = io.Copy(w, msg)
+	raw.SetWriteDeadline(time.Time{})
+	if err != nil {
+		// No end of data: whether the spool could not be read or the
+		// connection failed, the next hop must not get a cut-off
+		// message it could accept. The caller closes the connection.
 		return Temporary("4.4.2", fmt.Sprintf("lost connection with %s while sending message: %v", remote, err)), false
 	}
 	resp, err := w.CloseWithResponse()

@@ -411,6 +411,9 @@ func readLayout(f *os.File) (layout, error) {
 
 // Load reads the envelope of a record: the newer one (ID.json) if the
 // queue has written one, else the one the record was accepted with.
+// Outside Modify it is a snapshot: racing a removal it may return the
+// envelope the record was accepted with, for a record that is gone;
+// whatever acts on a record does so through Modify, under the lock.
 func (s *Spool) Load(id string) (*Envelope, error) {
 	if !validID(id) {
 		return nil, ErrNotFound
@@ -540,9 +543,10 @@ func (s *Spool) Modify(id string, fn func(env *Envelope) (remove bool, err error
 	return s.writeEnvelope(env)
 }
 
-// Remove deletes a record: the record file first, so that a crash
-// half-way leaves only an envelope without a record, which is debris,
-// and never a record with an older envelope than the one written last.
+// Remove deletes a record: the record file first, durably, then its
+// newer envelope if it has one, so that a crash half-way leaves only an
+// envelope without a record, which is debris, and never a record with
+// an older envelope than the one written last.
 func (s *Spool) Remove(id string) error {
 	if !validID(id) {
 		return ErrNotFound
@@ -552,16 +556,28 @@ func (s *Spool) Remove(id string) error {
 }
 
 func (s *Spool) removeLocked(id string) error {
+	_, err := os.Lstat(s.envelopePath(id))
+	hasEnvelope := err == nil
 	if err := os.Remove(s.recordPath(id)); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return ErrNotFound
 		}
 		return fmt.Errorf("removing record %s: %w", id, err)
 	}
-	if err := os.Remove(s.envelopePath(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("removing envelope %s: %w", id, err)
+	if err := s.syncDir(); err != nil {
+		return err
 	}
-	return s.syncDir()
+	if hasEnvelope {
+		// Only now that the record file's removal is on disk: a file
+		// system may write two unlinks in either order (ext4 without a
+		// journal does), and a crash must never bring the record back
+		// with the envelope it was accepted with. A newer envelope left
+		// by a crash here is debris (removeDebris).
+		if err := os.Remove(s.envelopePath(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("removing envelope %s: %w", id, err)
+		}
+	}
+	return nil
 }
 
 // Peek reads a record of the spool in dir without opening the spool,

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -39,6 +40,7 @@ type Upstream struct {
 
 	conns    map[*smtp.Conn]bool // every connection that said HELO/EHLO
 	failMail *smtp.SMTPError     // returned for the next MAIL only
+	hangUp   bool                // and the connection closed after it
 	ln       *trackingListener
 }
 
@@ -105,7 +107,7 @@ func (u *Upstream) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	u.conns[c] = true
 	u.Mu.Unlock()
 	_, isTLS := c.TLSConnectionState()
-	return &upstreamSession{u: u, tls: isTLS}, nil
+	return &upstreamSession{u: u, tls: isTLS, raw: trackedOf(c.Conn())}, nil
 }
 
 // Close stops the upstream: its listener and every connection.
@@ -129,8 +131,32 @@ func (u *Upstream) OpenConnections() int { return u.ln.open() }
 // FailNextMail makes the next MAIL command, on any connection, get err.
 func (u *Upstream) FailNextMail(err *smtp.SMTPError) {
 	u.Mu.Lock()
-	u.failMail = err
+	u.failMail, u.hangUp = err, false
 	u.Mu.Unlock()
+}
+
+// HangUpAtNextMail makes the next MAIL command get err and closes its
+// connection right after that reply, as a server does that says goodbye
+// to an idle client ("451 timeout") while the client sends MAIL.
+func (u *Upstream) HangUpAtNextMail(err *smtp.SMTPError) {
+	u.Mu.Lock()
+	u.failMail, u.hangUp = err, true
+	u.Mu.Unlock()
+}
+
+// trackedOf finds the trackedConn beneath a connection go-smtp holds (a
+// *tls.Conn after STARTTLS).
+func trackedOf(c net.Conn) *trackedConn {
+	for {
+		switch x := c.(type) {
+		case *trackedConn:
+			return x
+		case interface{ NetConn() net.Conn }:
+			c = x.NetConn()
+		default:
+			return nil
+		}
+	}
 }
 
 // trackingListener remembers the connections it accepted.
@@ -171,10 +197,20 @@ func (l *trackingListener) open() int {
 	return len(l.conns)
 }
 
-// trackedConn leaves its listener's set when closed.
+// trackedConn leaves its listener's set when closed; it can close
+// itself after its next write.
 type trackedConn struct {
 	net.Conn
-	l *trackingListener
+	l            *trackingListener
+	closeOnWrite atomic.Bool
+}
+
+func (c *trackedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if c.closeOnWrite.Load() {
+		c.Close()
+	}
+	return n, err
 }
 
 func (c *trackedConn) Close() error {
@@ -214,6 +250,7 @@ func (u *Upstream) WaitMessages(t testing.TB, n int, within time.Duration) []Ups
 
 type upstreamSession struct {
 	u      *Upstream
+	raw    *trackedConn
 	tls    bool
 	msg    UpstreamMessage
 	from   bool
@@ -227,10 +264,13 @@ func (s *upstreamSession) Mail(from string, _ *smtp.MailOptions) error {
 		return smtp.ErrAuthRequired
 	}
 	s.u.Mu.Lock()
-	fail := s.u.failMail
-	s.u.failMail = nil
+	fail, hangUp := s.u.failMail, s.u.hangUp
+	s.u.failMail, s.u.hangUp = nil, false
 	s.u.Mu.Unlock()
 	if fail != nil {
+		if hangUp && s.raw != nil {
+			s.raw.closeOnWrite.Store(true)
+		}
 		return fail
 	}
 	s.msg.From, s.from = from, true
