@@ -19,6 +19,9 @@ const (
 	// PoolMaxIdle bounds the idle connections kept per next hop; the
 	// queue's per-destination limit bounds how many are busy.
 	PoolMaxIdle = 32
+	// PoolMaxIdleTotal bounds the idle connections kept in all, for a
+	// target (mx) that talks to many next hops at once.
+	PoolMaxIdleTotal = 256
 )
 
 // Pool keeps SMTP client sessions open between deliveries to the same
@@ -38,6 +41,7 @@ type Pool struct {
 
 	mu     sync.Mutex
 	idle   map[poolKey][]*clientSession
+	total  int // sessions in idle
 	closed bool
 	reaper *time.Timer
 }
@@ -68,7 +72,8 @@ type clientSession struct {
 }
 
 // PoolLimits bound how sessions are reused; zero fields take the
-// defaults (PoolIdleTimeout, PoolMaxAge, PoolMaxUses, PoolMaxIdle).
+// defaults (PoolIdleTimeout, PoolMaxAge, PoolMaxUses, PoolMaxIdle,
+// PoolMaxIdleTotal).
 type PoolLimits struct {
 	// IdleTimeout is how long a session waits in the pool for its next
 	// transaction before it is closed.
@@ -79,6 +84,8 @@ type PoolLimits struct {
 	MaxUses int
 	// MaxIdle is how many idle sessions are kept per next hop.
 	MaxIdle int
+	// MaxIdleTotal is how many idle sessions are kept in all.
+	MaxIdleTotal int
 }
 
 // NewPool returns an empty pool with the default limits.
@@ -97,6 +104,9 @@ func NewPoolWithLimits(l PoolLimits) *Pool {
 	}
 	if l.MaxIdle <= 0 {
 		l.MaxIdle = PoolMaxIdle
+	}
+	if l.MaxIdleTotal <= 0 {
+		l.MaxIdleTotal = PoolMaxIdleTotal
 	}
 	return &Pool{limits: l, idle: make(map[poolKey][]*clientSession)}
 }
@@ -139,12 +149,12 @@ func (p *Pool) put(k poolKey, s *clientSession) {
 	}
 	s.idleSince = now
 	p.mu.Lock()
-	if p.closed || len(p.idle[k]) >= p.limits.MaxIdle {
+	if p.closed || len(p.idle[k]) >= p.limits.MaxIdle || p.total >= p.limits.MaxIdleTotal {
 		p.mu.Unlock()
 		s.quit()
 		return
 	}
-	p.idle[k] = append(p.idle[k], s)
+	p.setIdle(k, append(p.idle[k], s))
 	if p.reaper == nil {
 		p.reaper = time.AfterFunc(p.limits.IdleTimeout, p.reap)
 	}
@@ -157,6 +167,7 @@ func (p *Pool) expired(s *clientSession, now time.Time) bool {
 }
 
 func (p *Pool) setIdle(k poolKey, list []*clientSession) {
+	p.total += len(list) - len(p.idle[k])
 	if len(list) == 0 {
 		delete(p.idle, k)
 	} else {
@@ -209,6 +220,7 @@ func (p *Pool) Close() {
 		all = append(all, list...)
 	}
 	p.idle = make(map[poolKey][]*clientSession)
+	p.total = 0
 	p.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, s := range all {

@@ -278,3 +278,27 @@ func (b brokenReader) Read(p []byte) (int, error) {
 
 func (b brokenReader) Seek(off int64, whence int) (int64, error) { return b.r.Seek(off, whence) }
 func (b brokenReader) Close() error                              { return nil }
+
+// TestPoolMaxIdleTotal: across next hops the pool keeps at most
+// MaxIdleTotal idle sessions, and closes the rest; the count stays
+// right as sessions expire and come back.
+func TestPoolMaxIdleTotal(t *testing.T) {
+	rigs := []*poolRig{newPoolRig(t), newPoolRig(t), newPoolRig(t)}
+	pool := delivery.NewPoolWithLimits(delivery.PoolLimits{MaxIdleTotal: 2, IdleTimeout: 300 * time.Millisecond})
+	defer pool.Close()
+	for round := 0; round < 2; round++ {
+		for _, r := range rigs {
+			r.send(t, pool, "total")
+		}
+		if n := pool.Idle(); n != 2 {
+			t.Fatalf("round %d: %d idle sessions, want 2", round, n)
+		}
+		waitOpen(t, rigs[2].u, 0, 5*time.Second) // the third was not kept
+		for _, r := range rigs {
+			waitOpen(t, r.u, 0, 5*time.Second) // all expire
+		}
+		if n := pool.Idle(); n != 0 {
+			t.Fatalf("round %d: %d idle after expiry", round, n)
+		}
+	}
+}
