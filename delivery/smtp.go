@@ -119,9 +119,10 @@ func release(pool *Pool, key poolKey, s *clientSession, reusable bool) {
 func open(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *Credentials, level Level) (s *clientSession, results []Result, tryNext, tlsFailed bool) {
 	n := len(job.Recipients)
 	remote := hop.String()
+	var facts tlsFacts // once the handshake is done
 	fail := func(r Result) (*clientSession, []Result, bool, bool) {
 		r.Remote = remote
-		return nil, All(r, n), true, false
+		return nil, withFacts(All(r, n), remote, facts), true, false
 	}
 	dialer := net.Dialer{Timeout: DialTimeout}
 	conn, err := dialer.DialContext(ctx, "tcp", hop.Addr)
@@ -139,7 +140,6 @@ func open(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *Cred
 	// "localhost" before it; so the plaintext part up to the handshake
 	// is done here, with our hostname, and go-smtp takes over the
 	// connection after it (DESIGN.md, "What go-smtp leaves to us").
-	var facts tlsFacts
 	var greeting string
 	c := conn
 	if level != LevelNone {
@@ -148,7 +148,7 @@ func open(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *Cred
 		greeting, offered, err = preTLS(conn, job.Hostname)
 		if err != nil {
 			conn.Close()
-			return fail(replyResult(err, "4.4.2", "greeting from "+remote))
+			return fail(setupFailure(err, "4.4.2", "greeting from "+remote))
 		}
 		switch {
 		case !offered && level != LevelMay:
@@ -164,7 +164,7 @@ func open(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *Cred
 			}
 			if err := startTLS(conn); err != nil {
 				conn.Close()
-				r := replyResult(err, "4.7.0", "STARTTLS at "+remote)
+				r := setupFailure(err, "4.7.0", "STARTTLS at "+remote)
 				r.Remote = remote
 				return nil, All(r, n), true, true
 			}
@@ -192,7 +192,7 @@ func open(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *Cred
 	s = &clientSession{c: client, conn: conn, remote: remote, facts: facts, created: time.Now()}
 	if err := client.Hello(job.Hostname); err != nil {
 		client.Close()
-		return fail(replyResult(err, "4.4.2", "greeting from "+remote))
+		return fail(setupFailure(err, "4.4.2", "greeting from "+remote))
 	}
 	if creds != nil {
 		if !facts.on {
@@ -201,7 +201,7 @@ func open(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *Cred
 		}
 		if err := client.Auth(sasl.NewPlainClient("", creds.Username, creds.Password)); err != nil {
 			client.Close()
-			return fail(replyResult(err, "4.7.8", "AUTH at "+remote))
+			return fail(setupFailure(err, "4.7.8", "AUTH at "+remote))
 		}
 	}
 	if ctx.Err() != nil {
@@ -371,6 +371,22 @@ func replyResult(err error, tempCode, context string) Result {
 		tempCode = "4.0.0"
 	}
 	return Temporary(tempCode, fmt.Sprintf("%s: %v", context, err))
+}
+
+// setupFailure classifies a failure to set up a session (greeting,
+// EHLO, STARTTLS, AUTH) as replyResult does, but never as permanent: the
+// next hop refused a connection, not the message, and a wrong password
+// or a host that is not ready must not bounce mail. The reply text keeps
+// the next hop's code; the status code becomes 4.x.x (Postfix's
+// smtp_skip_5xx_greeting and smtp_sasl_auth_soft_bounce, both on by
+// default, do the same).
+func setupFailure(err error, tempCode, context string) Result {
+	r := replyResult(err, tempCode, context)
+	if r.Status == Bounced {
+		r.Status = Deferred
+		r.Code = "4" + strings.TrimPrefix(r.Code, "5")
+	}
+	return r
 }
 
 func statusOf(code int) Status {
