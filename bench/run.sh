@@ -15,11 +15,13 @@
 # plaintext cells with Postfix's smtp-source and smtp-sink, counts each
 # system's syscalls per message with strace, and prints a markdown table
 # with the ratios gateway/Postfix, beside the machine's fsync and TLS
-# handshake rates. About 5-8 minutes on 2 cores.
+# handshake rates. About 2-3 minutes on 2 cores, plus the build.
 #
 # Ports 127.0.0.1:2951-2954 (-ports BASE moves them). The table also goes
-# to $work/report.md, the raw numbers to $work/results.json; set
-# BENCH_KEEP=1 to keep $work (configs, logs, maillogs, strace output).
+# to $work/report.md, the raw numbers to $work/results.json; $work is
+# deleted after a successful run unless BENCH_KEEP=1 (it is kept after a
+# failure), so set BENCH_KEEP=1 to keep those and the configs, logs,
+# maillogs and strace output.
 # Extra arguments go to smtpbench run: e.g. -scale 0.25 for a quick run,
 # -only tls-4k, -crosscheck=false, -strace=false.
 set -euo pipefail
