@@ -126,13 +126,7 @@ func TestDebrisRemoved(t *testing.T) {
 // from its commit to its removal; the first update adds the envelope
 // file, which Load prefers and Remove takes along.
 func TestOneFile(t *testing.T) {
-	s, _ := Open(t.TempDir())
-	d, _ := s.Create()
-	io.WriteString(d, "Subject: x\r\n\r\nbody\r\n")
-	env := testEnvelope()
-	if err := d.Commit(env); err != nil {
-		t.Fatal(err)
-	}
+	s, env := commitOne(t, "Subject: x\r\n\r\nbody\r\n")
 	if names := records(t, s.Dir()); len(names) != 1 || names[0] != env.ID+".rec" {
 		t.Fatalf("after Commit: %v", names)
 	}
@@ -164,11 +158,7 @@ func TestOneFile(t *testing.T) {
 // TestCorruptRecord: a record file whose trailer does not add up is an
 // error naming the record, never a message with part of its envelope.
 func TestCorruptRecord(t *testing.T) {
-	s, _ := Open(t.TempDir())
-	d, _ := s.Create()
-	io.WriteString(d, "body\r\n")
-	env := testEnvelope()
-	d.Commit(env)
+	s, env := commitOne(t, "body\r\n")
 	path := filepath.Join(s.Dir(), env.ID+".rec")
 	data, _ := os.ReadFile(path)
 	for name, bad := range map[string][]byte{
@@ -272,6 +262,26 @@ func TestIDsSortByTime(t *testing.T) {
 	if !(a < b) || !validID(a) {
 		t.Fatalf("ids %s %s", a, b)
 	}
+}
+
+// commitOne opens a spool in a temp directory and commits one record
+// with the given message.
+func commitOne(t *testing.T, message string) (*Spool, *Envelope) {
+	t.Helper()
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := s.Create()
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(d, message)
+	env := testEnvelope()
+	if err := d.Commit(env); err != nil {
+		t.Fatal(err)
+	}
+	return s, env
 }
 
 // records lists the files of a spool directory but its lock files.
