@@ -1,6 +1,7 @@
 package smtpapp
 
 import (
+	"net/netip"
 	"strings"
 	"unicode/utf8"
 
@@ -37,6 +38,39 @@ var (
 // addressProblem checks a non-null mailbox; it returns nil when the
 // address is fine, or the reason it is not, as the reply's wording
 // suits a recipient (sender false) or a sender (sender true).
+// validAddressLiteral checks what stands between the brackets of an
+// address literal (RFC 5321 4.1.3): an IPv4 address, "IPv6:" and an IPv6
+// address, or a general literal, a tag (Ldh-str) ":" and printable ASCII
+// but "[", "\\" and "]" (dcontent). Anything else, a control byte above
+// all, would reach headers and logs.
+func validAddressLiteral(lit string) bool {
+	if a, err := netip.ParseAddr(lit); err == nil {
+		return a.Is4()
+	}
+	tag, rest, ok := strings.Cut(lit, ":")
+	if !ok || tag == "" || rest == "" {
+		return false
+	}
+	if strings.EqualFold(tag, "IPv6") {
+		a, err := netip.ParseAddr(rest)
+		return err == nil && a.Is6() && a.Zone() == ""
+	}
+	for _, r := range tag {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+			return false
+		}
+	}
+	if strings.HasPrefix(tag, "-") || strings.HasSuffix(tag, "-") {
+		return false
+	}
+	for i := 0; i < len(rest); i++ {
+		if c := rest[i]; c < 33 || c > 126 || c == '[' || c == '\\' || c == ']' {
+			return false
+		}
+	}
+	return true
+}
+
 func addressProblem(addr string, smtputf8, sender bool) *smtp.SMTPError {
 	bad := errBadRcptSyntax
 	if sender {
@@ -59,7 +93,7 @@ func addressProblem(addr string, smtputf8, sender bool) *smtp.SMTPError {
 		}
 	}
 	if strings.HasPrefix(domain, "[") {
-		if !strings.HasSuffix(domain, "]") || strings.ContainsAny(domain[1:len(domain)-1], "[]\\ \x00") {
+		if !strings.HasSuffix(domain, "]") || !validAddressLiteral(domain[1:len(domain)-1]) {
 			return bad
 		}
 		return nil

@@ -49,6 +49,10 @@ type conn struct {
 
 	tlsStarted atomic.Bool // the 220 for STARTTLS was written
 	esmtp      atomic.Bool // the client greeted with EHLO
+	// peerGone is set once a read found the connection ended by the
+	// client (EOF or reset, not a timeout): a message whose end was read
+	// after that was never acknowledged, and may be cut off.
+	peerGone atomic.Bool
 
 	mu           sync.Mutex
 	dataDeadline time.Time
@@ -143,6 +147,12 @@ func (c *conn) Read(p []byte) (int, error) {
 		}
 	}
 	n, err := c.Conn.Read(p)
+	if err != nil {
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			c.peerGone.Store(true)
+		}
+	}
 	if err != nil && draining {
 		// The rest of a refused message did not arrive in time: what
 		// follows cannot be told from commands. Hang up.

@@ -264,7 +264,9 @@ func TestHostileAddresses(t *testing.T) {
 		{"ip-literal/v4-loopback", "<a@remote.test>", "<u@[127.0.0.1]>", relayDenied, false, ""},
 		{"ip-literal/v4", "<a@remote.test>", "<u@[192.0.2.1]>", relayDenied, false, ""},
 		{"ip-literal/v6", "<a@remote.test>", "<u@[IPv6:::1]>", relayDenied, false, ""},
-		{"ip-literal/bracketed-name", "<a@remote.test>", "<u@[example.test]>", relayDenied, false, ""},
+		// Not an address literal (RFC 5321 4.1.3: IPv4, IPv6: or tag:).
+		{"ip-literal/bracketed-name", "<a@remote.test>", "<u@[example.test]>", "501 5.1.3 Bad recipient address syntax", false, ""},
+		{"ip-literal/control-byte", "<a@remote.test>", "<u@[192.0.2.1\x1b]>", "501 5.1.3 Bad recipient address syntax", false, ""},
 		// Trailing dots: one is the absolute form of the name.
 		{"trailing-dot/local", "<a@remote.test>", "<u@example.test.>", ok("u@example.test."), true, ""},
 		{"trailing-dot/remote", "<a@remote.test>", "<u@evil.test.>", relayDenied, false, ""},

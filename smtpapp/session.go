@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"time"
+	"unicode/utf8"
 
 	"github.com/emersion/go-smtp"
 	"go.uber.org/zap"
@@ -50,6 +51,9 @@ var (
 // NewSession implements smtp.Backend; go-smtp calls it at HELO/EHLO, and
 // again after STARTTLS.
 func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	if !validHeloName(c.Hostname()) {
+		return nil, errBadHelo
+	}
 	sess := &session{srv: s, conn: unwrapConn(c.Conn()), helo: c.Hostname()}
 	if sess.conn == nil {
 		return nil, errors.New("smtp: connection of unknown type")
@@ -61,6 +65,30 @@ func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
 		sess.tlsState = sess.conn.outerTLS
 	}
 	return sess, nil
+}
+
+// errBadHelo refuses a HELO/EHLO name with control bytes or invalid
+// UTF-8: it would be stored in the envelope and shown in the Received
+// header, the logs and `caddy smtp-queue show`.
+var errBadHelo = &smtp.SMTPError{
+	Code:         501,
+	EnhancedCode: smtp.EnhancedCode{5, 5, 2},
+	Message:      "Invalid domain/address argument for HELO",
+}
+
+// validHeloName allows what a domain or an address literal may hold,
+// loosely (many clients send bare host names), but no control bytes and
+// only valid UTF-8.
+func validHeloName(name string) bool {
+	if name == "" || !utf8.ValidString(name) {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c < 0x21 || c == 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 // session is the per-connection state of one SMTP client between
@@ -219,10 +247,25 @@ func (ss *session) Data(r io.Reader) error {
 			ss.srv.reject("data_timeout")
 			ss.conn.hangUpAfterReply()
 			return errDataTimeout
-		case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+		case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed), errors.Is(err, smtp.ErrDataReset):
+			// The client hung up, or sent RSET in the middle of BDAT:
+			// nothing to acknowledge, nothing wrong with the spool.
 			return err
 		}
+		// The rest of the message is unread; keep go-smtp's drain of it
+		// under the data deadline, as above.
+		ss.conn.startDrain()
 		return ss.spoolFailed(err)
+	}
+	if ss.conn.peerGone.Load() {
+		// The client hung up before we could answer: it cannot have seen
+		// a 250, so it will send again, and what we read may be cut off
+		// (go-smtp v0.25.1 takes a BDAT chunk that ends early with the
+		// connection for a whole one). Not accepting it is the only
+		// answer that neither duplicates nor truncates mail.
+		ss.srv.logger.Info("message not accepted: the client hung up before the end of data was answered",
+			zap.String("remote_ip", remote.String()), zap.String("from", ss.from))
+		return io.ErrUnexpectedEOF
 	}
 
 	env := &spool.Envelope{
