@@ -53,6 +53,8 @@ type conn struct {
 	// client (EOF or reset, not a timeout): a message whose end was read
 	// after that was never acknowledged, and may be cut off.
 	peerGone atomic.Bool
+	// refusals counts refused MAIL and RCPT commands (maxRefusals).
+	refusals atomic.Int32
 
 	mu           sync.Mutex
 	dataDeadline time.Time

@@ -123,3 +123,35 @@ func TestLiteralsAndHelo(t *testing.T) {
 	c.Expect("501 5.1.3 Bad recipient address syntax", "RCPT TO:<u@[x\rX-Injected:1]>")
 	c.Expect("221", "QUIT")
 }
+
+// TestTooManyRefusals: the 20th refused MAIL or RCPT on one connection
+// is answered 421 and the connection closed (Postfix's
+// smtpd_hard_error_limit), across RSET; accepted commands do not count.
+func TestTooManyRefusals(t *testing.T) {
+	e := st.NewEnv(t)
+	srv, addr := st.ServerConfig(t, map[string]any{"tls": map[string]any{"level": "none"}})
+	e.Load(st.App(map[string]any{"s": srv}), nil)
+	c := st.Dial(t, addr)
+	c.Expect("250", "EHLO client.test")
+	c.Expect("250", "MAIL FROM:<a@remote.test>")
+	for i := 1; i < maxRefusals; i++ {
+		c.Expect("250", "RCPT TO:<ok%d@example.test>", i)
+		c.Expect("554 5.7.1", "RCPT TO:<probe%d@elsewhere.test>", i)
+		if i == 10 {
+			c.Expect("250", "RSET")
+			c.Expect("501 5.1.7", "MAIL FROM:<bad@[x]>") // counts too
+			c.Expect("250", "MAIL FROM:<a@remote.test>")
+			i++
+		}
+	}
+	c.Expect("421 4.7.0 Too many refused commands, closing connection", "RCPT TO:<last@elsewhere.test>")
+	c.Conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if code, msg := c.Read(); code != 0 {
+		t.Fatalf("connection open after the 421: %d %s", code, msg)
+	}
+	// Another connection starts afresh.
+	c2 := st.Dial(t, addr)
+	c2.Expect("250", "EHLO client.test")
+	c2.Expect("250", "MAIL FROM:<a@remote.test>")
+	c2.Expect("554 5.7.1", "RCPT TO:<probe@elsewhere.test>")
+}

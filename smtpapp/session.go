@@ -118,6 +118,45 @@ func (ss *session) Logout() error { return nil }
 
 // Mail implements smtp.Session.
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
+	return ss.counted(ss.mail(from, opts))
+}
+
+// Rcpt implements smtp.Session.
+func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	return ss.counted(ss.rcpt(to, opts))
+}
+
+// maxRefusals is how many MAIL and RCPT commands one connection may
+// have refused before it is closed, as Postfix's smtpd_hard_error_limit
+// (20): a client probing addresses or relay rules gets no unlimited
+// tries on one connection. (go-smtp counts only syntax errors; its 452
+// for recipients past max_recipients is not counted here.)
+const maxRefusals = 20
+
+var errTooManyRefusals = &smtp.SMTPError{
+	Code:         421,
+	EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+	Message:      "Too many refused commands, closing connection",
+}
+
+// counted passes a MAIL or RCPT reply on, counting refusals; the one
+// that reaches maxRefusals is answered with 421 and the connection
+// closed.
+func (ss *session) counted(err error) error {
+	var se *smtp.SMTPError
+	if err == nil || !errors.As(err, &se) || se.Code < 400 {
+		return err
+	}
+	if ss.conn.refusals.Add(1) >= maxRefusals {
+		ss.srv.logger.Info("closing connection: too many refused commands",
+			zap.String("remote_ip", ss.conn.remote.Addr().String()), zap.Int("refused", maxRefusals))
+		ss.conn.hangUpAfterReply()
+		return errTooManyRefusals
+	}
+	return err
+}
+
+func (ss *session) mail(from string, opts *smtp.MailOptions) error {
 	if requiresTLSFirst(ss.srv.level, ss.isTLS(), "MAIL") {
 		ss.srv.reject("tls_required")
 		return errTLSRequired
@@ -140,8 +179,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	return nil
 }
 
-// Rcpt implements smtp.Session.
-func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+func (ss *session) rcpt(to string, opts *smtp.RcptOptions) error {
 	if requiresTLSFirst(ss.srv.level, ss.isTLS(), "RCPT") {
 		return errTLSRequired
 	}
