@@ -78,8 +78,7 @@ func TestCutOffDataNotQueued(t *testing.T) {
 // drops it, as RFC 3030 says, without an error-level spool log.
 func TestBDATResetIsNoSpoolError(t *testing.T) {
 	e := st.NewEnv(t)
-	srv, addr := st.ServerConfig(t, map[string]any{"tls": map[string]any{"level": "none"}})
-	e.Load(st.App(map[string]any{"s": srv}), nil)
+	addr := e.LoadPlainServer()
 	c := st.Dial(t, addr)
 	c.Expect("250", "EHLO client.test")
 	c.Expect("250", "MAIL FROM:<a@remote.test>")
@@ -104,8 +103,7 @@ func TestBDATResetIsNoSpoolError(t *testing.T) {
 // that none reaches the envelope, the Received header or a terminal.
 func TestLiteralsAndHelo(t *testing.T) {
 	e := st.NewEnv(t)
-	srv, addr := st.ServerConfig(t, map[string]any{"tls": map[string]any{"level": "none"}})
-	e.Load(st.App(map[string]any{"s": srv}), nil)
+	addr := e.LoadPlainServer()
 
 	c := st.Dial(t, addr)
 	c.Expect("501 5.5.2 Invalid domain/address argument for HELO", "EHLO x\x1b[2J\x07")
@@ -129,8 +127,7 @@ func TestLiteralsAndHelo(t *testing.T) {
 // smtpd_hard_error_limit), across RSET; accepted commands do not count.
 func TestTooManyRefusals(t *testing.T) {
 	e := st.NewEnv(t)
-	srv, addr := st.ServerConfig(t, map[string]any{"tls": map[string]any{"level": "none"}})
-	e.Load(st.App(map[string]any{"s": srv}), nil)
+	addr := e.LoadPlainServer()
 	c := st.Dial(t, addr)
 	c.Expect("250", "EHLO client.test")
 	c.Expect("250", "MAIL FROM:<a@remote.test>")
