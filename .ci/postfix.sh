@@ -29,6 +29,8 @@
 set -uo pipefail # no -e: every check runs and is counted
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=apt.sh
+source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 
 ci_init "postfix interop" "$@"
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -85,22 +87,8 @@ ci_traps
 
 if ! grep -q 'install ok installed' <<<"$(dpkg-query -W -f='${Status}' postfix 2>/dev/null)"; then
 	echo "postfix interop: installing postfix (no configuration, not started)"
-	export DEBIAN_FRONTEND=noninteractive
-	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-	# Keep the package's maintainer scripts from starting the system's
-	# instance (invoke-rc.d and deb-systemd-invoke honour policy-rc.d).
-	if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-		chmod 755 /usr/sbin/policy-rc.d
-		policy_rc_d_ours=1
-	fi
-	timeout 300 apt-get update -qq
-	timeout 300 apt-get install -y -qq --no-install-recommends postfix >/dev/null
+	apt_install_unstarted postfix
 	install_rc=$?
-	if [[ -n $policy_rc_d_ours ]]; then
-		rm -f /usr/sbin/policy-rc.d
-		policy_rc_d_ours=
-	fi
 	if ((install_rc != 0)); then
 		fail "setup: apt-get install postfix" "exit $install_rc"
 		exit 1

@@ -27,6 +27,8 @@
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=../.ci/apt.sh
+source .ci/apt.sh
 export PATH=/usr/local/go/bin:$PATH:/usr/sbin:/sbin
 started=$SECONDS
 
@@ -61,21 +63,7 @@ for p in postfix strace openssl; do
 done
 if ((${#missing[@]} > 0)); then
 	echo "bench: installing ${missing[*]}" >&2
-	export DEBIAN_FRONTEND=noninteractive
-	# Postfix: "No configuration", and keep the maintainer scripts from
-	# starting the system's instance (invoke-rc.d honours policy-rc.d).
-	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-	if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-		printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-		chmod 755 /usr/sbin/policy-rc.d
-		policy_rc_d_ours=1
-	fi
-	timeout 300 apt-get update -qq
-	timeout 300 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-	if [[ -n $policy_rc_d_ours ]]; then
-		rm -f /usr/sbin/policy-rc.d
-		policy_rc_d_ours=
-	fi
+	apt_install_unstarted "${missing[@]}"
 fi
 for tool in postfix postconf smtp-source smtp-sink strace openssl go; do
 	command -v "$tool" >/dev/null || { echo "bench: $tool not found" >&2; exit 2; }

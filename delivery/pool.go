@@ -240,11 +240,7 @@ func (p *Pool) Idle() int {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	n := 0
-	for _, list := range p.idle {
-		n += len(list)
-	}
-	return n
+	return p.total
 }
 
 // quitTimeout bounds the goodbye to a next hop.

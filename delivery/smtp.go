@@ -223,6 +223,12 @@ func transact(ctx context.Context, job *Job, s *clientSession) (results []Result
 		r.Remote = remote
 		return withFacts(All(r, n), remote, facts), true, false, false
 	}
+	// gone is fail for a session found dead at MAIL: stale, and the
+	// caller may retry on a new connection.
+	gone := func(r Result) ([]Result, bool, bool, bool) {
+		rs, next, _, _ := fail(r)
+		return rs, next, false, true
+	}
 	stop := context.AfterFunc(ctx, func() { s.conn.Close() })
 	defer func() {
 		if !stop() {
@@ -244,8 +250,7 @@ func transact(ctx context.Context, job *Job, s *clientSession) (results []Result
 		switch {
 		case errors.As(err, &smtpErr):
 			if smtpErr.Code == 421 {
-				r, next, _, _ := fail(replyResult(err, "", ""))
-				return r, next, false, true
+				return gone(replyResult(err, "", ""))
 			}
 			resetOK := c.Reset() == nil
 			if !resetOK && s.uses > 0 {
@@ -253,8 +258,7 @@ func transact(ctx context.Context, job *Job, s *clientSession) (results []Result
 				// (qmail's "451 timeout", Exchange's "451 4.7.0 Timeout
 				// waiting for client input"), not its answer to MAIL:
 				// the session is gone, and a new one is tried.
-				r, next, _, _ := fail(replyResult(err, "", ""))
-				return r, next, false, true
+				return gone(replyResult(err, "", ""))
 			}
 			return withFacts(All(replyResult(err, "", ""), n), remote, facts), false, resetOK, false
 		case strings.Contains(err.Error(), "SMTPUTF8"):
@@ -262,8 +266,7 @@ func transact(ctx context.Context, job *Job, s *clientSession) (results []Result
 		case strings.Contains(err.Error(), "REQUIRETLS"):
 			return withFacts(All(Permanent("5.7.30", "REQUIRETLS not supported by next hop "+remote), n), remote, facts), false, true, false
 		}
-		r, next, _, _ := fail(Temporary("4.4.2", fmt.Sprintf("lost connection with %s after MAIL: %v", remote, err)))
-		return r, next, false, true
+		return gone(Temporary("4.4.2", fmt.Sprintf("lost connection with %s after MAIL: %v", remote, err)))
 	}
 
 	results = make([]Result, n)

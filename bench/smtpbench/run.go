@@ -225,15 +225,20 @@ func (r *runner) runCell(sys System, cell Cell) (res Result) {
 	res.WarmSec = time.Since(t0).Seconds() - res.StartSec
 	r.sink.Reset()
 
-	prefix := fmt.Sprintf("m-%s-%s-", cell.ID(), sys.Name())
-	sampler := StartSampler(sys.Pids, 100*time.Millisecond)
+	r.measure(&res, cell, addr, fmt.Sprintf("m-%s-%s-", cell.ID(), sys.Name()), sys.Pids)
+	return res
+}
+
+// measure runs the cell's load against addr, waits for its messages at
+// the sink, samples the memory of the processes pids names, and fills
+// res in.
+func (r *runner) measure(res *Result, cell Cell, addr, prefix string, pids func() []int) {
+	sampler := StartSampler(pids, 100*time.Millisecond)
 	load := Load(LoadConfig{Groups: r.groups, Addr: addr, TLS: cell.TLS, Messages: cell.N, Concurrency: cell.Conc,
 		PerConn: r.cfg.PerConn, Size: cell.Size, Prefix: prefix, Timeout: r.cfg.LoadTimeout})
 	res.Complete = r.sink.Wait(prefix, load.Accepted, r.cfg.WaitTimeout)
 	res.Usage = sampler.Stop()
-
 	res.fill(load, r.sink, prefix)
-	return res
 }
 
 // runAlone measures the harness alone in a cell: the load generator
@@ -244,14 +249,8 @@ func (r *runner) runAlone(cell Cell) Result {
 	res := Result{System: "harness alone", Cell: cell.Name(), CellID: cell.ID(), Asked: cell.N}
 	addr := fmt.Sprintf("127.0.0.1:%d", r.port(3))
 	r.sink.Reset()
-	prefix := fmt.Sprintf("a-%s-", cell.ID())
 	self := os.Getpid()
-	sampler := StartSampler(func() []int { return []int{self} }, 100*time.Millisecond)
-	load := Load(LoadConfig{Groups: r.groups, Addr: addr, TLS: cell.TLS, Messages: cell.N, Concurrency: cell.Conc,
-		PerConn: r.cfg.PerConn, Size: cell.Size, Prefix: prefix, Timeout: r.cfg.LoadTimeout})
-	res.Complete = r.sink.Wait(prefix, load.Accepted, r.cfg.WaitTimeout)
-	res.Usage = sampler.Stop()
-	res.fill(load, r.sink, prefix)
+	r.measure(&res, cell, addr, fmt.Sprintf("a-%s-", cell.ID()), func() []int { return []int{self} })
 	return res
 }
 
