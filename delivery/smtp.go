@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -139,60 +140,64 @@ func open(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *Cred
 	// go-smtp's client has no exported STARTTLS and greets with
 	// "localhost" before it; so the plaintext part up to the handshake
 	// is done here, with our hostname, and go-smtp takes over the
-	// connection after it (DESIGN.md, "What go-smtp leaves to us").
-	var greeting string
-	c := conn
-	if level != LevelNone {
-		var offered bool
-		var err error
-		greeting, offered, err = preTLS(conn, job.Hostname)
-		if err != nil {
-			conn.Close()
-			return fail(setupFailure(err, "4.4.2", "greeting from "+remote))
-		}
-		switch {
-		case !offered && level != LevelMay:
-			conn.Close()
-			return fail(Temporary("4.7.4", fmt.Sprintf("TLS is required, but was not offered by host %s", remote)))
-		case offered:
-			var verified bool
-			cfg := policy.config(hop.Host, &verified)
-			if level == LevelVerify && cfg.InsecureSkipVerify {
-				// REQUIRETLS raised a weaker route level.
-				cfg = (&ClientTLS{level: LevelVerify, ServerName: cfg.ServerName, roots: cfg.RootCAs,
-					min: cfg.MinVersion, max: cfg.MaxVersion}).config(hop.Host, &verified)
-			}
-			if err := startTLS(conn); err != nil {
-				conn.Close()
-				r := setupFailure(err, "4.7.0", "STARTTLS at "+remote)
-				r.Remote = remote
-				return nil, All(r, n), true, true
-			}
-			tc := tls.Client(conn, cfg)
-			tc.SetDeadline(time.Now().Add(CommandTimeout))
-			if err := tc.HandshakeContext(ctx); err != nil {
-				conn.Close()
-				r := Temporary("4.7.5", tlsFailure(err, remote))
-				r.Remote = remote
-				return nil, All(r, n), true, true
-			}
-			tc.SetDeadline(time.Time{})
-			cs := tc.ConnectionState()
-			facts = tlsFacts{on: true, version: tls.VersionName(cs.Version), cipher: tls.CipherSuiteName(cs.CipherSuite), verified: verified}
-			c = tc
-		}
+	// connection after it (docs/design.md, "What go-smtp leaves to us").
+	// When no handshake follows, go-smtp is handed the greeting and the
+	// EHLO exchange already done, so that the next hop hears one EHLO:
+	// RFC 3207 4.2 asks for a second only after TLS, and some servers
+	// (OpenSMTPD: "503 5.5.1 Invalid command: Already identified")
+	// refuse a repeated one.
+	pre, err := preTLS(conn, job.Hostname)
+	if err != nil {
+		conn.Close()
+		return fail(setupFailure(err, "4.4.2", pre.stage+" "+remote))
 	}
-	if greeting != "" {
-		// go-smtp's client starts by reading a greeting; give it the
-		// one we already read.
-		c = &replayConn{Conn: c, prefix: []byte("220 " + greeting + "\r\n")}
+	if !pre.starttls && level != LevelNone && level != LevelMay {
+		conn.Close()
+		return fail(Temporary("4.7.4", fmt.Sprintf("TLS is required, but was not offered by host %s", remote)))
 	}
+	c := net.Conn(conn)
+	// Without a handshake, go-smtp gets the EHLO reply too and its own
+	// EHLO is dropped; after one, it says EHLO again, as it must.
+	replay, helloDone := append(pre.greeting, pre.ehlo...), true
+	if pre.starttls && level != LevelNone {
+		var verified bool
+		cfg := policy.config(hop.Host, &verified)
+		if level == LevelVerify && cfg.InsecureSkipVerify {
+			// REQUIRETLS raised a weaker route level.
+			cfg = (&ClientTLS{level: LevelVerify, ServerName: cfg.ServerName, roots: cfg.RootCAs,
+				min: cfg.MinVersion, max: cfg.MaxVersion}).config(hop.Host, &verified)
+		}
+		if err := startTLS(conn); err != nil {
+			conn.Close()
+			r := setupFailure(err, "4.7.0", "STARTTLS at "+remote)
+			r.Remote = remote
+			return nil, All(r, n), true, true
+		}
+		tc := tls.Client(conn, cfg)
+		tc.SetDeadline(time.Now().Add(CommandTimeout))
+		if err := tc.HandshakeContext(ctx); err != nil {
+			conn.Close()
+			r := Temporary("4.7.5", tlsFailure(err, remote))
+			r.Remote = remote
+			return nil, All(r, n), true, true
+		}
+		tc.SetDeadline(time.Time{})
+		cs := tc.ConnectionState()
+		facts = tlsFacts{on: true, version: tls.VersionName(cs.Version), cipher: tls.CipherSuiteName(cs.CipherSuite), verified: verified}
+		c = tc
+		replay, helloDone = pre.greeting, false
+	}
+	c = &replayConn{Conn: c, prefix: replay, swallowLine: helloDone}
 	client := smtp.NewClient(c)
 	client.CommandTimeout, client.SubmissionTimeout = CommandTimeout, DataTimeout
 	s = &clientSession{c: client, conn: conn, remote: remote, facts: facts, created: time.Now()}
 	if err := client.Hello(job.Hostname); err != nil {
 		client.Close()
-		return fail(setupFailure(err, "4.4.2", "greeting from "+remote))
+		stage := "EHLO at"
+		if helloDone && (pre.ehloCode == 500 || pre.ehloCode == 502) {
+			stage = "HELO at" // go-smtp's fallback after the refused EHLO
+		}
+		return fail(setupFailure(err, "4.4.2", stage+" "+remote))
 	}
 	if creds != nil {
 		if !facts.on {
@@ -437,34 +442,74 @@ func withFacts(rs []Result, remote string, f tlsFacts) []Result {
 	return rs
 }
 
-// preTLS reads the greeting and says EHLO; it returns the greeting text
-// and whether STARTTLS was offered.
-func preTLS(conn net.Conn, hostname string) (greeting string, starttls bool, err error) {
+// preTLSExchange is what preTLS read: the greeting and the reply to
+// EHLO, as the lines that came on the wire, so that they can be
+// replayed to go-smtp's client.
+type preTLSExchange struct {
+	greeting []byte // "220 ...\r\n" lines
+	ehlo     []byte // the reply to EHLO, whatever its code
+	ehloCode int
+	starttls bool   // STARTTLS was offered
+	stage    string // where a failure happened: "greeting from", "EHLO at"
+}
+
+// preTLS reads the greeting and says EHLO, and tells whether STARTTLS
+// was offered. A 5xx to EHLO is no failure: it means no extensions,
+// and so no STARTTLS (RFC 3207 needs EHLO); go-smtp's client, handed the
+// same reply, falls back to HELO.
+func preTLS(conn net.Conn, hostname string) (pre preTLSExchange, err error) {
 	conn.SetDeadline(time.Now().Add(CommandTimeout))
 	defer conn.SetDeadline(time.Time{})
 	text := textproto.NewConn(conn)
-	_, greeting, err = text.ReadResponse(220)
-	if err != nil {
-		return "", false, protoErr(err)
+	pre.stage = "greeting from"
+	if pre.greeting, _, err = readReply(&text.Reader, 220); err != nil {
+		return pre, protoErr(err)
 	}
-	greeting, _, _ = strings.Cut(greeting, "\n")
+	pre.stage = "EHLO at"
 	if err := text.PrintfLine("EHLO %s", hostname); err != nil {
-		return "", false, err
+		return pre, err
 	}
-	_, ext, err := text.ReadResponse(250)
-	if err != nil {
-		// No EHLO, no extensions, no STARTTLS (RFC 3207 needs EHLO).
+	if pre.ehlo, pre.ehloCode, err = readReply(&text.Reader, 250); err != nil {
 		if te, ok := err.(*textproto.Error); ok && te.Code >= 500 {
-			return greeting, false, nil
+			return pre, nil
 		}
-		return "", false, protoErr(err)
+		return pre, protoErr(err)
 	}
-	for _, line := range strings.Split(ext, "\n")[1:] {
-		if strings.EqualFold(strings.TrimSpace(line), "STARTTLS") {
-			starttls = true
+	for _, line := range strings.Split(string(pre.ehlo), "\r\n") {
+		if len(line) > 4 && strings.EqualFold(strings.TrimSpace(line[4:]), "STARTTLS") {
+			pre.starttls = true
 		}
 	}
-	return greeting, starttls, nil
+	return pre, nil
+}
+
+// readReply reads one reply, as textproto's ReadResponse does, and also
+// returns its lines as they came (CRLF line ends), at most 100 of them.
+func readReply(r *textproto.Reader, expect int) (raw []byte, code int, err error) {
+	var msg []string
+	for i := 0; ; i++ {
+		line, err := r.ReadLine()
+		if err != nil {
+			return nil, 0, err
+		}
+		if len(line) < 4 || (line[3] != ' ' && line[3] != '-') || i >= 100 {
+			return nil, 0, textproto.ProtocolError("malformed reply: " + line)
+		}
+		c, err := strconv.Atoi(line[:3])
+		if err != nil || c < 100 || (code != 0 && c != code) {
+			return nil, 0, textproto.ProtocolError("malformed reply: " + line)
+		}
+		code = c
+		raw = append(append(raw, line...), '\r', '\n')
+		msg = append(msg, line[4:])
+		if line[3] == ' ' {
+			break
+		}
+	}
+	if code/100 != expect/100 {
+		return raw, code, &textproto.Error{Code: code, Msg: strings.Join(msg, "\n")}
+	}
+	return raw, code, nil
 }
 
 // startTLS sends STARTTLS and reads the 220. Whatever the server sent
@@ -517,10 +562,13 @@ func protoErr(err error) error {
 	return e
 }
 
-// replayConn yields prefix before reading from the connection.
+// replayConn yields prefix before reading from the connection. With
+// swallowLine, the first line written to it (go-smtp's EHLO, whose
+// reply is in prefix) is dropped instead of sent.
 type replayConn struct {
 	net.Conn
-	prefix []byte
+	prefix      []byte
+	swallowLine bool
 }
 
 func (r *replayConn) Read(p []byte) (int, error) {
@@ -530,4 +578,20 @@ func (r *replayConn) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	return r.Conn.Read(p)
+}
+
+func (r *replayConn) Write(p []byte) (int, error) {
+	if !r.swallowLine {
+		return r.Conn.Write(p)
+	}
+	i := bytes.IndexByte(p, '\n')
+	if i < 0 {
+		return len(p), nil
+	}
+	r.swallowLine = false
+	if rest := p[i+1:]; len(rest) > 0 {
+		n, err := r.Conn.Write(rest)
+		return i + 1 + n, err
+	}
+	return len(p), nil
 }
