@@ -46,6 +46,9 @@ type conn struct {
 	gate        *bufio.Reader
 	gatePending []byte // rest of a line go-smtp's buffer had no room for
 	gateErrors  int
+	// ehloLines collects the lines of an EHLO reply while the gate is
+	// on, so that the reply can be cut to what starts TLS (preTLSEHLO).
+	ehloLines [][]byte
 
 	tlsStarted atomic.Bool // the 220 for STARTTLS was written
 	esmtp      atomic.Bool // the client greeted with EHLO
@@ -119,8 +122,18 @@ func (c *conn) Write(p []byte) (int, error) {
 			// its own read buffer; drop the gate's as well.
 			c.gate = nil
 			c.gatePending = nil
-		case bytes.HasPrefix(p, ehloReply):
+		case bytes.HasPrefix(p, ehloReply) || c.ehloLines != nil:
 			c.esmtp.Store(true)
+			if c.gate != nil {
+				full, ok := c.collectEHLO(p)
+				if !ok {
+					return len(p), nil // more lines to come
+				}
+				if _, err := c.Conn.Write(full); err != nil {
+					return 0, err
+				}
+				return len(p), nil
+			}
 		}
 	}
 	n, err := c.Conn.Write(p)
@@ -164,6 +177,65 @@ func (c *conn) Read(p []byte) (int, error) {
 		}
 	}
 	return n, err
+}
+
+// collectEHLO gathers the lines of go-smtp's EHLO reply (it writes one
+// line per call) until the last one, and then returns the reply as the
+// gate sends it: cut by preTLSEHLO, in one write.
+func (c *conn) collectEHLO(p []byte) (reply []byte, done bool) {
+	for len(p) > 0 {
+		line := p
+		if i := bytes.IndexByte(p, '\n'); i >= 0 {
+			line = p[:i+1]
+		}
+		p = p[len(line):]
+		c.ehloLines = append(c.ehloLines, append([]byte(nil), line...))
+		if len(line) >= 4 && line[3] == ' ' {
+			done = true
+		}
+	}
+	if !done {
+		return nil, false
+	}
+	reply = preTLSEHLO(c.ehloLines)
+	c.ehloLines = nil
+	return reply, true
+}
+
+// preTLSEHLO cuts an EHLO reply before TLS on an encrypt-level server to
+// the greeting line, ENHANCEDSTATUSCODES (so that the 530 5.7.0 that a
+// premature command gets is understood) and STARTTLS. Nothing that
+// moves a message is offered before TLS: not CHUNKING (Exim sent MAIL,
+// RCPT and a whole BDAT body pipelined before it read the 530, so the
+// body crossed the wire in cleartext), not PIPELINING (without it a
+// client waits for the 530 to MAIL before it sends more), and not SIZE,
+// 8BITMIME, SMTPUTF8 or DSN, which only matter to a transaction. RFC
+// 3207 4.2 has the client forget all of it at STARTTLS anyway, and the
+// EHLO after TLS offers everything.
+func preTLSEHLO(lines [][]byte) []byte {
+	var kept [][]byte
+	for i, l := range lines {
+		text := bytes.TrimRight(l, "\r\n")
+		if len(text) < 4 {
+			continue
+		}
+		kw, _, _ := bytes.Cut(text[4:], []byte(" "))
+		if i == 0 || bytes.EqualFold(kw, []byte("STARTTLS")) || bytes.EqualFold(kw, []byte("ENHANCEDSTATUSCODES")) {
+			kept = append(kept, text)
+		}
+	}
+	var out []byte
+	for i, text := range kept {
+		sep := byte('-')
+		if i == len(kept)-1 {
+			sep = ' '
+		}
+		out = append(out, text[:3]...)
+		out = append(out, sep)
+		out = append(out, text[4:]...)
+		out = append(out, '\r', '\n')
+	}
+	return out
 }
 
 // startDrain keeps the data deadline for go-smtp's discarding of the

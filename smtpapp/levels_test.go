@@ -92,6 +92,37 @@ func TestLevels(t *testing.T) {
 			t.Fatalf("DATA after STARTTLS: %q", got)
 		}
 	})
+	// Issue 11 item 5: before TLS an encrypt-level server offers what
+	// starts TLS and nothing that lets a client push a message body
+	// (Exim pipelined MAIL, RCPT and a whole BDAT body in cleartext).
+	t.Run("encrypt/ehlo-before-tls", func(t *testing.T) {
+		c := st.Dial(t, encAddr)
+		before := ehloKeywords(c.Expect("250", "EHLO client.test"))
+		if strings.Join(before, " ") != "ENHANCEDSTATUSCODES STARTTLS" {
+			t.Fatalf("EHLO before TLS offers %v, want ENHANCEDSTATUSCODES STARTTLS", before)
+		}
+		if err := c.StartTLS(st.TLSConfig(nil, "")); err != nil {
+			t.Fatal(err)
+		}
+		after := strings.Join(ehloKeywords(c.Expect("250", "EHLO client.test")), " ")
+		for _, kw := range []string{"PIPELINING", "CHUNKING", "SIZE", "8BITMIME", "SMTPUTF8", "DSN"} {
+			if !strings.Contains(" "+after+" ", " "+kw+" ") {
+				t.Fatalf("EHLO after TLS lacks %s: %v", kw, after)
+			}
+		}
+		if strings.Contains(after, "STARTTLS") {
+			t.Fatalf("STARTTLS offered inside TLS: %v", after)
+		}
+	})
+	t.Run("may/ehlo-before-tls", func(t *testing.T) {
+		c := st.Dial(t, mayAddr)
+		before := " " + strings.Join(ehloKeywords(c.Expect("250", "EHLO client.test")), " ") + " "
+		for _, kw := range []string{"PIPELINING", "CHUNKING", "SIZE", "STARTTLS"} {
+			if !strings.Contains(before, " "+kw+" ") {
+				t.Fatalf("level may: EHLO before TLS lacks %s: %v", kw, before)
+			}
+		}
+	})
 	t.Run("encrypt/starttls", func(t *testing.T) {
 		c := st.Dial(t, encAddr)
 		c.Expect("250", "EHLO client.test")
@@ -237,4 +268,16 @@ func TestSpoolRecord(t *testing.T) {
 	if cl["tls"] != true || cl["tls_cipher"] != tls.CipherSuiteName(cs.CipherSuite) || cl["tls_server_name"] != "mx.localhost" {
 		t.Errorf("connection log line: %v", cl)
 	}
+}
+
+// ehloKeywords returns the extension keywords of an EHLO reply's text
+// (its lines after the first), in order.
+func ehloKeywords(reply string) []string {
+	var kws []string
+	lines := strings.Split(reply, "\n")
+	for _, l := range lines[1:] {
+		kw, _, _ := strings.Cut(strings.TrimSpace(l), " ")
+		kws = append(kws, kw)
+	}
+	return kws
 }
