@@ -251,3 +251,32 @@ func TestLayer4Reload(t *testing.T) {
 	c := dialWith(t, addr, proxyV1("192.0.2.44", "127.0.0.1"))
 	c.Expect("250", "EHLO client.test")
 }
+
+// TestPerIPCountsIPv6Slash64: max_connections_per_ip counts an IPv6
+// client per /64, so that a client cannot walk through its /64 to get
+// past the limit; another /64 is another client. The addresses come
+// from PROXY headers, as the only way to have several IPv6 sources here.
+func TestPerIPCountsIPv6Slash64(t *testing.T) {
+	e := st.NewEnv(t)
+	gw, _ := st.ServerConfig(t, map[string]any{"tls": map[string]any{"level": "none"}, "max_connections_per_ip": 2})
+	delete(gw, "listen")
+	addr := fmt.Sprintf("127.0.0.1:%d", st.FreePort(t))
+	e.Load(st.App(map[string]any{"gw": gw}), map[string]any{"layer4": map[string]any{"servers": map[string]any{
+		"gw": l4Server(addr, handle(proxyProtocol, smtpGW))}}})
+	v6 := func(src string) []byte {
+		return []byte(fmt.Sprintf("PROXY TCP6 %s 2001:db8:ffff::1 40000 25\r\n", src))
+	}
+	dialWith(t, addr, v6("2001:db8:1:1::1")).Expect("250", "EHLO a.test")
+	dialWith(t, addr, v6("2001:db8:1:1:ffff::2")).Expect("250", "EHLO b.test")
+	conn, err := st.NetDial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.Write(v6("2001:db8:1:1:abcd::3"))
+	third := &st.Client{T: t, Conn: conn, Text: st.NewText(conn)}
+	if code, msg := third.Read(); code != 421 || !strings.Contains(msg, "Too many connections from your address") {
+		t.Fatalf("third connection from one /64: %d %s", code, msg)
+	}
+	dialWith(t, addr, v6("2001:db8:1:2::1")).Expect("250", "EHLO other.test")
+}

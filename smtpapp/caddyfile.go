@@ -127,6 +127,8 @@ func (q *QueueConfig) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		max_recipients   <n>
 //		max_connections  <n>
 //		max_connections_per_ip <n>
+//		limit_relay_networks
+//		max_junk_commands <n>
 //		max_line_length  <n>
 //		read_timeout     <duration>
 //		write_timeout    <duration>
@@ -170,6 +172,13 @@ func (s *Server) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = intArg(d, &s.MaxConnections)
 		case "max_connections_per_ip":
 			err = intArg(d, &s.MaxConnectionsPerIP)
+		case "limit_relay_networks":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			s.LimitRelayNetworks = true
+		case "max_junk_commands":
+			err = intArg(d, &s.MaxJunkCommands)
 		case "max_line_length":
 			err = intArg(d, &s.MaxLineLength)
 		case "read_timeout":

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/emersion/go-smtp"
 	"go.uber.org/zap"
 )
 
@@ -40,6 +41,7 @@ type conn struct {
 	srv    *Server
 	remote netip.AddrPort
 	start  time.Time
+	slot   netip.Addr // the client's max_connections_per_ip slot, if counted
 
 	// gate is non-nil while commands are read through the encrypt-level
 	// gate; it owns the buffered plaintext.
@@ -59,6 +61,20 @@ type conn struct {
 	// refusals counts refused MAIL and RCPT commands (maxRefusals).
 	refusals atomic.Int32
 
+	// Command lines, seen from beneath go-smtp and TLS: go-smtp sets
+	// the read deadline once before it reads each command line, so a
+	// SetReadDeadline call starts one (see SetReadDeadline).
+	lineBytes    int         // bytes read since the current line began
+	lines        int         // command lines begun
+	lineProgress atomic.Bool // the current line did something for mail
+	inCommand    atomic.Bool // reading a command line: not DATA, not a drain
+	cut          atomic.Bool // we closed the connection; reads fail
+	// smtpConn is go-smtp's connection, known from the first HELO on,
+	// and tlsConn the implicit-TLS session we made: with them a reply
+	// of ours goes inside TLS (say).
+	smtpConn atomic.Pointer[smtp.Conn]
+	tlsConn  *tls.Conn
+
 	mu           sync.Mutex
 	dataDeadline time.Time
 	draining     bool // go-smtp is discarding the rest of a refused message
@@ -67,6 +83,7 @@ type conn struct {
 	tlsState     *tls.ConnectionState
 	peerVerified bool
 	messages     int
+	junk         int // lines that did nothing for mail since the last message
 	closed       bool
 
 	// outerTLS is a TLS session the connection came with (layer4's tls
@@ -144,6 +161,9 @@ func (c *conn) Write(p []byte) (int, error) {
 }
 
 func (c *conn) Read(p []byte) (int, error) {
+	if c.cut.Load() {
+		return 0, net.ErrClosed
+	}
 	if c.gate != nil {
 		return c.gateRead(p)
 	}
@@ -162,10 +182,25 @@ func (c *conn) Read(p []byte) (int, error) {
 		}
 	}
 	n, err := c.Conn.Read(p)
+	if n > 0 {
+		if dl.IsZero() {
+			c.lineBytes += n
+		} else {
+			c.lineProgress.Store(true) // message data
+		}
+	}
 	if err != nil {
 		var ne net.Error
 		if !errors.As(err, &ne) || !ne.Timeout() {
 			c.peerGone.Store(true)
+		} else if dl.IsZero() && c.lineBytes > 0 && c.inCommand.Load() {
+			// A command line begun but not finished within read_timeout:
+			// go-smtp would take the part that came for a command and
+			// wait a read timeout again, over and over (one byte a second
+			// held a slot for some 20 minutes). Postfix hangs up; so do we.
+			c.hangUp("421 4.4.2 "+c.srv.Hostname+" Error: timeout exceeded",
+				zap.String("reason", "command line not complete within read_timeout"))
+			return n, err
 		}
 	}
 	if err != nil && draining {
@@ -236,6 +271,65 @@ func preTLSEHLO(lines [][]byte) []byte {
 		out = append(out, '\r', '\n')
 	}
 	return out
+}
+
+// SetReadDeadline is called by go-smtp (through TLS, if any) before it
+// reads each command line, and only then: that is how the connection
+// tells one command line from the next without seeing them (they are
+// encrypted down here). A line that did nothing for a mail transaction
+// (NOOP, VRFY, HELP, RSET with no transaction, an unknown command) is
+// junk; past max_junk_commands of them the client is told 421 and
+// closed, as Postfix's smtpd_junk_command_limit does.
+func (c *conn) SetReadDeadline(t time.Time) error {
+	if c.cut.Load() {
+		return net.ErrClosed
+	}
+	if c.lines > 0 && !c.lineProgress.Swap(false) {
+		c.mu.Lock()
+		c.junk++
+		junk := c.junk
+		c.mu.Unlock()
+		if junk > c.srv.maxJunkCommands {
+			c.hangUp("421 4.7.0 "+c.srv.Hostname+" Error: too many commands without mail, closing connection",
+				zap.String("reason", "max_junk_commands"), zap.Int("max_junk_commands", c.srv.maxJunkCommands))
+			return net.ErrClosed
+		}
+	}
+	c.lines++
+	c.lineBytes = 0
+	c.inCommand.Store(true)
+	return c.Conn.SetReadDeadline(t)
+}
+
+// progress records that the current command did something for mail.
+func (c *conn) progress() { c.lineProgress.Store(true) }
+
+// hangUp sends reply, inside TLS when the session is in TLS, and closes
+// the connection; go-smtp's further reads and writes fail.
+func (c *conn) hangUp(reply string, why ...zap.Field) {
+	c.cut.Store(true)
+	c.srv.reject("protocol")
+	c.srv.logger.Info("connection cut", append([]zap.Field{
+		zap.String("remote_ip", c.remote.Addr().String()), zap.String("reply", reply)}, why...)...)
+	var w net.Conn = c.Conn
+	if c.tlsStarted.Load() || c.tlsConn != nil {
+		// w stays nil while a STARTTLS handshake is under way, or when
+		// a client started TLS before HELO: no reply can be sent then.
+		w = nil
+		if c.tlsConn != nil {
+			w = c.tlsConn
+		}
+		if sc := c.smtpConn.Load(); sc != nil {
+			if tc, ok := sc.Conn().(*tls.Conn); ok {
+				w = tc
+			}
+		}
+	}
+	if w != nil {
+		w.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(w, reply+"\r\n")
+	}
+	c.Conn.Close()
 }
 
 // startDrain keeps the data deadline for go-smtp's discarding of the
@@ -332,6 +426,7 @@ func (c *conn) writeGateReply(s string) {
 
 // startData bounds the coming DATA transfer.
 func (c *conn) startData() {
+	c.inCommand.Store(false)
 	c.mu.Lock()
 	c.dataDeadline = time.Now().Add(c.srv.dataTimeout)
 	c.mu.Unlock()
@@ -377,9 +472,12 @@ func (c *conn) setTLS(cs tls.ConnectionState, verified bool) {
 	c.mu.Unlock()
 }
 
+// countMessage counts an accepted message; the session is doing mail,
+// so its junk count starts again.
 func (c *conn) countMessage() {
 	c.mu.Lock()
 	c.messages++
+	c.junk = 0
 	c.mu.Unlock()
 }
 
@@ -391,6 +489,9 @@ func (c *conn) Close() error {
 		return nil
 	}
 	c.closed = true
+	// The slot is given back before anything else: the client may
+	// already be connecting again.
+	c.srv.connDone(c.slot)
 	fields := []zap.Field{
 		zap.String("remote_ip", c.remote.Addr().String()),
 		zap.Uint16("remote_port", c.remote.Port()),
@@ -404,7 +505,6 @@ func (c *conn) Close() error {
 	}
 	c.mu.Unlock()
 	c.srv.logger.Info("connection closed", fields...)
-	c.srv.connDone(c.remote.Addr())
 	err := c.Conn.Close()
 	if c.done != nil {
 		close(c.done)

@@ -15,10 +15,12 @@ import (
 // offered. The connection's RemoteAddr is the client's: after layer4's
 // proxy_protocol handler, the proxied address.
 func (s *Server) ServeConn(nc net.Conn, outerTLS *tls.ConnectionState) {
-	if !s.admit(nc) {
+	slot, ok := s.admit(nc)
+	if !ok {
 		return
 	}
 	c := newConn(nc, s, remoteAddrPort(nc))
+	c.slot = slot
 	c.done = make(chan struct{})
 	ln := s.handoff
 	if outerTLS != nil {

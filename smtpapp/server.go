@@ -20,14 +20,15 @@ import (
 
 // Defaults for a server's limits.
 const (
-	DefaultMaxMessageSize = 25 << 20 // 25 MiB
-	DefaultMaxRecipients  = 100      // RFC 5321 4.5.3.1.8: the minimum a server must take
-	DefaultMaxConnections = 1000
-	DefaultMaxPerIP       = 50
-	DefaultMaxLineLength  = 2000 // twice RFC 5321's 1000, as go-smtp and Postfix allow
-	DefaultReadTimeout    = 5 * time.Minute
-	DefaultWriteTimeout   = 5 * time.Minute
-	DefaultDataTimeout    = 15 * time.Minute
+	DefaultMaxMessageSize  = 25 << 20 // 25 MiB
+	DefaultMaxRecipients   = 100      // RFC 5321 4.5.3.1.8: the minimum a server must take
+	DefaultMaxConnections  = 1000
+	DefaultMaxPerIP        = 50
+	DefaultMaxJunkCommands = 100  // Postfix's smtpd_junk_command_limit
+	DefaultMaxLineLength   = 2000 // twice RFC 5321's 1000, as go-smtp and Postfix allow
+	DefaultReadTimeout     = 5 * time.Minute
+	DefaultWriteTimeout    = 5 * time.Minute
+	DefaultDataTimeout     = 15 * time.Minute
 )
 
 // Ways to treat a bare LF or bare CR in message data.
@@ -77,17 +78,35 @@ type Server struct {
 	// `421 4.7.0 Too many connections` and are closed. Default: 1000.
 	MaxConnections int `json:"max_connections,omitempty"`
 
-	// Most simultaneous connections from one client address; further
-	// ones get `421 4.7.0 Too many connections from your address` and
-	// are closed. Default: 50 (Postfix's smtpd_client_connection_count_limit).
+	// Most simultaneous connections from one client: an IPv4 address,
+	// or an IPv6 /64. A connection past it waits up to half a second
+	// for one of the client's connections to end, then gets
+	// `421 4.7.0 Too many connections from your address` and is closed.
+	// Clients in relay_networks are exempt unless limit_relay_networks
+	// is set. Default: 50 (Postfix's smtpd_client_connection_count_limit).
 	MaxConnectionsPerIP int `json:"max_connections_per_ip,omitempty"`
+
+	// Apply max_connections_per_ip to clients in relay_networks too. By
+	// default they are exempt, as Postfix exempts $mynetworks
+	// (smtpd_client_event_limit_exceptions): the gateway's own
+	// submitting servers open many connections on purpose.
+	LimitRelayNetworks bool `json:"limit_relay_networks,omitempty"`
+
+	// How many commands a session may send that do nothing for a mail
+	// transaction (NOOP, VRFY, HELP, RSET outside a transaction, STARTTLS
+	// and QUIT included) before it gets
+	// `421 4.7.0 Error: too many commands without mail` and is closed.
+	// Default: 100 (Postfix's smtpd_junk_command_limit).
+	MaxJunkCommands int `json:"max_junk_commands,omitempty"`
 
 	// Longest command or data line in bytes; a longer one gets
 	// `500 5.4.0` and the connection is closed. Default: 2000.
 	MaxLineLength int `json:"max_line_length,omitempty"`
 
-	// How long to wait for each command, or for each read during DATA.
-	// Default: 5m (RFC 5321 4.5.3.2.7).
+	// How long a command line may take to arrive whole (a client that
+	// sends it slower gets `421 4.4.2 Error: timeout exceeded` and is
+	// closed; an idle one gets `421 4.4.2 Idle timeout`), and how long
+	// each read during DATA may wait. Default: 5m (RFC 5321 4.5.3.2.7).
 	ReadTimeout caddy.Duration `json:"read_timeout,omitempty"`
 
 	// How long a reply may take to write. Default: 5m.
@@ -128,14 +147,14 @@ type Server struct {
 	handoff    *handoffListener
 	handoffTLS *handoffListener
 
-	maxLineLength int
-	readTimeout   time.Duration
-	writeTimeout  time.Duration
-	dataTimeout   time.Duration
+	maxLineLength   int
+	maxJunkCommands int
+	readTimeout     time.Duration
+	writeTimeout    time.Duration
+	dataTimeout     time.Duration
 
-	active atomic.Int64 // open connections
-	ipMu   sync.Mutex
-	perIP  map[netip.Addr]int // open connections by client address
+	active atomic.Int64 // open connections, and those waiting for a slot
+	slots  *clientSlots // open connections by client (clientKey)
 	wg     sync.WaitGroup
 }
 
@@ -177,8 +196,8 @@ func (s *Server) provision(ctx caddy.Context, app *App, name string) error {
 	for name, v := range map[string]int64{
 		"max_message_size": s.MaxMessageSize, "max_recipients": int64(s.MaxRecipients),
 		"max_connections": int64(s.MaxConnections), "max_line_length": int64(s.MaxLineLength),
-		"max_connections_per_ip": int64(s.MaxConnectionsPerIP),
-		"read_timeout":           int64(s.ReadTimeout), "write_timeout": int64(s.WriteTimeout), "data_timeout": int64(s.DataTimeout),
+		"max_connections_per_ip": int64(s.MaxConnectionsPerIP), "max_junk_commands": int64(s.MaxJunkCommands),
+		"read_timeout": int64(s.ReadTimeout), "write_timeout": int64(s.WriteTimeout), "data_timeout": int64(s.DataTimeout),
 	} {
 		if v < 0 {
 			return fmt.Errorf("%s.%s: must not be negative", field, name)
@@ -196,7 +215,11 @@ func (s *Server) provision(ctx caddy.Context, app *App, name string) error {
 	if s.MaxConnectionsPerIP == 0 {
 		s.MaxConnectionsPerIP = DefaultMaxPerIP
 	}
-	s.perIP = make(map[netip.Addr]int)
+	s.slots = newClientSlots(s.MaxConnectionsPerIP)
+	s.maxJunkCommands = s.MaxJunkCommands
+	if s.maxJunkCommands == 0 {
+		s.maxJunkCommands = DefaultMaxJunkCommands
+	}
 	s.maxLineLength = s.MaxLineLength
 	if s.maxLineLength == 0 {
 		s.maxLineLength = DefaultMaxLineLength
@@ -322,16 +345,8 @@ func (s *Server) stop() error {
 	return errors.Join(errs...)
 }
 
-func (s *Server) connDone(ip netip.Addr) {
-	s.active.Add(-1)
-	s.ipMu.Lock()
-	if s.perIP[ip]--; s.perIP[ip] <= 0 {
-		delete(s.perIP, ip)
-	}
-	s.ipMu.Unlock()
-}
-
-// listener admits connections under max_connections and wraps them.
+// listener admits connections under max_connections and
+// max_connections_per_ip, and wraps them.
 type listener struct {
 	net.Listener
 	srv *Server
@@ -343,49 +358,36 @@ func (l *listener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		if !l.srv.admit(nc) {
-			continue
+		slot, a := l.srv.tryAdmit(nc)
+		switch a {
+		case admitted:
+			return l.wrap(nc, slot), nil
+		case clientFull:
+			// The wait must not hold up the accept loop: the connection
+			// goes to go-smtp through the handoff listener, which the
+			// same engine serves, once a slot is free.
+			go func() {
+				if !l.srv.awaitSlot(nc, slot) {
+					return
+				}
+				if c := l.wrap(nc, slot); !l.srv.handoff.push(c) {
+					c.Close()
+				}
+			}()
 		}
-		c := newConn(nc, l.srv, remoteAddrPort(nc))
-		if l.srv.implicitTLS() {
-			return tls.Server(c, l.srv.tls.config), nil
-		}
-		return c, nil
 	}
 }
 
-// admit counts the connection, or refuses it with 421 when the server
-// is full.
-func (s *Server) admit(nc net.Conn) bool {
-	ip := remoteAddrPort(nc).Addr()
-	refuse := func(reason, reply string) bool {
-		s.app.metrics.connections.WithLabelValues(s.name, "refused_"+reason).Inc()
-		s.logger.Warn("connection refused: "+strings.ReplaceAll(reason, "_", " "),
-			zap.String("remote_ip", ip.String()),
-			zap.Int("max_connections", s.MaxConnections),
-			zap.Int("max_connections_per_ip", s.MaxConnectionsPerIP))
-		go func() {
-			// RFC 5321 3.8: a server may refuse with 421 at greeting.
-			nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
-			fmt.Fprintf(nc, "421 4.7.0 %s %s\r\n", s.Hostname, reply)
-			nc.Close()
-		}()
-		return false
+// wrap makes an admitted connection ours, in TLS on an implicit-TLS
+// listener.
+func (l *listener) wrap(nc net.Conn, slot netip.Addr) net.Conn {
+	c := newConn(nc, l.srv, remoteAddrPort(nc))
+	c.slot = slot
+	if l.srv.implicitTLS() {
+		c.tlsConn = tls.Server(c, l.srv.tls.config)
+		return c.tlsConn
 	}
-	if n := s.active.Add(1); n > int64(s.MaxConnections) {
-		s.active.Add(-1)
-		return refuse("max_connections", "Too many connections, try again later")
-	}
-	s.ipMu.Lock()
-	if s.perIP[ip] >= s.MaxConnectionsPerIP {
-		s.ipMu.Unlock()
-		s.active.Add(-1)
-		return refuse("max_connections_per_ip", "Too many connections from your address, try again later")
-	}
-	s.perIP[ip]++
-	s.ipMu.Unlock()
-	s.app.metrics.connections.WithLabelValues(s.name, "accepted").Inc()
-	return true
+	return c
 }
 
 // reject counts a refused transaction or command.

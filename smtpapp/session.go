@@ -58,6 +58,8 @@ func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	if sess.conn == nil {
 		return nil, errors.New("smtp: connection of unknown type")
 	}
+	sess.conn.smtpConn.Store(c)
+	sess.conn.progress()
 	if cs, ok := c.TLSConnectionState(); ok {
 		sess.tlsState = &cs
 		sess.conn.setTLS(cs, s.tls.peerVerified(cs))
@@ -110,6 +112,9 @@ func (ss *session) isTLS() bool { return ss.tlsState != nil }
 
 // Reset implements smtp.Session.
 func (ss *session) Reset() {
+	if ss.hasFrom {
+		ss.conn.progress() // RSET of a transaction; or go-smtp's after one
+	}
 	ss.hasFrom, ss.from, ss.mailOpts, ss.rcpts = false, "", smtp.MailOptions{}, nil
 }
 
@@ -118,11 +123,13 @@ func (ss *session) Logout() error { return nil }
 
 // Mail implements smtp.Session.
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
+	ss.conn.progress()
 	return ss.counted(ss.mail(from, opts))
 }
 
 // Rcpt implements smtp.Session.
 func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	ss.conn.progress()
 	return ss.counted(ss.rcpt(to, opts))
 }
 
@@ -226,6 +233,7 @@ func (ss *session) rcpt(to string, opts *smtp.RcptOptions) error {
 // Data implements smtp.Session: the message goes to the spool, and the
 // reply is 250 only after the record is durable.
 func (ss *session) Data(r io.Reader) error {
+	ss.conn.progress()
 	if requiresTLSFirst(ss.srv.level, ss.isTLS(), "DATA") {
 		return errTLSRequired
 	}
