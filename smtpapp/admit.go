@@ -33,16 +33,37 @@ func clientKey(ip netip.Addr) netip.Addr {
 	return ip
 }
 
-// clientSlots counts open connections by clientKey.
+// clientSlots counts open connections by clientKey, and the ones
+// waiting for a slot: at most max of those too, so that a client past
+// its limit holds at most twice its share of sockets.
 type clientSlots struct {
-	mu    sync.Mutex
-	max   int
-	open  map[netip.Addr]int
-	freed chan struct{} // closed when a slot is given back; made by a waiter
+	mu      sync.Mutex
+	max     int
+	open    map[netip.Addr]int
+	waiting map[netip.Addr]int
+	freed   chan struct{} // closed when a slot is given back; made by a waiter
 }
 
 func newClientSlots(max int) *clientSlots {
-	return &clientSlots{max: max, open: make(map[netip.Addr]int)}
+	return &clientSlots{max: max, open: make(map[netip.Addr]int), waiting: make(map[netip.Addr]int)}
+}
+
+// wait counts a waiter of key, or reports that key has as many as it
+// may; done uncounts it.
+func (cs *clientSlots) wait(key netip.Addr) (ok bool, done func()) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if cs.waiting[key] >= cs.max {
+		return false, nil
+	}
+	cs.waiting[key]++
+	return true, func() {
+		cs.mu.Lock()
+		defer cs.mu.Unlock()
+		if cs.waiting[key]--; cs.waiting[key] <= 0 {
+			delete(cs.waiting, key)
+		}
+	}
 }
 
 // take counts a connection of key, or returns a channel that is closed
@@ -108,8 +129,19 @@ func (s *Server) tryAdmit(nc net.Conn) (slot netip.Addr, a admission) {
 }
 
 // awaitSlot waits up to slotWait for a slot of a client that tryAdmit
-// found full, and refuses the connection when none is given back.
+// found full, and refuses the connection when none is given back. A
+// waiting connection counts against max_connections, as an open one.
 func (s *Server) awaitSlot(nc net.Conn, slot netip.Addr) bool {
+	refuse := func() bool {
+		s.active.Add(-1)
+		s.refuse(nc, "max_connections_per_ip", "Too many connections from your address, try again later")
+		return false
+	}
+	ok, done := s.slots.wait(slot)
+	if !ok {
+		return refuse()
+	}
+	defer done()
 	deadline := time.NewTimer(slotWait)
 	defer deadline.Stop()
 	for {
@@ -121,9 +153,7 @@ func (s *Server) awaitSlot(nc net.Conn, slot netip.Addr) bool {
 		select {
 		case <-freed:
 		case <-deadline.C:
-			s.active.Add(-1)
-			s.refuse(nc, "max_connections_per_ip", "Too many connections from your address, try again later")
-			return false
+			return refuse()
 		}
 	}
 }
