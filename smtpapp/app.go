@@ -71,6 +71,14 @@ type QueueConfig struct {
 	// MX hosts, a relay, a maildir). Default: 10.
 	MaxPerDestination int `json:"max_per_destination,omitempty"`
 
+	// How long deliveries under way may go on after a config reload or
+	// a stop. At a reload they finish under the old config while the new
+	// one delivers everything else; one still under way when the grace
+	// period ends is cut (logged: "delivery cut at config unload"), stays
+	// queued, and is tried again, possibly a second time to a next hop
+	// that had received it. Default: 30s.
+	StopGrace caddy.Duration `json:"stop_grace,omitempty"`
+
 	// Keep accepted mail queued without delivering any of it, like
 	// Postfix's hold queue: for maintenance, or a spool that another
 	// Caddy delivers from. Turn it off (and reload) to deliver.
@@ -104,7 +112,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	for name, v := range map[string]int64{
 		"max_age": int64(q.MaxAge), "min_retry_interval": int64(q.MinRetryInterval),
 		"max_retry_interval": int64(q.MaxRetryInterval), "workers": int64(q.Workers),
-		"max_per_destination": int64(q.MaxPerDestination),
+		"max_per_destination": int64(q.MaxPerDestination), "stop_grace": int64(q.StopGrace),
 	} {
 		if v < 0 {
 			return fmt.Errorf("queue.%s: must not be negative", name)
@@ -259,7 +267,7 @@ func (a *App) Start() error {
 
 // Stop closes the listeners and stops delivering; sessions in progress
 // finish on their own, and what they queue is delivered by the next
-// config's runner.
+// config's runner. Deliveries under way get queue.stop_grace to finish.
 func (a *App) Stop() error {
 	var errs []error
 	for _, s := range a.Servers {
@@ -268,9 +276,24 @@ func (a *App) Stop() error {
 		}
 	}
 	if r := a.runner.Swap(nil); r != nil {
-		r.stop()
+		r.stop(a.successor())
 	}
 	return errors.Join(errs...)
+}
+
+// successor is the runner of the config that replaced this one (Caddy
+// calls Stop after the new config started and became the active one)
+// on the same spool, or nil.
+func (a *App) successor() *runner {
+	cur, err := caddy.ActiveContext().AppIfConfigured("smtp")
+	if err != nil {
+		return nil
+	}
+	next, ok := cur.(*App)
+	if !ok || next == a || next.spool == nil || next.spool.Dir() != a.spool.Dir() {
+		return nil
+	}
+	return next.runner.Load()
 }
 
 // Cleanup releases the spool's files once the app is gone (after Stop;

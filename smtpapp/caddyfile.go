@@ -71,6 +71,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		max_retry_interval  <duration>
 //		workers             <n>
 //		max_per_destination <n>
+//		stop_grace          <duration>
 //		hold
 //	}
 func (q *QueueConfig) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -101,6 +102,10 @@ func (q *QueueConfig) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "max_per_destination":
 			if err := intArg(d, &q.MaxPerDestination); err != nil {
+				return err
+			}
+		case "stop_grace":
+			if err := durationArg(d, &q.StopGrace); err != nil {
 				return err
 			}
 		case "hold":

@@ -161,25 +161,37 @@ func TestReloadUnderLoad(t *testing.T) {
 	wg.Wait()
 
 	deadline := time.Now().Add(60 * time.Second)
-	missing := -1
+	missing, duplicates := -1, 0
 	for time.Now().Before(deadline) && missing != 0 {
-		got := map[string]bool{}
+		got := map[string]int{}
 		for _, m := range sink.Received() {
 			if s := subjectOf(m.Data); s != "" {
-				got[s] = true
+				got[s]++
 			}
 		}
-		missing = 0
+		missing, duplicates = 0, 0
 		for s := range acked {
-			if !got[s] {
+			if got[s] == 0 {
 				missing++
 			}
 		}
+		for _, n := range got {
+			duplicates += n - 1
+		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Logf("%d reloads; %d transactions, %d acknowledged, %d failed, %d lost", reloads, sent.Load(), len(acked), refused.Load(), missing)
+	// Deliveries under way at a reload finish under the old config
+	// (queue.stop_grace), so nothing is sent twice.
+	t.Logf("%d reloads; %d transactions, %d acknowledged, %d failed, %d lost, %d duplicates",
+		reloads, sent.Load(), len(acked), refused.Load(), missing, duplicates)
 	if missing != 0 {
 		t.Fatalf("%d acknowledged messages lost across reloads", missing)
+	}
+	if duplicates != 0 {
+		t.Fatalf("%d messages delivered twice across reloads", duplicates)
+	}
+	if n := len(e.LogLines("delivery cut at config unload")); n != 0 {
+		t.Fatalf("%d deliveries cut at a reload with a healthy next hop", n)
 	}
 	if n := refused.Load(); n != 0 {
 		if migrateReqEnabled() {

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -24,6 +25,7 @@ const (
 	DefaultMaxPerDestination = 10
 	DefaultMinRetryInterval  = 5 * time.Minute
 	DefaultMaxRetryInterval  = time.Hour
+	DefaultStopGrace         = 30 * time.Second
 
 	// MaxReceivedHeaders is the hop count past which a message is taken
 	// to be looping and bounced with 5.4.6 (RFC 5321 6.3 suggests 100 at
@@ -56,8 +58,21 @@ type runner struct {
 	inflight map[string]bool
 	destSem  map[string]chan struct{}
 
-	cancel context.CancelFunc
-	done   chan struct{}
+	// A reload hands the spool from one runner to the next: the old one
+	// stops dispatching, lets go of the spool lock, and finishes its
+	// deliveries under way within stopGrace; the new one leaves those
+	// ids alone (pred) and hears of each when it is done (succ).
+	stopGrace time.Duration
+	pred      atomic.Pointer[runner]
+	succ      atomic.Pointer[runner]
+	stopping  atomic.Bool
+
+	stopSched context.CancelFunc // ends dispatching
+	cancel    context.CancelFunc // cuts the deliveries under way
+	lockMu    sync.Mutex
+	unlock    func()        // the spool lock, while held
+	idle      chan struct{} // closed when no worker is left
+	done      chan struct{}
 }
 
 func newRunner(a *App) *runner {
@@ -76,24 +91,32 @@ func newRunner(a *App) *runner {
 		due:      make(map[string]time.Time),
 		inflight: make(map[string]bool),
 		destSem:  make(map[string]chan struct{}),
+		idle:     make(chan struct{}),
 		done:     make(chan struct{}),
+
+		stopGrace: durationOr(q.StopGrace, DefaultStopGrace),
 	}
 }
 
 // start launches the runner; it waits for the spool lock first.
 func (r *runner) start(workers int) {
 	ctx, cancel := context.WithCancel(context.Background())
-	r.cancel = cancel
+	sched, stopSched := context.WithCancel(ctx)
+	r.cancel, r.stopSched = cancel, stopSched
 	go func() {
 		defer close(r.done)
-		unlock, err := r.spool.Lock(ctx)
+		defer r.releaseLock()
+		unlock, err := r.spool.Lock(sched)
 		if err != nil {
+			close(r.idle)
 			if !errors.Is(err, context.Canceled) {
 				r.logger.Error("cannot lock spool; not delivering", zap.Error(err))
 			}
 			return
 		}
-		defer unlock()
+		r.lockMu.Lock()
+		r.unlock = unlock
+		r.lockMu.Unlock()
 		var wg sync.WaitGroup
 		for i := 0; i < workers; i++ {
 			wg.Add(1)
@@ -104,25 +127,74 @@ func (r *runner) start(workers int) {
 					r.mu.Lock()
 					delete(r.inflight, id)
 					r.mu.Unlock()
+					if next := r.succ.Load(); next != nil {
+						next.enqueue(id) // its turn now
+					}
 				}
 			}()
 		}
-		r.schedule(ctx)
+		r.schedule(sched)
 		close(r.work)
+		if r.succ.Load() != nil {
+			// The next runner knows what is still under way here.
+			r.releaseLock()
+		}
 		wg.Wait()
+		close(r.idle)
 	}()
 }
 
-// stop cancels deliveries in flight (they stay queued: delivery is at
-// least once) and waits for the runner to let go of the spool.
-func (r *runner) stop() {
+// releaseLock lets go of the spool lock, once.
+func (r *runner) releaseLock() {
+	r.lockMu.Lock()
+	defer r.lockMu.Unlock()
+	if r.unlock != nil {
+		r.unlock()
+		r.unlock = nil
+	}
+}
+
+// stop ends dispatching and gives the deliveries under way stopGrace to
+// finish; then it cuts them (they stay queued: delivery is at least
+// once), logging each, and waits for the runner to let go of the spool.
+// next, if not nil, is the runner of the config that replaces this one
+// on the same spool: it starts delivering at once, and leaves alone
+// what this one still has under way.
+func (r *runner) stop(next *runner) {
+	r.stopping.Store(true)
+	if next != nil {
+		next.pred.Store(r)
+		r.succ.Store(next)
+	}
+	r.stopSched()
+	grace := time.NewTimer(r.stopGrace)
+	defer grace.Stop()
+	select {
+	case <-r.idle:
+	case <-grace.C:
+		r.mu.Lock()
+		for id := range r.inflight {
+			r.logger.Warn("delivery cut at config unload; it stays queued and is tried again",
+				zap.String("queue_id", id), zap.Duration("stop_grace", r.stopGrace))
+		}
+		r.mu.Unlock()
+	}
 	r.cancel()
 	<-r.done
+	if next != nil {
+		next.pred.CompareAndSwap(r, nil)
+	}
 }
 
 // enqueue tells the runner about a record just committed; it never
 // blocks a session (the rescan finds what does not fit).
 func (r *runner) enqueue(id string) {
+	if r.stopping.Load() {
+		if next := r.succ.Load(); next != nil {
+			next.enqueue(id)
+		}
+		return
+	}
 	select {
 	case r.notify <- id:
 	default:
@@ -184,9 +256,10 @@ func (r *runner) dispatch(ctx context.Context) time.Time {
 	r.mu.Lock()
 	var ready []string
 	var next time.Time
+	pred := r.pred.Load()
 	for id, at := range r.due {
-		if r.inflight[id] {
-			continue
+		if r.inflight[id] || (pred != nil && pred.active(id)) {
+			continue // the previous config's runner tells us when it is done
 		}
 		if !at.After(now) {
 			ready = append(ready, id)
@@ -204,6 +277,10 @@ func (r *runner) dispatch(ctx context.Context) time.Time {
 		select {
 		case r.work <- id:
 		case <-ctx.Done():
+			r.mu.Lock()
+			delete(r.inflight, id)
+			r.due[id] = time.Time{}
+			r.mu.Unlock()
 			return next
 		}
 	}
@@ -376,11 +453,16 @@ func (r *runner) attempt(ctx context.Context, id string) {
 	}
 }
 
-// active reports whether a record is being delivered right now.
+// active reports whether a record is being delivered right now, by
+// this runner or one of an earlier config that is finishing.
 func (r *runner) active(id string) bool {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.inflight[id]
+	busy := r.inflight[id]
+	r.mu.Unlock()
+	if p := r.pred.Load(); !busy && p != nil {
+		return p.active(id)
+	}
+	return busy
 }
 
 // deliver groups the due recipients by route and destination and runs
