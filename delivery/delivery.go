@@ -7,7 +7,6 @@ package delivery
 import (
 	"context"
 	"io"
-	"strings"
 
 	"go.uber.org/zap"
 
@@ -104,13 +103,4 @@ func All(r Result, n int) []Result {
 		out[i] = r
 	}
 	return out
-}
-
-// DomainOf returns the lower-cased domain of an address.
-func DomainOf(addr string) string {
-	i := strings.LastIndexByte(addr, '@')
-	if i < 0 {
-		return ""
-	}
-	return strings.TrimSuffix(strings.ToLower(addr[i+1:]), ".")
 }

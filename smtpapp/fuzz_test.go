@@ -37,6 +37,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
+	"github.com/caddy-smtp/caddy-smtp/address"
 	_ "github.com/caddy-smtp/caddy-smtp/delivery/maildir"
 )
 
@@ -349,7 +350,7 @@ var closingReplies = []string{
 //     sends after recovering from a panic in a command handler;
 //   - relay control: every accepted RCPT ("250 2.0.0 I'll make sure <X>
 //     gets this", go-smtp's reply, which echoes the address it parsed
-//     and handed to Session.Rcpt) is for a recipient whose domainOf is
+//     and handed to Session.Rcpt) is for a recipient whose address.Domain is
 //     exactly example.com: the client, 127.0.0.1, is outside
 //     relay_networks and cannot authenticate;
 //   - one reply per command line, for inputs in lines mode made only of
@@ -415,7 +416,7 @@ func checkSession(t *testing.T, addr string, send []byte, lines bool) []fuzzRepl
 			if !ok {
 				t.Fatalf("malformed RCPT reply %q", last)
 			}
-			if d := domainOf(rcpt); d != "example.com" {
+			if d := address.Domain(rcpt); d != "example.com" {
 				t.Fatalf("relay control: RCPT for %q (domain %q) accepted from 127.0.0.1, outside relay_networks, unauthenticated", rcpt, d)
 			}
 		}

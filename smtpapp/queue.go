@@ -15,6 +15,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/caddy-smtp/caddy-smtp/address"
 	"github.com/caddy-smtp/caddy-smtp/delivery"
 	"github.com/caddy-smtp/caddy-smtp/spool"
 )
@@ -480,7 +481,7 @@ func (r *runner) deliver(ctx context.Context, srv *Server, env *spool.Envelope, 
 			results[rc] = delivery.Temporary("4.3.5", "no route to the recipient's domain in the current configuration")
 			continue
 		}
-		k := key{i, srv.Routes[i].deliverer.Destination(domainOf(rc.Address))}
+		k := key{i, srv.Routes[i].deliverer.Destination(address.Domain(rc.Address))}
 		if _, ok := groups[k]; !ok {
 			order = append(order, k)
 		}

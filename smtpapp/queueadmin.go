@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/caddy-smtp/caddy-smtp/address"
 	"github.com/caddy-smtp/caddy-smtp/delivery"
 	"github.com/caddy-smtp/caddy-smtp/spool"
 )
@@ -45,7 +46,7 @@ func (f QueueFilter) matches(env *spool.Envelope) bool {
 	}
 	for _, r := range env.Recipients {
 		if (f.Recipient == "" || strings.EqualFold(r.Address, f.Recipient)) &&
-			(f.Domain == "" || domainOf(r.Address) == normalizeDomain(f.Domain)) {
+			(f.Domain == "" || address.Domain(r.Address) == address.NormalizeDomain(f.Domain)) {
 			return true
 		}
 	}

@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/emersion/go-smtp"
+
+	"github.com/caddy-smtp/caddy-smtp/address"
 )
 
 // errRelayDenied is the reply to a recipient we may not relay to
@@ -31,7 +33,7 @@ type RelayPolicy struct {
 func NewRelayPolicy(acceptDomains, relayNetworks []string) (*RelayPolicy, error) {
 	p := &RelayPolicy{domains: make(map[string]bool)}
 	for _, d := range acceptDomains {
-		d = normalizeDomain(strings.TrimSpace(d))
+		d = address.NormalizeDomain(strings.TrimSpace(d))
 		switch {
 		case d == "" || d == "*" || strings.ContainsAny(d, "@ \t[]"):
 			return nil, fmt.Errorf("accept_domains: %q is not a domain name", d)
@@ -67,28 +69,8 @@ func parseNetwork(s string) (netip.Prefix, error) {
 	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
-// normalizeDomain lower-cases a domain and drops one trailing dot. It
-// is applied exactly once to a recipient's domain (in domainOf):
-// applying it twice would turn "example.com.." into a local domain.
-func normalizeDomain(d string) string {
-	return strings.TrimSuffix(strings.ToLower(d), ".")
-}
-
-// domainOf returns the normalized domain of an address ("" if none).
-func domainOf(addr string) string {
-	i := strings.LastIndexByte(addr, '@')
-	if i < 0 {
-		return ""
-	}
-	return normalizeDomain(addr[i+1:])
-}
-
-// IsLocal reports whether domain is one we accept mail for from anyone.
-func (p *RelayPolicy) IsLocal(domain string) bool {
-	return p.isLocal(normalizeDomain(domain))
-}
-
-// isLocal is IsLocal for a domain already normalized.
+// isLocal reports whether a normalized domain is one we accept mail
+// for from anyone.
 func (p *RelayPolicy) isLocal(domain string) bool {
 	if domain == "" {
 		return false
@@ -117,5 +99,5 @@ func (p *RelayPolicy) MayRelay(ip netip.Addr) bool {
 
 // Accepts is the whole relay decision for one recipient.
 func (p *RelayPolicy) Accepts(rcpt string, client netip.Addr, authenticated bool) bool {
-	return p.isLocal(domainOf(rcpt)) || p.MayRelay(client) || authenticated
+	return p.isLocal(address.Domain(rcpt)) || p.MayRelay(client) || authenticated
 }

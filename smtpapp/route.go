@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/emersion/go-smtp"
 
+	"github.com/caddy-smtp/caddy-smtp/address"
 	"github.com/caddy-smtp/caddy-smtp/delivery"
 )
 
@@ -44,7 +45,7 @@ func (r *Route) provision(ctx caddy.Context, field string) error {
 		return fmt.Errorf("%s.domains: at least one domain (or *) is required", field)
 	}
 	for i, d := range r.Domains {
-		d = normalizeDomain(d)
+		d = address.NormalizeDomain(d)
 		if d == "" || strings.ContainsAny(d, "@ \t") || (strings.Contains(d, "*") && d != "*" && !strings.HasPrefix(d, "*.")) {
 			return fmt.Errorf("%s.domains: %q is not a domain, *.domain or *", field, r.Domains[i])
 		}
@@ -87,7 +88,7 @@ func (r *Route) matches(domain string) bool {
 
 // routeFor returns the index of the first route for the recipient, or -1.
 func (s *Server) routeFor(rcpt string) int {
-	domain := domainOf(rcpt)
+	domain := address.Domain(rcpt)
 	for i, r := range s.Routes {
 		if r.matches(domain) {
 			return i

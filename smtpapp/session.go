@@ -11,6 +11,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"go.uber.org/zap"
 
+	"github.com/caddy-smtp/caddy-smtp/address"
 	"github.com/caddy-smtp/caddy-smtp/spool"
 )
 
@@ -198,7 +199,7 @@ func (ss *session) rcpt(to string, opts *smtp.RcptOptions) error {
 		return problem
 	}
 	trusted := ss.srv.relay.MayRelay(ss.conn.remote.Addr()) || ss.authID != ""
-	if !ss.srv.relay.Accepts(to, ss.conn.remote.Addr(), ss.authID != "") || (!trusted && senderRouted(to)) {
+	if !ss.srv.relay.Accepts(to, ss.conn.remote.Addr(), ss.authID != "") || (!trusted && address.SenderRouted(to)) {
 		ss.srv.reject("relay_denied")
 		ss.srv.logger.Info("recipient refused: relay access denied",
 			zap.String("remote_ip", ss.conn.remote.Addr().String()),
@@ -385,13 +386,4 @@ func (ss *session) tlsInfo() *spool.TLSInfo {
 		info.PeerVerified = ss.srv.tls.peerVerified(*cs)
 	}
 	return info
-}
-
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= 0x80 {
-			return false
-		}
-	}
-	return true
 }

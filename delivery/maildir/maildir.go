@@ -18,6 +18,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
+	"github.com/caddy-smtp/caddy-smtp/address"
 	"github.com/caddy-smtp/caddy-smtp/delivery"
 )
 
@@ -80,10 +81,7 @@ func (m *Maildir) Deliver(ctx context.Context, job *delivery.Job) []delivery.Res
 
 // folder expands the path template for a recipient.
 func (m *Maildir) folder(addr string) string {
-	local, domain := addr, ""
-	if i := strings.LastIndexByte(addr, '@'); i >= 0 {
-		local, domain = addr[:i], addr[i+1:]
-	}
+	local, domain := address.Split(addr)
 	return strings.NewReplacer("{local}", safe(local), "{domain}", safe(domain)).Replace(m.Path)
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
+	"github.com/caddy-smtp/caddy-smtp/address"
 	"github.com/caddy-smtp/caddy-smtp/delivery"
 )
 
@@ -97,7 +98,7 @@ func (m *MX) Destination(domain string) string { return "mx:" + domain }
 // Deliver looks up the domain's exchangers and tries them in order.
 func (m *MX) Deliver(ctx context.Context, job *delivery.Job) []delivery.Result {
 	n := len(job.Recipients)
-	domain := delivery.DomainOf(job.Recipients[0].Address)
+	domain := address.Domain(job.Recipients[0].Address)
 	hops, fail := m.hops(ctx, domain)
 	if fail != nil {
 		return delivery.All(*fail, n)
