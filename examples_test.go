@@ -103,7 +103,7 @@ func rootDir(t *testing.T) string {
 }
 
 // TestQuickStart runs examples/Caddyfile as the README says, sends a
-// message over STARTTLS to the gateway, and finds it in ./maildir/new
+// message over STARTTLS to the gateway, and finds it in ./data/maildir/new
 // with two Received: headers that each say ESMTPS and the TLS version.
 func TestQuickStart(t *testing.T) {
 	example := filepath.Join(rootDir(t), "examples", "Caddyfile")
@@ -140,14 +140,14 @@ func TestQuickStart(t *testing.T) {
 	}
 	var msg []byte
 	for time.Now().Before(deadline) && msg == nil {
-		files, _ := filepath.Glob("maildir/new/*")
+		files, _ := filepath.Glob("data/maildir/new/*")
 		if len(files) > 0 {
 			msg, _ = os.ReadFile(files[0])
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	if msg == nil {
-		t.Fatal("nothing in maildir/new")
+		t.Fatal("nothing in data/maildir/new")
 	}
 	if strings.Contains(string(msg), "\r") {
 		t.Fatal("maildir file has CR characters; Maildir lines end with LF")

@@ -29,6 +29,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/caddy-smtp/caddy-smtp/queue"
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
 
@@ -79,13 +80,13 @@ type QueueListResponse struct {
 	// Hold reports that the queue is on hold: nothing is delivered.
 	Hold bool `json:"hold,omitempty"`
 	// Messages is the page, oldest first.
-	Messages []smtpapp.QueueEntry `json:"messages"`
+	Messages []queue.Entry `json:"messages"`
 }
 
 // MessageResponse is the body of GET /smtp/queue/{id}: the message's
 // queue entry and its header section.
 type MessageResponse struct {
-	smtpapp.QueueEntry
+	queue.Entry
 	// Headers is the message's header section as stored, our
 	// Received: header first, CRLF line ends, without the blank line
 	// that ends it.
@@ -162,7 +163,7 @@ func (a *API) handleList(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	filter := smtpapp.QueueFilter{
+	filter := queue.Filter{
 		Sender:    q.Get("sender"),
 		Recipient: q.Get("recipient"),
 		Domain:    q.Get("domain"),
@@ -172,7 +173,7 @@ func (a *API) handleList(w http.ResponseWriter, r *http.Request) error {
 		return internalError(fmt.Errorf("listing the queue: %w", err))
 	}
 	if entries == nil {
-		entries = []smtpapp.QueueEntry{}
+		entries = []queue.Entry{}
 	}
 	return writeJSON(w, QueueListResponse{
 		Total:    total,
@@ -204,13 +205,13 @@ func (a *API) handleMessage(w http.ResponseWriter, r *http.Request, id string) e
 		return writeJSON(w, DeleteResponse{Deleted: deleted})
 	}
 	entry, headers, err := app.QueueShow(id)
-	if errors.Is(err, smtpapp.ErrNoSuchMessage) {
+	if errors.Is(err, queue.ErrNoSuchMessage) {
 		return notFound(id)
 	}
 	if err != nil {
 		return internalError(fmt.Errorf("reading %s: %w", id, err))
 	}
-	return writeJSON(w, MessageResponse{QueueEntry: entry, Headers: headers})
+	return writeJSON(w, MessageResponse{Entry: entry, Headers: headers})
 }
 
 // handleFlush makes deferred mail due now: POST /smtp/queue/flush for
@@ -224,7 +225,7 @@ func (a *API) handleFlush(w http.ResponseWriter, r *http.Request, id string) err
 		return err
 	}
 	n, err := app.QueueFlush(id)
-	if errors.Is(err, smtpapp.ErrNoSuchMessage) {
+	if errors.Is(err, queue.ErrNoSuchMessage) {
 		return notFound(id)
 	}
 	if err != nil {
@@ -291,9 +292,9 @@ func (a *API) handleBounce(w http.ResponseWriter, r *http.Request, id string) er
 	}
 	err = app.QueueBounce(id)
 	switch {
-	case errors.Is(err, smtpapp.ErrNoSuchMessage):
+	case errors.Is(err, queue.ErrNoSuchMessage):
 		return notFound(id)
-	case errors.Is(err, smtpapp.ErrNothingPending):
+	case errors.Is(err, queue.ErrNothingPending):
 		return caddy.APIError{
 			HTTPStatus: http.StatusConflict,
 			Err:        fmt.Errorf("message %s has no pending recipient to bounce", id),
@@ -359,7 +360,7 @@ func nonNegative(q map[string][]string, name string) (int, error) {
 func notFound(id string) error {
 	return caddy.APIError{
 		HTTPStatus: http.StatusNotFound,
-		Err:        fmt.Errorf("%w: %s", smtpapp.ErrNoSuchMessage, id),
+		Err:        fmt.Errorf("%w: %s", queue.ErrNoSuchMessage, id),
 	}
 }
 

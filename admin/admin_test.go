@@ -135,7 +135,7 @@ func TestQueueAPI(t *testing.T) {
 		var m admin.MessageResponse
 		api.json(t, http.MethodGet, "/smtp/queue/"+ids[0], nil, http.StatusOK, &m)
 		if m.ID != ids[0] || m.Sender != "alice@example.test" || len(m.Recipients) != 1 {
-			t.Errorf("entry: %+v", m.QueueEntry)
+			t.Errorf("entry: %+v", m.Entry)
 		}
 		if !strings.HasPrefix(m.Headers, "Received: from ") ||
 			!strings.Contains(m.Headers, "\r\nSubject: one\r\n") ||

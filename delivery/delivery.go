@@ -77,6 +77,10 @@ type Result struct {
 	TLSVersion, TLSCipher string
 	// TLSVerified says whether the next hop's certificate verified.
 	TLSVerified bool
+	// TLSFailed says the attempt failed for want of TLS: STARTTLS not
+	// offered or refused where the level needs it, a failed handshake,
+	// a certificate that did not verify.
+	TLSFailed bool
 	// ConnUse is the number of this transaction on its connection: 1 on
 	// a new connection, more on a reused one (Postfix's conn_use); 0
 	// when no SMTP session was reached.
@@ -84,6 +88,30 @@ type Result struct {
 	// Via is the type of target that produced the result (relay, mx,
 	// maildir...); the queue sets it.
 	Via string
+}
+
+// TLSOutcome is what TLS an attempt had, for logs and metrics.
+type TLSOutcome string
+
+// TLS outcomes.
+const (
+	TLSNone      TLSOutcome = "none"      // no TLS, and none needed
+	TLSUntrusted TLSOutcome = "untrusted" // TLS; the certificate did not verify, or was not checked
+	TLSVerified  TLSOutcome = "verified"  // TLS with a verified certificate
+	TLSFailure   TLSOutcome = "failed"    // TLS was needed and failed (TLSFailed)
+)
+
+// TLSOutcome tells the attempt's TLS outcome from its facts.
+func (r Result) TLSOutcome() TLSOutcome {
+	switch {
+	case r.TLSVersion != "" && r.TLSVerified:
+		return TLSVerified
+	case r.TLSVersion != "":
+		return TLSUntrusted
+	case r.TLSFailed:
+		return TLSFailure
+	}
+	return TLSNone
 }
 
 // Temporary makes a deferred result with our own reason.

@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -152,8 +153,10 @@ func open(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *Cred
 		return fail(setupFailure(err, "4.4.2", pre.stage+" "+remote))
 	}
 	if !pre.starttls && level != LevelNone && level != LevelMay {
-		conn.Close()
-		return fail(Temporary("4.7.4", fmt.Sprintf("TLS is required, but was not offered by host %s", remote)))
+		quit(conn)
+		r := Temporary("4.7.4", fmt.Sprintf("TLS is required, but was not offered by host %s", remote))
+		r.TLSFailed = true
+		return fail(r)
 	}
 	c := net.Conn(conn)
 	// Without a handshake, go-smtp gets the EHLO reply too and its own
@@ -170,7 +173,7 @@ func open(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *Cred
 		if err := startTLS(conn); err != nil {
 			conn.Close()
 			r := setupFailure(err, "4.7.0", "STARTTLS at "+remote)
-			r.Remote = remote
+			r.Remote, r.TLSFailed = remote, true
 			return nil, All(r, n), true, true
 		}
 		tc := tls.Client(conn, cfg)
@@ -178,7 +181,7 @@ func open(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *Cred
 		if err := tc.HandshakeContext(ctx); err != nil {
 			conn.Close()
 			r := Temporary("4.7.5", tlsFailure(err, remote))
-			r.Remote = remote
+			r.Remote, r.TLSFailed = remote, true
 			return nil, All(r, n), true, true
 		}
 		tc.SetDeadline(time.Time{})
@@ -510,6 +513,16 @@ func readReply(r *textproto.Reader, expect int) (raw []byte, code int, err error
 		return raw, code, &textproto.Error{Code: code, Msg: strings.Join(msg, "\n")}
 	}
 	return raw, code, nil
+}
+
+// quit ends a session we will not use with QUIT (RFC 5321 4.1.1.10),
+// reads the reply, and closes the connection.
+func quit(conn net.Conn) {
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(conn, "QUIT\r\n"); err == nil {
+		bufio.NewReader(io.LimitReader(conn, 1024)).ReadString('\n')
+	}
+	conn.Close()
 }
 
 // startTLS sends STARTTLS and reads the 220. Whatever the server sent

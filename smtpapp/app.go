@@ -9,12 +9,15 @@ import (
 	"path/filepath"
 	"sort"
 	"sync/atomic"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
+	"github.com/caddy-smtp/caddy-smtp/delivery"
+	"github.com/caddy-smtp/caddy-smtp/queue"
 	"github.com/caddy-smtp/caddy-smtp/spool"
 )
 
@@ -23,7 +26,7 @@ func init() {
 }
 
 // DefaultMaxAge is how long a message may stay queued before it bounces.
-const DefaultMaxAge = caddy.Duration(5 * 24 * 60 * 60 * 1e9)
+const DefaultMaxAge = caddy.Duration(queue.DefaultMaxAge)
 
 // App is the smtp app: a durable queue and named SMTP servers.
 type App struct {
@@ -39,7 +42,7 @@ type App struct {
 	logger  *zap.Logger
 	spool   *spool.Spool
 	tlsApp  *caddytls.TLS
-	runner  *atomic.Pointer[runner] // set in Provision; read by sessions
+	runner  *atomic.Pointer[queue.Runner] // set in Start; read by sessions and the admin API
 	metrics *metrics
 	// names whose certificates the tls app manages for us
 	certNames map[string]struct{}
@@ -99,7 +102,7 @@ func (App) CaddyModule() caddy.ModuleInfo {
 func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
 	a.logger = ctx.Logger()
-	a.runner = new(atomic.Pointer[runner])
+	a.runner = new(atomic.Pointer[queue.Runner])
 	m, err := newMetrics(ctx, a)
 	if err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
@@ -122,10 +125,10 @@ func (a *App) Provision(ctx caddy.Context) error {
 		q.MaxAge = DefaultMaxAge
 	}
 	if q.Workers == 0 {
-		q.Workers = DefaultWorkers
+		q.Workers = queue.DefaultWorkers
 	}
 	if q.MaxPerDestination == 0 {
-		q.MaxPerDestination = DefaultMaxPerDestination
+		q.MaxPerDestination = queue.DefaultMaxPerDestination
 	}
 	if q.MinRetryInterval != 0 && q.MaxRetryInterval != 0 && q.MinRetryInterval > q.MaxRetryInterval {
 		return fmt.Errorf("queue.min_retry_interval: above max_retry_interval")
@@ -257,8 +260,19 @@ func (a *App) Start() error {
 		}
 	}
 	if !a.Queue.Hold {
-		r := newRunner(a)
-		r.start(a.Queue.Workers)
+		q := a.Queue
+		r := queue.New(queue.Options{
+			Spool:             a.spool,
+			Router:            routing{a},
+			Metrics:           a.metrics,
+			Logger:            a.logger.Named("queue"),
+			MaxAge:            time.Duration(q.MaxAge),
+			MinRetryInterval:  time.Duration(q.MinRetryInterval),
+			MaxRetryInterval:  time.Duration(q.MaxRetryInterval),
+			MaxPerDestination: q.MaxPerDestination,
+			StopGrace:         time.Duration(q.StopGrace),
+		})
+		r.Start(q.Workers)
 		a.runner.Store(r)
 	}
 	a.logger.Info("smtp app started", zap.String("queue", a.spool.Dir()), zap.Int("servers", len(a.Servers)))
@@ -276,7 +290,7 @@ func (a *App) Stop() error {
 		}
 	}
 	if r := a.runner.Swap(nil); r != nil {
-		r.stop(a.successor())
+		r.Stop(a.successor())
 	}
 	return errors.Join(errs...)
 }
@@ -284,7 +298,7 @@ func (a *App) Stop() error {
 // successor is the runner of the config that replaced this one (Caddy
 // calls Stop after the new config started and became the active one)
 // on the same spool, or nil.
-func (a *App) successor() *runner {
+func (a *App) successor() *queue.Runner {
 	cur, err := caddy.ActiveContext().AppIfConfigured("smtp")
 	if err != nil {
 		return nil
@@ -309,16 +323,88 @@ func (a *App) Cleanup() error {
 // run, else the current config's (a session that outlived a reload).
 func (a *App) queued(id string) {
 	if r := a.runner.Load(); r != nil {
-		r.enqueue(id)
+		r.Enqueue(id)
 		return
 	}
 	if cur, err := caddy.ActiveContext().AppIfConfigured("smtp"); err == nil {
 		if next, ok := cur.(*App); ok && next != a {
 			if r := next.runner.Load(); r != nil {
-				r.enqueue(id)
+				r.Enqueue(id)
 			}
 		}
 	}
+}
+
+// routing is what the queue needs of the app (queue.Router): the
+// servers' hostnames and routes, by server name.
+type routing struct{ a *App }
+
+func (r routing) Hostname(server string) (string, bool) {
+	if s := r.a.Servers[server]; s != nil {
+		return s.Hostname, true
+	}
+	return "", false
+}
+
+func (r routing) Route(server, rcpt string) (int, delivery.Deliverer, string) {
+	s := r.a.Servers[server]
+	if s == nil {
+		return -1, nil, ""
+	}
+	i := s.routeFor(rcpt)
+	if i < 0 {
+		return -1, nil, ""
+	}
+	return i, s.Routes[i].deliverer, s.Routes[i].via
+}
+
+// The queue operations of the admin API (package queue does them).
+
+// QueueList lists queued messages (queue.List).
+func (a *App) QueueList(filter queue.Filter, offset, limit int) ([]queue.Entry, int, error) {
+	return queue.List(a.spool, filter, offset, limit, a.isActive)
+}
+
+// QueueShow returns one message's entry and its header section.
+func (a *App) QueueShow(id string) (queue.Entry, string, error) {
+	return queue.Show(a.spool, id, a.isActive)
+}
+
+// QueueFlush makes deferred recipients due now and wakes delivery, for
+// one message or (id "") all. It returns how many messages it flushed.
+func (a *App) QueueFlush(id string) (int, error) {
+	n, due, err := queue.Flush(a.spool, id)
+	if err != nil {
+		return 0, err
+	}
+	if r := a.runner.Load(); r != nil {
+		for _, qid := range due {
+			r.Reschedule(qid, time.Time{})
+		}
+	}
+	a.logger.Info("queue flushed", zap.String("queue_id", id), zap.Int("messages", n))
+	return n, nil
+}
+
+// QueueDelete removes messages without notice to anyone (postsuper -d)
+// and returns the ids it removed.
+func (a *App) QueueDelete(ids []string) ([]string, error) {
+	return queue.Delete(a.spool, ids, a.logger)
+}
+
+// QueueBounce fails every pending recipient of a message now and sends
+// the sender a bounce (Postfix's "bounce now").
+func (a *App) QueueBounce(id string) error {
+	bounceID, err := queue.BounceNow(a.spool, id, routing{a}.Hostname, a.logger.Named("queue"), a.metrics)
+	if r := a.runner.Load(); r != nil && bounceID != "" {
+		r.Reschedule(bounceID, time.Time{})
+	}
+	return err
+}
+
+func (a *App) isActive(id string) bool {
+	r := a.runner.Load()
+	return r != nil && r.Active(id)
 }
 
 // Server returns the server of that name, or nil.

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	st "github.com/caddy-smtp/caddy-smtp/internal/smtptest"
+	"github.com/caddy-smtp/caddy-smtp/queue"
 
 	"github.com/emersion/go-smtp"
 )
@@ -105,7 +106,7 @@ func TestBounces(t *testing.T) {
 
 	t.Run("loop", func(t *testing.T) {
 		var hdr strings.Builder
-		for i := 0; i < MaxReceivedHeaders; i++ {
+		for i := 0; i < queue.MaxReceivedHeaders; i++ {
 			hdr.WriteString("Received: from hop.test by hop.test; Fri, 27 Nov 2026 10:00:00 +0000\r\n")
 		}
 		// Ours makes it one more than the limit.

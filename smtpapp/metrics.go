@@ -2,11 +2,12 @@ package smtpapp
 
 import (
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/caddy-smtp/caddy-smtp/delivery"
 )
 
 // metrics are the app's Prometheus collectors, registered in Caddy's
@@ -87,24 +88,19 @@ func (a *App) queueStats() (int, time.Duration) {
 	return len(ids), 0
 }
 
-// tlsOutcome is the delivery metric's client TLS label.
-func tlsOutcome(version string, verified bool, reply string) string {
-	switch {
-	case version != "" && verified:
-		return "verified"
-	case version != "":
-		return "untrusted"
-	case containsAny(reply, "TLS is required", "certificate not verified", "TLS handshake"):
-		return "failed"
+// Attempt implements queue.Metrics.
+func (m *metrics) Attempt(server string, res delivery.Result, delay time.Duration) {
+	via := res.Via
+	if via == "" {
+		via = "none"
 	}
-	return "none"
+	m.deliveries.WithLabelValues(server, via, res.Status.String(), string(res.TLSOutcome())).Inc()
+	if res.Status != delivery.Deferred {
+		m.deliveryDelay.WithLabelValues(server, res.Status.String()).Observe(delay.Seconds())
+	}
 }
 
-func containsAny(s string, subs ...string) bool {
-	for _, x := range subs {
-		if strings.Contains(s, x) {
-			return true
-		}
-	}
-	return false
+// Handshake implements queue.Metrics: an outbound TLS handshake.
+func (m *metrics) Handshake(server, version, result string) {
+	m.handshakes.WithLabelValues(server, "out", version, result).Inc()
 }

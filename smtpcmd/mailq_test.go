@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/caddy-smtp/caddy-smtp/admin"
-	"github.com/caddy-smtp/caddy-smtp/smtpapp"
+	"github.com/caddy-smtp/caddy-smtp/queue"
 	"github.com/caddy-smtp/caddy-smtp/smtpcmd"
 	"github.com/caddy-smtp/caddy-smtp/spool"
 )
@@ -20,7 +20,7 @@ func TestMailqFormat(t *testing.T) {
 	rcpt := func(addr, status, lastError string) *spool.Recipient {
 		return &spool.Recipient{Address: addr, Status: status, LastError: lastError}
 	}
-	list := admin.QueueListResponse{Total: 2, Messages: []smtpapp.QueueEntry{
+	list := admin.QueueListResponse{Total: 2, Messages: []queue.Entry{
 		{ID: "1C92E7D564", Size: 4357, Received: time.Date(2020, 1, 28, 6, 58, 20, 0, time.Local), Sender: "root",
 			Recipients: []*spool.Recipient{rcpt("ubuntu-upgrades@example.com", spool.StatusQueued, "")}},
 		{ID: "36BF87D65A", Size: 1363, Received: time.Date(2020, 2, 12, 6, 10, 2, 0, time.Local), Sender: "root",
@@ -44,7 +44,7 @@ func TestMailqFormat(t *testing.T) {
 	}
 
 	const timeout = "connect to mx.example.net[192.0.2.1]:25: Connection timed out"
-	list = admin.QueueListResponse{Total: 3, Offset: 0, Hold: true, Messages: []smtpapp.QueueEntry{
+	list = admin.QueueListResponse{Total: 3, Offset: 0, Hold: true, Messages: []queue.Entry{
 		{ID: "4A1B2C3D4E", Size: 2048, Received: time.Date(2020, 2, 12, 6, 10, 2, 0, time.Local), Sender: "",
 			Recipients: []*spool.Recipient{
 				rcpt("done@example.net", spool.StatusSent, ""),

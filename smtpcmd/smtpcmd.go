@@ -31,7 +31,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/caddy-smtp/caddy-smtp/admin"
-	"github.com/caddy-smtp/caddy-smtp/smtpapp"
+	"github.com/caddy-smtp/caddy-smtp/queue"
 	"github.com/caddy-smtp/caddy-smtp/spool"
 )
 
@@ -423,7 +423,7 @@ func cmdDelete(fl caddycmd.Flags, args []string, out io.Writer) error {
 		return err
 	}
 	if len(r.NotFound) > 0 {
-		return fmt.Errorf("%v: %s", smtpapp.ErrNoSuchMessage, strings.Join(r.NotFound, " "))
+		return fmt.Errorf("%v: %s", queue.ErrNoSuchMessage, strings.Join(r.NotFound, " "))
 	}
 	return nil
 }

@@ -1,4 +1,4 @@
-package smtpapp
+package queue
 
 import (
 	"bufio"
@@ -17,11 +17,14 @@ import (
 // maxReturnedBody bounds the original message returned with RET=FULL.
 const maxReturnedBody = 10 << 20
 
-// bounce queues a delivery status notification (RFC 3464) to the
-// sender of env for the recipients that failed for good. The null
-// sender never gets one (RFC 5321 6.1: no bounce loops), nor do
-// recipients whose NOTIFY excludes FAILURE (RFC 3461).
-func (r *runner) bounce(srv *Server, env *spool.Envelope, failed []*spool.Recipient) {
+// Bounce queues a delivery status notification (RFC 3464) to the
+// sender of env for the recipients that failed for good, from the
+// server called hostname; it returns the bounce's queue id and how many
+// recipients it reports, or "" when none is due: the null sender never gets one (RFC 5321 6.1: no bounce
+// loops), nor do recipients whose NOTIFY excludes FAILURE (RFC 3461).
+// The bounce is committed (fsynced) before Bounce returns; the caller
+// tells the runner about it.
+func Bounce(sp *spool.Spool, hostname string, env *spool.Envelope, failed []*spool.Recipient) (id string, reported int, err error) {
 	var notify []*spool.Recipient
 	for _, rc := range failed {
 		if wantsFailureNotice(rc) {
@@ -29,45 +32,58 @@ func (r *runner) bounce(srv *Server, env *spool.Envelope, failed []*spool.Recipi
 		}
 	}
 	if env.From == "" || len(notify) == 0 {
-		r.logger.Info("no bounce sent", zap.String("queue_id", env.ID),
-			zap.Bool("null_sender", env.From == ""), zap.Int("failed", len(failed)))
-		return
+		return "", 0, nil
 	}
-	hostname := "localhost"
-	server := env.Server
-	if srv != nil {
-		hostname = srv.Hostname
+	if hostname == "" {
+		hostname = "localhost"
 	}
-	draft, err := r.spool.Create()
+	draft, err := sp.Create()
 	if err != nil {
-		r.logger.Error("cannot queue bounce", zap.String("queue_id", env.ID), zap.Error(err))
-		return
+		return "", 0, fmt.Errorf("creating bounce: %w", err)
 	}
 	defer draft.Abort()
-	orig, err := r.spool.OpenMessage(env.ID)
+	orig, err := sp.OpenMessage(env.ID)
 	if err != nil {
-		r.logger.Error("cannot read message to bounce", zap.String("queue_id", env.ID), zap.Error(err))
-		return
+		return "", 0, fmt.Errorf("reading message to bounce: %w", err)
 	}
 	defer orig.Close()
 	if err := writeDSN(draft, hostname, env, notify, orig, time.Now()); err != nil {
-		r.logger.Error("writing bounce", zap.String("queue_id", env.ID), zap.Error(err))
-		return
+		return "", 0, fmt.Errorf("writing bounce: %w", err)
 	}
 	dsn := &spool.Envelope{
-		Server:     server,
+		Server:     env.Server,
 		From:       "",
 		Recipients: []*spool.Recipient{{Address: env.From, Status: spool.StatusQueued}},
 		Client:     spool.Client{IP: "127.0.0.1", Helo: hostname, Protocol: "local"},
 		Received:   time.Now().UTC(),
 	}
 	if err := draft.Commit(dsn); err != nil {
-		r.logger.Error("queueing bounce", zap.String("queue_id", env.ID), zap.Error(err))
-		return
+		return "", 0, fmt.Errorf("queueing bounce: %w", err)
 	}
-	r.logger.Info("bounce queued", zap.String("queue_id", env.ID), zap.String("bounce_id", dsn.ID),
-		zap.String("to", env.From), zap.Int("recipients", len(notify)))
-	r.reschedule(dsn.ID, time.Time{})
+	return dsn.ID, len(notify), nil
+}
+
+// bounce is Bounce, logged, and the bounce scheduled.
+func (r *Runner) bounce(hostname string, env *spool.Envelope, failed []*spool.Recipient) {
+	id, n, err := Bounce(r.spool, hostname, env, failed)
+	logBounce(r.logger, env, id, n, len(failed), err)
+	if id != "" {
+		r.Reschedule(id, time.Time{})
+	}
+}
+
+// logBounce logs what Bounce did.
+func logBounce(logger *zap.Logger, env *spool.Envelope, id string, reported, failed int, err error) {
+	switch {
+	case err != nil:
+		logger.Error("cannot queue bounce", zap.String("queue_id", env.ID), zap.Error(err))
+	case id == "":
+		logger.Info("no bounce sent", zap.String("queue_id", env.ID),
+			zap.Bool("null_sender", env.From == ""), zap.Int("failed", failed))
+	default:
+		logger.Info("bounce queued", zap.String("queue_id", env.ID), zap.String("bounce_id", id),
+			zap.String("to", env.From), zap.Int("recipients", reported))
+	}
 }
 
 func wantsFailureNotice(rc *spool.Recipient) bool {

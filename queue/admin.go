@@ -1,4 +1,4 @@
-package smtpapp
+package queue
 
 import (
 	"bufio"
@@ -16,9 +16,10 @@ import (
 
 // Queue administration: what Postfix's mailq, postqueue -f, postsuper -d
 // and friends do, for the admin API (admin.api.smtp) and the
-// smtp-queue command. Every operation goes through the spool, whose
+// smtp-queue command. Every operation is a function of the spool, whose
 // updates and removals are serialized with the delivery runner's, so
-// that deleting a message mid-delivery is safe and never undone.
+// that deleting a message mid-delivery is safe and never undone; none
+// needs a runner (a held queue has none).
 
 // ErrNoSuchMessage is returned for a queue id that is not queued.
 var ErrNoSuchMessage = errors.New("no such message in the queue")
@@ -27,8 +28,8 @@ var ErrNoSuchMessage = errors.New("no such message in the queue")
 // recipients is still to be delivered.
 var ErrNothingPending = errors.New("message has no pending recipient")
 
-// QueueFilter selects messages in a listing; empty fields match all.
-type QueueFilter struct {
+// Filter selects messages in a listing; empty fields match all.
+type Filter struct {
 	// Sender matches the envelope sender, case-insensitively.
 	Sender string
 	// Recipient matches any recipient, case-insensitively.
@@ -37,7 +38,7 @@ type QueueFilter struct {
 	Domain string
 }
 
-func (f QueueFilter) matches(env *spool.Envelope) bool {
+func (f Filter) matches(env *spool.Envelope) bool {
 	if f.Sender != "" && !strings.EqualFold(env.From, f.Sender) {
 		return false
 	}
@@ -53,8 +54,8 @@ func (f QueueFilter) matches(env *spool.Envelope) bool {
 	return false
 }
 
-// QueueEntry is one message of a queue listing.
-type QueueEntry struct {
+// Entry is one message of a queue listing.
+type Entry struct {
 	ID          string             `json:"id"`
 	Server      string             `json:"server"`
 	Sender      string             `json:"sender"`
@@ -72,8 +73,8 @@ type QueueEntry struct {
 	Envelope *spool.Envelope `json:"-"`
 }
 
-func entryOf(env *spool.Envelope) QueueEntry {
-	e := QueueEntry{ID: env.ID, Server: env.Server, Sender: env.From, Recipients: env.Recipients,
+func entryOf(env *spool.Envelope) Entry {
+	e := Entry{ID: env.ID, Server: env.Server, Sender: env.From, Recipients: env.Recipients,
 		Size: env.Size, Received: env.Received, AgeSeconds: time.Since(env.Received).Seconds(),
 		Client: env.Client, Envelope: env}
 	for _, r := range env.Recipients {
@@ -89,18 +90,18 @@ func entryOf(env *spool.Envelope) QueueEntry {
 	return e
 }
 
-// QueueList lists queued messages, oldest first, that match filter:
-// the page from offset of at most limit entries (limit 0: all), and
-// the number of matches in all.
-func (a *App) QueueList(filter QueueFilter, offset, limit int) ([]QueueEntry, int, error) {
-	ids, err := a.spool.IDs()
+// List lists queued messages, oldest first, that match filter: the page
+// from offset of at most limit entries (limit 0: all), and the number of
+// matches in all. active tells which are being delivered.
+func List(sp *spool.Spool, filter Filter, offset, limit int, active func(id string) bool) ([]Entry, int, error) {
+	ids, err := sp.IDs()
 	if err != nil {
 		return nil, 0, err
 	}
-	var out []QueueEntry
+	var out []Entry
 	total := 0
 	for _, id := range ids {
-		env, err := a.spool.Load(id)
+		env, err := sp.Load(id)
 		if err != nil {
 			continue // delivered meanwhile, or unreadable (logged by the runner)
 		}
@@ -109,7 +110,7 @@ func (a *App) QueueList(filter QueueFilter, offset, limit int) ([]QueueEntry, in
 		}
 		if total >= offset && (limit <= 0 || len(out) < limit) {
 			e := entryOf(env)
-			e.Active = a.isActive(id)
+			e.Active = active(id)
 			out = append(out, e)
 		}
 		total++
@@ -117,49 +118,42 @@ func (a *App) QueueList(filter QueueFilter, offset, limit int) ([]QueueEntry, in
 	return out, total, nil
 }
 
-// QueueShow returns one message's entry and its header section.
-func (a *App) QueueShow(id string) (QueueEntry, string, error) {
-	env, err := a.spool.Load(id)
+// Show returns one message's entry and its header section.
+func Show(sp *spool.Spool, id string, active func(id string) bool) (Entry, string, error) {
+	env, err := sp.Load(id)
 	if errors.Is(err, spool.ErrNotFound) {
-		return QueueEntry{}, "", ErrNoSuchMessage
+		return Entry{}, "", ErrNoSuchMessage
 	}
 	if err != nil {
-		return QueueEntry{}, "", err
+		return Entry{}, "", err
 	}
-	f, err := a.spool.OpenMessage(id)
+	f, err := sp.OpenMessage(id)
 	if err != nil {
-		return QueueEntry{}, "", ErrNoSuchMessage
+		return Entry{}, "", ErrNoSuchMessage
 	}
 	defer f.Close()
 	var hdr strings.Builder
 	if err := copyHeaders(&hdr, bufio.NewReader(f)); err != nil && !errors.Is(err, io.EOF) {
-		return QueueEntry{}, "", err
+		return Entry{}, "", err
 	}
 	e := entryOf(env)
-	e.Active = a.isActive(id)
+	e.Active = active(id)
 	return e, hdr.String(), nil
 }
 
-func (a *App) isActive(id string) bool {
-	r := a.runner.Load()
-	return r != nil && r.active(id)
-}
-
-// QueueFlush makes deferred recipients due now and wakes delivery, for
-// one message or (id "") all: postqueue -f / -i. It returns how many
-// messages it flushed.
-func (a *App) QueueFlush(id string) (int, error) {
+// Flush makes deferred recipients due now, for one message or (id "")
+// all: postqueue -f / -i. It returns how many messages it looked at,
+// and the ids whose waits it cut short, for the runner to be told.
+func Flush(sp *spool.Spool, id string) (n int, due []string, err error) {
 	ids := []string{id}
 	if id == "" {
-		var err error
-		if ids, err = a.spool.IDs(); err != nil {
-			return 0, err
+		if ids, err = sp.IDs(); err != nil {
+			return 0, nil, err
 		}
 	}
-	n := 0
 	for _, qid := range ids {
-		err := a.spool.Modify(qid, func(env *spool.Envelope) (bool, error) {
-			n++ // woken below, written only if a wait is cut short
+		err := sp.Modify(qid, func(env *spool.Envelope) (bool, error) {
+			n++
 			changed := false
 			for _, r := range env.Recipients {
 				if r.Status == spool.StatusDeferred && !r.NextAttempt.IsZero() {
@@ -173,46 +167,42 @@ func (a *App) QueueFlush(id string) (int, error) {
 		})
 		if err != nil {
 			if id != "" && errors.Is(err, spool.ErrNotFound) {
-				return 0, ErrNoSuchMessage
+				return 0, nil, ErrNoSuchMessage
 			}
 			continue
 		}
-		if r := a.runner.Load(); r != nil {
-			r.reschedule(qid, time.Time{})
-		}
+		due = append(due, qid)
 	}
-	a.logger.Info("queue flushed", zap.String("queue_id", id), zap.Int("messages", n))
-	return n, nil
+	return n, due, nil
 }
 
-// QueueDelete removes messages without notice to anyone (postsuper -d).
-// A message being delivered is removed all the same; its delivery may
+// Delete removes messages without notice to anyone (postsuper -d). A
+// message being delivered is removed all the same; its delivery may
 // still complete, but the record does not come back. It returns the ids
 // it removed.
-func (a *App) QueueDelete(ids []string) ([]string, error) {
+func Delete(sp *spool.Spool, ids []string, logger *zap.Logger) ([]string, error) {
 	var done []string
 	for _, id := range ids {
-		if err := a.spool.Remove(id); err != nil {
+		if err := sp.Remove(id); err != nil {
 			if errors.Is(err, spool.ErrNotFound) {
 				continue
 			}
 			return done, err
 		}
 		done = append(done, id)
-		a.logger.Info("removed by administrator", zap.String("queue_id", id))
+		logger.Info("removed by administrator", zap.String("queue_id", id))
 	}
 	return done, nil
 }
 
-// QueueBounce fails every pending recipient of a message now and sends
-// the sender a bounce (postsuper -r... then bounce; Postfix's "bounce
-// now").
-func (a *App) QueueBounce(id string) error {
-	r := a.runner.Load()
-	if r == nil {
-		r = newRunner(a) // for its bounce logic; not started
-	}
-	err := a.spool.Modify(id, func(env *spool.Envelope) (bool, error) {
+// BounceNow fails every pending recipient of a message now and queues a
+// bounce to its sender (Postfix's "bounce now"), from the server whose
+// name hostname gives. It logs and counts each recipient as a delivery
+// attempt by "admin", and returns the bounce's queue id ("" when none is
+// due) for the runner to be told.
+func BounceNow(sp *spool.Spool, id string, hostname func(server string) (string, bool), logger *zap.Logger, m Metrics) (string, error) {
+	var bounceID string
+	err := sp.Modify(id, func(env *spool.Envelope) (bool, error) {
 		var failed []*spool.Recipient
 		for _, rc := range env.Recipients {
 			if !rc.Pending() {
@@ -221,16 +211,19 @@ func (a *App) QueueBounce(id string) error {
 			rc.Status, rc.Done, rc.Code = spool.StatusBounced, time.Now().UTC(), "5.0.0"
 			rc.LastError = "returned to sender by the administrator"
 			failed = append(failed, rc)
-			r.logResult(env, rc, delivery.Result{Status: delivery.Bounced, Code: "5.0.0", Reply: rc.LastError, Via: "admin"}, time.Now())
+			logAttempt(logger, m, env, rc, delivery.Result{Status: delivery.Bounced, Code: "5.0.0", Reply: rc.LastError, Via: "admin"}, time.Now())
 		}
 		if len(failed) == 0 {
 			return false, ErrNothingPending
 		}
-		r.bounce(a.Servers[env.Server], env, failed)
+		name, _ := hostname(env.Server)
+		id, n, err := Bounce(sp, name, env, failed)
+		logBounce(logger, env, id, n, len(failed), err)
+		bounceID = id
 		return !anyPending(env), nil
 	})
 	if errors.Is(err, spool.ErrNotFound) {
-		return ErrNoSuchMessage
+		return "", ErrNoSuchMessage
 	}
-	return err
+	return bounceID, err
 }
