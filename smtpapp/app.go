@@ -38,12 +38,14 @@ type App struct {
 	// layer4 app refers to a server.
 	Servers map[string]*Server `json:"servers,omitempty"`
 
-	ctx     caddy.Context
-	logger  *zap.Logger
-	spool   *spool.Spool
-	tlsApp  *caddytls.TLS
-	runner  *atomic.Pointer[queue.Runner] // set in Start; read by sessions and the admin API
-	metrics *metrics
+	ctx    caddy.Context
+	logger *zap.Logger
+	spool  *spool.Spool // opened in Start
+	// spoolPath is the spool's directory, known from Provision on
+	spoolPath string
+	tlsApp    *caddytls.TLS
+	runner    *atomic.Pointer[queue.Runner] // set in Start; read by sessions and the admin API
+	metrics   *metrics
 	// names whose certificates the tls app manages for us
 	certNames map[string]struct{}
 }
@@ -96,7 +98,7 @@ func (App) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision sets up the spool and every server, and adds automation
+// Provision sets up every server, and adds automation
 // policies to the tls app for the hostnames that need certificates:
 // phase one of the http app's automatic HTTPS, the same way.
 func (a *App) Provision(ctx caddy.Context) error {
@@ -133,15 +135,13 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if q.MinRetryInterval != 0 && q.MaxRetryInterval != 0 && q.MinRetryInterval > q.MaxRetryInterval {
 		return fmt.Errorf("queue.min_retry_interval: above max_retry_interval")
 	}
-	path := a.Queue.Path
-	if path == "" {
-		path = filepath.Join(caddy.AppDataDir(), "smtp", "queue")
+	// The spool is opened in Start: `caddy validate` provisions, and
+	// must neither create nor convert a spool.
+	a.spoolPath = a.Queue.Path
+	if a.spoolPath == "" {
+		a.spoolPath = filepath.Join(caddy.AppDataDir(), "smtp", "queue")
 	}
-	sp, err := spool.Open(path)
-	if err != nil {
-		return fmt.Errorf("queue.path: %w", err)
-	}
-	a.spool = sp
+	a.spoolPath = filepath.Clean(a.spoolPath)
 
 	needTLS := false
 	for _, s := range a.Servers {
@@ -158,8 +158,25 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 
 	a.certNames = make(map[string]struct{})
-	// Caddy binds with SO_REUSEPORT: two servers on one address would
-	// both bind it and split its connections between them.
+	for _, name := range a.serverNames() {
+		s := a.Servers[name]
+		if s == nil {
+			return fmt.Errorf("servers.%s: empty server", name)
+		}
+		if err := s.provision(ctx, a, name); err != nil {
+			return err
+		}
+		if s.tls.manageName {
+			a.certNames[s.Hostname] = struct{}{}
+		}
+	}
+	return a.addAutomationPolicies(ctx)
+}
+
+// Validate checks what needs nothing provisioned: no two servers listen
+// on one address. Caddy binds with SO_REUSEPORT, so both would bind it
+// and split its connections between them.
+func (a *App) Validate() error {
 	bound := make(map[string]string)
 	for _, name := range a.serverNames() {
 		if a.Servers[name] == nil {
@@ -179,19 +196,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 			}
 		}
 	}
-	for _, name := range a.serverNames() {
-		s := a.Servers[name]
-		if s == nil {
-			return fmt.Errorf("servers.%s: empty server", name)
-		}
-		if err := s.provision(ctx, a, name); err != nil {
-			return err
-		}
-		if s.tls.manageName {
-			a.certNames[s.Hostname] = struct{}{}
-		}
-	}
-	return a.addAutomationPolicies(ctx)
+	return nil
 }
 
 // serverNames returns the server names in a stable order.
@@ -246,9 +251,15 @@ nameLoop:
 	return nil
 }
 
-// Start binds every server's listeners, then asks the tls app to manage
-// the hostnames' certificates (phase two of automatic HTTPS).
+// Start opens the spool, binds every server's listeners, then asks the
+// tls app to manage the hostnames' certificates (phase two of automatic
+// HTTPS).
 func (a *App) Start() error {
+	sp, err := spool.Open(a.spoolPath)
+	if err != nil {
+		return fmt.Errorf("queue.path: %w", err)
+	}
+	a.spool = sp
 	for _, name := range a.serverNames() {
 		if err := a.Servers[name].start(a.ctx); err != nil {
 			return errors.Join(err, a.Stop())
@@ -304,7 +315,7 @@ func (a *App) successor() *queue.Runner {
 		return nil
 	}
 	next, ok := cur.(*App)
-	if !ok || next == a || next.spool == nil || next.spool.Dir() != a.spool.Dir() {
+	if !ok || next == a || next.spoolPath != a.spoolPath {
 		return nil
 	}
 	return next.runner.Load()
@@ -417,5 +428,6 @@ func (a *App) Spool() *spool.Spool { return a.spool }
 var (
 	_ caddy.App          = (*App)(nil)
 	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.Validator    = (*App)(nil)
 	_ caddy.CleanerUpper = (*App)(nil)
 )
