@@ -73,7 +73,6 @@ type CertificateFiles struct {
 // serverTLS is the provisioned form of ServerTLS.
 type serverTLS struct {
 	config     *tls.Config    // handed to go-smtp; nil for level none
-	clientAuth ClientAuth     // mode, for logging
 	clientCAs  *x509.CertPool // for judging certificates under "request"
 	manageName bool           // the hostname needs a managed certificate
 }
@@ -148,7 +147,7 @@ func (s *Server) provisionTLS(ctx caddy.Context) (*serverTLS, error) {
 		return nil, fmt.Errorf("%s.protocols: give a minimum and at most a maximum version", field)
 	}
 
-	st := &serverTLS{clientAuth: ca}
+	st := new(serverTLS)
 	if ca != ClientAuthNone {
 		auth := &caddytls.ClientAuthentication{}
 		if len(t.ClientCA) > 0 {
