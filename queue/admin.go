@@ -11,6 +11,7 @@ import (
 
 	"github.com/caddy-smtp/caddy-smtp/address"
 	"github.com/caddy-smtp/caddy-smtp/delivery"
+	"github.com/caddy-smtp/caddy-smtp/maillog"
 	"github.com/caddy-smtp/caddy-smtp/spool"
 )
 
@@ -190,7 +191,7 @@ func Delete(sp *spool.Spool, ids []string, logger *zap.Logger) ([]string, error)
 			return done, err
 		}
 		done = append(done, id)
-		logger.Info("removed by administrator", zap.String("queue_id", id))
+		maillog.New(logger).Removed(id, "removed by administrator")
 	}
 	return done, nil
 }
@@ -211,14 +212,14 @@ func BounceNow(sp *spool.Spool, id string, hostname func(server string) (string,
 			rc.Status, rc.Done, rc.Code = spool.StatusBounced, time.Now().UTC(), "5.0.0"
 			rc.LastError = "returned to sender by the administrator"
 			failed = append(failed, rc)
-			logAttempt(logger, m, env, rc, delivery.Result{Status: delivery.Bounced, Code: "5.0.0", Reply: rc.LastError, Via: "admin"}, time.Now())
+			logAttempt(maillog.New(logger), m, env, rc, delivery.Result{Status: delivery.Bounced, Code: "5.0.0", Reply: rc.LastError, Via: "admin"}, time.Now())
 		}
 		if len(failed) == 0 {
 			return false, ErrNothingPending
 		}
 		name, _ := hostname(env.Server)
 		id, n, err := Bounce(sp, name, env, failed)
-		logBounce(logger, env, id, n, len(failed), err)
+		maillog.New(logger).Bounce(env, id, n, len(failed), err)
 		bounceID = id
 		return !anyPending(env), nil
 	})

@@ -14,6 +14,7 @@ import (
 
 	"github.com/caddy-smtp/caddy-smtp/address"
 	"github.com/caddy-smtp/caddy-smtp/delivery"
+	"github.com/caddy-smtp/caddy-smtp/maillog"
 	"github.com/caddy-smtp/caddy-smtp/spool"
 )
 
@@ -165,7 +166,7 @@ func (r *Runner) attempt(ctx context.Context, id string) {
 		r.logger.Error("recording delivery results", zap.String("queue_id", id), zap.Error(err))
 		r.Reschedule(id, time.Now().Add(r.minRetry))
 	case removed:
-		r.logger.Info("removed", zap.String("queue_id", id))
+		r.maillog.Removed(id, "removed")
 	default:
 		r.Reschedule(id, earliestPending(env))
 	}
@@ -264,42 +265,17 @@ func (r *Runner) finish(env *spool.Envelope) {
 		r.logger.Error("removing delivered record", zap.String("queue_id", env.ID), zap.Error(err))
 		return
 	}
-	r.logger.Info("removed", zap.String("queue_id", env.ID))
+	r.maillog.Removed(env.ID, "removed")
 }
 
-// logResult writes the attempt's line for one recipient, with the facts
-// of Postfix's "to=<...>, relay=..., delay=..., status=..." line.
+// logResult writes the attempt's line for one recipient and counts it.
 func (r *Runner) logResult(env *spool.Envelope, rc *spool.Recipient, res delivery.Result, started time.Time) {
-	logAttempt(r.logger, r.metrics, env, rc, res, started)
+	logAttempt(r.maillog, r.metrics, env, rc, res, started)
 }
 
-// logAttempt is logResult for any logger and metrics.
-func logAttempt(logger *zap.Logger, m Metrics, env *spool.Envelope, rc *spool.Recipient, res delivery.Result, started time.Time) {
-	fields := []zap.Field{
-		zap.String("queue_id", env.ID),
-		zap.String("from", env.From),
-		zap.String("to", rc.Address),
-		zap.String("relay", res.Remote),
-		zap.Duration("delay", time.Since(env.Received)),
-		zap.Duration("attempt_duration", time.Since(started)),
-		zap.Int("attempts", rc.Attempts),
-		zap.String("status", res.Status.String()),
-		zap.String("dsn", res.Code),
-		zap.String("reply", res.Reply),
-		zap.Bool("tls", res.TLSVersion != ""),
-	}
-	if res.TLSVersion != "" {
-		fields = append(fields, zap.String("tls_version", res.TLSVersion),
-			zap.String("tls_cipher", res.TLSCipher), zap.Bool("tls_verified", res.TLSVerified))
-	}
-	if res.ConnUse > 1 {
-		// As Postfix: only a reused connection says so.
-		fields = append(fields, zap.Int("conn_use", res.ConnUse))
-	}
-	if res.Status == delivery.Deferred {
-		fields = append(fields, zap.Time("next_attempt", rc.NextAttempt))
-	}
-	logger.Info("delivery "+res.Status.String(), fields...)
+// logAttempt is logResult for any mail log and metrics.
+func logAttempt(ml maillog.Log, m Metrics, env *spool.Envelope, rc *spool.Recipient, res delivery.Result, started time.Time) {
+	ml.Delivery(env, rc, res, started)
 	if m != nil {
 		m.Attempt(env.Server, res, time.Since(env.Received))
 	}

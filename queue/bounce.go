@@ -9,8 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"go.uber.org/zap"
-
 	"github.com/caddy-smtp/caddy-smtp/spool"
 )
 
@@ -66,23 +64,9 @@ func Bounce(sp *spool.Spool, hostname string, env *spool.Envelope, failed []*spo
 // bounce is Bounce, logged, and the bounce scheduled.
 func (r *Runner) bounce(hostname string, env *spool.Envelope, failed []*spool.Recipient) {
 	id, n, err := Bounce(r.spool, hostname, env, failed)
-	logBounce(r.logger, env, id, n, len(failed), err)
+	r.maillog.Bounce(env, id, n, len(failed), err)
 	if id != "" {
 		r.Reschedule(id, time.Time{})
-	}
-}
-
-// logBounce logs what Bounce did.
-func logBounce(logger *zap.Logger, env *spool.Envelope, id string, reported, failed int, err error) {
-	switch {
-	case err != nil:
-		logger.Error("cannot queue bounce", zap.String("queue_id", env.ID), zap.Error(err))
-	case id == "":
-		logger.Info("no bounce sent", zap.String("queue_id", env.ID),
-			zap.Bool("null_sender", env.From == ""), zap.Int("failed", failed))
-	default:
-		logger.Info("bounce queued", zap.String("queue_id", env.ID), zap.String("bounce_id", id),
-			zap.String("to", env.From), zap.Int("recipients", reported))
 	}
 }
 

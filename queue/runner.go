@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-smtp/caddy-smtp/delivery"
+	"github.com/caddy-smtp/caddy-smtp/maillog"
 	"github.com/caddy-smtp/caddy-smtp/spool"
 )
 
@@ -87,6 +88,7 @@ type Runner struct {
 	metrics Metrics
 	spool   *spool.Spool
 	logger  *zap.Logger
+	maillog maillog.Log
 
 	maxAge, minRetry, maxRetry time.Duration
 	perDest                    int
@@ -138,6 +140,7 @@ func New(o Options) *Runner {
 		metrics:  o.Metrics,
 		spool:    o.Spool,
 		logger:   logger,
+		maillog:  maillog.New(logger),
 		maxAge:   or(o.MaxAge, DefaultMaxAge),
 		minRetry: or(o.MinRetryInterval, DefaultMinRetryInterval),
 		maxRetry: or(o.MaxRetryInterval, DefaultMaxRetryInterval),

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-smtp/caddy-smtp/maillog"
 )
 
 // slotWait is how long a connection from a client at its
@@ -183,8 +185,7 @@ func (s *Server) connDone(slot netip.Addr) {
 // the write: the accept loop calls it in a goroutine of its own.
 func (s *Server) refuse(nc net.Conn, reason, reply string) {
 	s.app.metrics.connections.WithLabelValues(s.name, "refused_"+reason).Inc()
-	s.logger.Warn("connection refused: "+strings.ReplaceAll(reason, "_", " "),
-		zap.String("remote_ip", remoteAddrPort(nc).Addr().String()),
+	maillog.New(s.logger).ConnectionRefused(strings.ReplaceAll(reason, "_", " "), remoteAddrPort(nc).Addr(),
 		zap.Int("max_connections", s.MaxConnections),
 		zap.Int("max_connections_per_ip", s.MaxConnectionsPerIP))
 	nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
