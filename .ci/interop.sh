@@ -330,7 +330,7 @@ fi
 
 # A client that completes the STARTTLS handshake and then hangs up (here
 # openssl s_client, no EHLO after TLS) still had a TLS connection, and
-# the log must say so (DESIGN.md: every TLS connection is logged with
+# the log must say so (every TLS connection is logged with
 # protocol version and cipher).
 closed_encrypt='select(.msg == "connection closed" and .server == "encrypt")'
 n_before=$(jq -c "$closed_encrypt" "$caddy_log" 2>/dev/null | wc -l)

@@ -251,7 +251,7 @@ func goldenSMTPApp(t *testing.T, path string) []byte {
 }
 
 // TestGoldensCoverEveryField walks the JSON fields of smtpapp.App and
-// fails for any that no golden sets: DESIGN.md wants every JSON field to
+// fails for any that no golden sets: the design wants every JSON field to
 // have a Caddyfile form, and the goldens to show it. A new field needs a
 // directive and a golden (testdata/*.caddyfile + .json) here.
 //

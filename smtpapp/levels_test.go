@@ -13,7 +13,8 @@ import (
 )
 
 // TestLevels runs every server TLS level against a plaintext client and a
-// STARTTLS client, and checks the exact replies DESIGN.md gives.
+// STARTTLS client, and checks the exact replies docs/design.md and the
+// README give.
 func TestLevels(t *testing.T) {
 	e := st.NewEnv(t)
 	none, noneAddr := st.ServerConfig(t, map[string]any{"tls": map[string]any{"level": "none"}})
