@@ -35,7 +35,9 @@ import (
 //   - go-smtp's read timeout is per command; the whole DATA transfer is
 //     bounded here by a deadline that each read respects.
 //   - It tells whether the client said EHLO or HELO (for RFC 3848) and
-//     records the per-connection facts logged when it closes.
+//     records the per-connection facts logged when it closes, the TLS
+//     session's among them: the connection is the one holder of those
+//     (tlsFacts), and the session reads them from here.
 type conn struct {
 	net.Conn
 	srv    *Server
@@ -71,24 +73,24 @@ type conn struct {
 	cut          atomic.Bool // we closed the connection; reads fail
 	// smtpConn is go-smtp's connection, known from the first HELO on,
 	// and tlsConn the implicit-TLS session we made: with them a reply
-	// of ours goes inside TLS (say).
+	// of ours goes inside TLS (replyWriter).
 	smtpConn atomic.Pointer[smtp.Conn]
 	tlsConn  *tls.Conn
+	// tls holds the TLS facts once the handshake is done (handshakeDone);
+	// nil in plaintext. tlsFailed: the STARTTLS handshake failed after
+	// they were recorded (tlsSession).
+	tls       atomic.Pointer[tlsFacts]
+	tlsFailed atomic.Bool
 
 	mu           sync.Mutex
 	dataDeadline time.Time
 	draining     bool // go-smtp is discarding the rest of a refused message
 	closeOnWrite bool
 	sni          string
-	tlsState     *tls.ConnectionState
-	peerVerified bool
 	messages     int
 	junk         int // lines that did nothing for mail since the last message
 	closed       bool
 
-	// outerTLS is a TLS session the connection came with (layer4's tls
-	// handler); go-smtp cannot see it, the session can.
-	outerTLS *tls.ConnectionState
 	// done is closed when the connection is; ServeConn waits on it.
 	done chan struct{}
 }
@@ -123,6 +125,7 @@ func (c *conn) Write(p []byte) (int, error) {
 	c.mu.Unlock()
 	if c.tlsStarted.Load() && !isTLSRecord(p) {
 		// go-smtp's plaintext 550 after a failed handshake: hang up.
+		c.tlsFailed.Store(true)
 		c.srv.app.metrics.handshakes.WithLabelValues(c.srv.name, "in", "", "failed").Inc()
 		c.srv.logger.Info("tls handshake failed",
 			zap.String("remote_ip", c.remote.Addr().String()),
@@ -311,25 +314,34 @@ func (c *conn) hangUp(reply string, why ...zap.Field) {
 	c.srv.reject("protocol")
 	c.srv.logger.Info("connection cut", append([]zap.Field{
 		zap.String("remote_ip", c.remote.Addr().String()), zap.String("reply", reply)}, why...)...)
-	var w net.Conn = c.Conn
-	if c.tlsStarted.Load() || c.tlsConn != nil {
-		// w stays nil while a STARTTLS handshake is under way, or when
-		// a client started TLS before HELO: no reply can be sent then.
-		w = nil
-		if c.tlsConn != nil {
-			w = c.tlsConn
-		}
-		if sc := c.smtpConn.Load(); sc != nil {
-			if tc, ok := sc.Conn().(*tls.Conn); ok {
-				w = tc
-			}
-		}
-	}
-	if w != nil {
+	if w := c.replyWriter(); w != nil {
 		w.SetWriteDeadline(time.Now().Add(10 * time.Second))
 		io.WriteString(w, reply+"\r\n")
 	}
 	c.Conn.Close()
+}
+
+// replyWriter is where a reply of ours must be written for the client to
+// read it. In plaintext, and under a TLS session another app terminated
+// (what we write goes through it), that is the connection itself. Under
+// a TLS session above us it is that session's *tls.Conn (a write down
+// here would put plaintext among its records): ours on an implicit-TLS
+// listener, go-smtp's after STARTTLS, known from its connection once the
+// client said HELO. It is nil while a STARTTLS handshake is under way, or
+// when a client started TLS before HELO: no reply can be sent then.
+func (c *conn) replyWriter() net.Conn {
+	if !c.tlsStarted.Load() && c.tlsConn == nil {
+		return c.Conn
+	}
+	if sc := c.smtpConn.Load(); sc != nil {
+		if tc, ok := sc.Conn().(*tls.Conn); ok {
+			return tc
+		}
+	}
+	if c.tlsConn != nil {
+		return c.tlsConn
+	}
+	return nil
 }
 
 // startDrain keeps the data deadline for go-smtp's discarding of the
@@ -461,15 +473,45 @@ func (c *conn) serverName() string {
 	return c.sni
 }
 
-// setTLS records the TLS facts once the handshake is done.
-func (c *conn) setTLS(cs tls.ConnectionState, verified bool) {
-	c.mu.Lock()
-	if c.tlsState == nil {
+// tlsFacts are what the TLS handshake of a connection established, as
+// the session, the Received: header, the spool record and the log lines
+// use them.
+type tlsFacts struct {
+	state tls.ConnectionState
+	// peerVerified: the client certificate verified (by crypto/tls, or
+	// against client_ca under "request"; serverTLS.peerVerified).
+	peerVerified bool
+}
+
+// tlsSession returns the facts of the TLS session the connection is in,
+// nil while it is in plaintext. They are recorded in the handshake's
+// VerifyConnection, before the client's Finished message (and, in TLS
+// 1.3, its CertificateVerify) is read; a STARTTLS handshake that fails
+// after that leaves the connection in plaintext, as go-smtp sees it.
+// Nothing is read on it after that (its 550 closes the connection, and
+// go-smtp's next SetReadDeadline fails), but should anything be, it does
+// not count as sent in TLS (REQUIRETLS, the Received: header, the spool).
+// The log line still shows what the handshake got to.
+func (c *conn) tlsSession() *tlsFacts {
+	if c.tlsFailed.Load() {
+		return nil
+	}
+	return c.tls.Load()
+}
+
+// handshakeDone records the TLS facts of the connection once its
+// handshake is done: our own (STARTTLS, implicit TLS; from the handshake's
+// VerifyConnection), or the one another app made (ServeConn). A client
+// certificate is judged here, once. A connection has one handshake
+// (go-smtp refuses a second STARTTLS), so a later call changes nothing.
+func (c *conn) handshakeDone(cs tls.ConnectionState) {
+	if c.tls.Load() != nil {
+		return
+	}
+	f := &tlsFacts{state: cs, peerVerified: c.srv.tls.peerVerified(cs)}
+	if c.tls.CompareAndSwap(nil, f) {
 		c.srv.app.metrics.handshakes.WithLabelValues(c.srv.name, "in", tls.VersionName(cs.Version), "ok").Inc()
 	}
-	c.tlsState = &cs
-	c.peerVerified = verified
-	c.mu.Unlock()
 }
 
 // countMessage counts an accepted message; the session is doing mail,
@@ -498,8 +540,8 @@ func (c *conn) Close() error {
 		zap.Duration("duration", time.Since(c.start)),
 		zap.Int("messages", c.messages),
 	}
-	if cs := c.tlsState; cs != nil {
-		fields = append(fields, tlsFields(cs, c.peerVerified)...)
+	if f := c.tls.Load(); f != nil {
+		fields = append(fields, tlsFields(&f.state, f.peerVerified)...)
 	} else {
 		fields = append(fields, zap.Bool("tls", false))
 	}

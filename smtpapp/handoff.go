@@ -24,9 +24,10 @@ func (s *Server) ServeConn(nc net.Conn, outerTLS *tls.ConnectionState) {
 	c.done = make(chan struct{})
 	ln := s.handoff
 	if outerTLS != nil {
+		// go-smtp cannot see this session (it gets the decrypted
+		// connection), so the connection records it, as it does its own.
 		c.gate = nil
-		c.outerTLS = outerTLS
-		c.setTLS(*outerTLS, s.tls.peerVerified(*outerTLS))
+		c.handshakeDone(*outerTLS)
 		ln = s.handoffTLS
 	}
 	if !ln.push(c) {

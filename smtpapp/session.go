@@ -61,12 +61,6 @@ func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	}
 	sess.conn.smtpConn.Store(c)
 	sess.conn.progress()
-	if cs, ok := c.TLSConnectionState(); ok {
-		sess.tlsState = &cs
-		sess.conn.setTLS(cs, s.tls.peerVerified(cs))
-	} else if sess.conn.outerTLS != nil {
-		sess.tlsState = sess.conn.outerTLS
-	}
 	return sess, nil
 }
 
@@ -96,12 +90,15 @@ func validHeloName(name string) bool {
 
 // session is the per-connection state of one SMTP client between
 // greetings; policy decisions are plain functions it calls.
+//
+// Its TLS facts are the connection's (conn.tlsSession), recorded when
+// the handshake was done. go-smtp begins a new session after STARTTLS
+// and drops the one before, so none lives on across the handshake.
 type session struct {
-	srv      *Server
-	conn     *conn
-	helo     string
-	tlsState *tls.ConnectionState
-	authID   string
+	srv    *Server
+	conn   *conn
+	helo   string
+	authID string
 
 	hasFrom  bool
 	from     string
@@ -109,7 +106,7 @@ type session struct {
 	rcpts    []*spool.Recipient
 }
 
-func (ss *session) isTLS() bool { return ss.tlsState != nil }
+func (ss *session) isTLS() bool { return ss.conn.tlsSession() != nil }
 
 // Reset implements smtp.Session.
 func (ss *session) Reset() {
@@ -261,7 +258,7 @@ func (ss *session) Data(r io.Reader) error {
 	proto := protocolName(ss.conn.esmtp.Load(), ss.isTLS(), ss.authID != "")
 	remote := ss.conn.remote.Addr()
 	if _, err := draft.WriteString(receivedHeader(ss.srv.Hostname, ss.helo, remote, proto,
-		draft.ID(), ss.tlsState, addrs, start)); err != nil {
+		draft.ID(), ss.tlsState(), addrs, start)); err != nil {
 		return ss.spoolFailed(err)
 	}
 	if err := copyMessage(draft, r, ss.srv.BareNewlines == BareNewlinesNormalize); err != nil {
@@ -352,10 +349,10 @@ func (ss *session) Data(r io.Reader) error {
 		zap.String("protocol", proto),
 		zap.Duration("duration", time.Since(start)),
 	}
-	if ss.tlsState != nil {
+	if cs := ss.tlsState(); cs != nil {
 		fields = append(fields,
-			zap.String("tls_version", tls.VersionName(ss.tlsState.Version)),
-			zap.String("tls_cipher", tls.CipherSuiteName(ss.tlsState.CipherSuite)))
+			zap.String("tls_version", tls.VersionName(cs.Version)),
+			zap.String("tls_cipher", tls.CipherSuiteName(cs.CipherSuite)))
 	}
 	ss.srv.logger.Info("message accepted", fields...)
 	return &smtp.SMTPError{
@@ -371,11 +368,21 @@ func (ss *session) spoolFailed(err error) error {
 	return errSpoolUnavailable
 }
 
+// tlsState is the session's TLS connection state, nil in plaintext.
+func (ss *session) tlsState() *tls.ConnectionState {
+	if f := ss.conn.tlsSession(); f != nil {
+		return &f.state
+	}
+	return nil
+}
+
+// tlsInfo is what the spool record keeps of the session's TLS.
 func (ss *session) tlsInfo() *spool.TLSInfo {
-	cs := ss.tlsState
-	if cs == nil {
+	f := ss.conn.tlsSession()
+	if f == nil {
 		return nil
 	}
+	cs := &f.state
 	info := &spool.TLSInfo{
 		Version:    tls.VersionName(cs.Version),
 		Cipher:     tls.CipherSuiteName(cs.CipherSuite),
@@ -383,7 +390,7 @@ func (ss *session) tlsInfo() *spool.TLSInfo {
 	}
 	if len(cs.PeerCertificates) > 0 {
 		info.PeerSubject = cs.PeerCertificates[0].Subject.String()
-		info.PeerVerified = ss.srv.tls.peerVerified(*cs)
+		info.PeerVerified = f.peerVerified
 	}
 	return info
 }

@@ -212,9 +212,11 @@ func (s *Server) provisionTLS(ctx caddy.Context) (*serverTLS, error) {
 				return cfg, err
 			}
 			c.setSNI(hello.ServerName)
-			// Record the session on the connection as soon as the
-			// handshake completes, so that its log line has the TLS
-			// facts even if the client leaves before saying EHLO.
+			// crypto/tls calls VerifyConnection once in every server
+			// handshake (full or resumed, with or without a client
+			// certificate), after its own checks: the one place where
+			// the connection learns its TLS facts, before the client can
+			// leave (its log line has them even without an EHLO).
 			cfg = cfg.Clone()
 			verify := cfg.VerifyConnection
 			cfg.VerifyConnection = func(cs tls.ConnectionState) error {
@@ -223,7 +225,7 @@ func (s *Server) provisionTLS(ctx caddy.Context) (*serverTLS, error) {
 						return err
 					}
 				}
-				c.setTLS(cs, st.peerVerified(cs))
+				c.handshakeDone(cs)
 				return nil
 			}
 			return cfg, nil
