@@ -27,21 +27,8 @@ type strictHop struct {
 }
 
 func newStrictHop(t *testing.T, ehlo500 bool) *strictHop {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	h := &strictHop{addr: ln.Addr().String(), ehlo500: ehlo500}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go h.serve(c)
-		}
-	}()
+	h := &strictHop{ehlo500: ehlo500}
+	h.addr = st.ServeRaw(t, h.serve)
 	return h
 }
 
@@ -159,41 +146,28 @@ func TestOneEHLOWithoutSTARTTLS(t *testing.T) {
 // TestSetupFailureNamesCommand: a failed setup says which command the
 // next hop refused.
 func TestSetupFailureNamesCommand(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
+	addr := st.ServeRaw(t, func(c net.Conn) {
+		defer c.Close()
+		c.Write([]byte("220 picky.test\r\n"))
+		r := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
+			line, err := r.ReadString('\n')
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				c.Write([]byte("220 picky.test\r\n"))
-				r := bufio.NewReader(c)
-				for {
-					line, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					if strings.HasPrefix(strings.ToUpper(line), "EHLO") {
-						c.Write([]byte("550 5.7.1 EHLO refused\r\n"))
-					} else {
-						c.Write([]byte("502 5.5.1 no\r\n"))
-					}
-				}
-			}()
+			if strings.HasPrefix(strings.ToUpper(line), "EHLO") {
+				c.Write([]byte("550 5.7.1 EHLO refused\r\n"))
+			} else {
+				c.Write([]byte("502 5.5.1 no\r\n"))
+			}
 		}
-	}()
+	})
 	policy := &delivery.ClientTLS{Level: "may"}
 	if err := policy.Provision(st.CaddyContext(t)); err != nil {
 		t.Fatal(err)
 	}
 	res, _ := delivery.SendSMTP(context.Background(), poolJob("picky", false),
-		delivery.Hop{Host: "picky.test", Addr: ln.Addr().String()}, policy, nil, nil)
+		delivery.Hop{Host: "picky.test", Addr: addr}, policy, nil, nil)
 	if res[0].Status != delivery.Deferred || !strings.Contains(res[0].Reply, "EHLO at picky.test") ||
 		!strings.Contains(res[0].Reply, "550 5.7.1 EHLO refused") {
 		t.Fatalf("EHLO refused: %+v", res[0])

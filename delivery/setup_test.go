@@ -31,29 +31,16 @@ func TestSetupFailuresDefer(t *testing.T) {
 	}
 
 	// A host that greets with 554, as one that wants no mail does.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.Write([]byte("554 5.3.2 no SMTP service here\r\n"))
-				bufio.NewReader(c).ReadString('\n') // QUIT, or the hang-up
-			}()
-		}
-	}()
+	addr := st.ServeRaw(t, func(c net.Conn) {
+		defer c.Close()
+		c.Write([]byte("554 5.3.2 no SMTP service here\r\n"))
+		bufio.NewReader(c).ReadString('\n') // QUIT, or the hang-up
+	})
 	none := &delivery.ClientTLS{Level: "none"}
 	none.Provision(st.CaddyContext(t))
 	for _, p := range []*delivery.ClientTLS{none, policy} {
 		res, tryNext = delivery.SendSMTP(context.Background(), poolJob("greeting", false),
-			delivery.Hop{Host: "nomail.test", Addr: ln.Addr().String()}, p, nil, nil)
+			delivery.Hop{Host: "nomail.test", Addr: addr}, p, nil, nil)
 		if res[0].Status != delivery.Deferred || res[0].Code != "4.3.2" || !strings.Contains(res[0].Reply, "554 5.3.2 no SMTP service here") || !tryNext {
 			t.Fatalf("554 greeting, level %s: %+v (try next %v)", p.Level, res[0], tryNext)
 		}
