@@ -6,11 +6,11 @@ package l4smtp
 import (
 	"crypto/tls"
 	"fmt"
-	"net"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/mholt/caddy-l4/layer4"
+	"github.com/mholt/caddy-l4/modules/l4tls"
 
 	"github.com/caddy-smtp/caddy-smtp/smtpapp"
 )
@@ -68,23 +68,15 @@ func (h *Handler) Handle(cx *layer4.Connection, _ layer4.Handler) error {
 	return nil
 }
 
-// tlsState finds a TLS session beneath the layer4 connection (put there
-// by layer4's tls handler).
-func tlsState(nc net.Conn) *tls.ConnectionState {
-	for nc != nil {
-		switch c := nc.(type) {
-		case *tls.Conn:
-			cs := c.ConnectionState()
-			return &cs
-		case *layer4.Connection:
-			nc = c.Conn
-		case interface{ NetConn() net.Conn }:
-			nc = c.NetConn()
-		default:
-			return nil
-		}
+// tlsState is the TLS session that layer4's tls handler terminated on
+// the connection, if any, as that handler records it. With more than one
+// (TLS inside TLS) the last is the one the SMTP bytes travel in.
+func tlsState(cx *layer4.Connection) *tls.ConnectionState {
+	states := l4tls.GetConnectionStates(cx)
+	if len(states) == 0 {
+		return nil
 	}
-	return nil
+	return states[len(states)-1]
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens, inside a
