@@ -182,6 +182,7 @@ func TestQueueAPI(t *testing.T) {
 		}
 		e.WaitQueue(t, ids[0]+" gone", func(l st.QueueListing) bool { return l.Total == 2 })
 		// the other later.test message was not flushed: still waiting
+		// (a sleep: nothing else arrives in this time)
 		time.Sleep(300 * time.Millisecond)
 		if n := len(good.Received()); n != 1 {
 			t.Errorf("%d messages delivered, want 1", n)
@@ -246,7 +247,7 @@ func TestQueueAPI(t *testing.T) {
 					t.Fatalf("%s%s is back in the spool", id, ext)
 				}
 			}
-			time.Sleep(50 * time.Millisecond)
+			time.Sleep(50 * time.Millisecond) // looking again, for the whole second: they never come back
 		}
 		if l := e.LogLines("recording delivery results"); len(l) != 0 {
 			t.Errorf("runner error: %v", l)

@@ -159,12 +159,8 @@ func TestPoolLimits(t *testing.T) {
 
 func waitOpen(t *testing.T, u *st.Upstream, want int, within time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for u.OpenConnections() != want {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d connections open at the upstream, want %d", u.OpenConnections(), want)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !st.Eventually(within, func() bool { return u.OpenConnections() == want }) {
+		t.Fatalf("%d connections open at the upstream, want %d", u.OpenConnections(), want)
 	}
 }
 

@@ -316,7 +316,7 @@ func TestPermanentFailureBounces(t *testing.T) {
 	// A bounce that bounces: no bounce of the bounce.
 	id2 := g.commit(t, "", []string{"bounce2@example.test"}, "", time.Now())
 	wait(t, "the null-sender record removed", func() bool { return g.gone(id2) })
-	time.Sleep(50 * time.Millisecond)
+	time.Sleep(50 * time.Millisecond) // a sleep: no bounce of it comes in this time
 	if _, ok := g.bounces(t)[""]; ok {
 		t.Fatal("a bounce to the null sender")
 	}
@@ -494,7 +494,7 @@ func TestHandover(t *testing.T) {
 	close(g.t.hold)
 	<-stopped
 	wait(t, "both delivered", func() bool { return g.gone(slow) && g.gone(fresh) })
-	time.Sleep(50 * time.Millisecond)
+	time.Sleep(50 * time.Millisecond) // a sleep: no further delivery comes in this time
 	counts := map[string]int{}
 	for _, c := range g.t.Calls() {
 		counts[c.id]++

@@ -125,6 +125,8 @@ func BenchmarkIdleConnections(b *testing.B) {
 				}
 				time.Sleep(100 * time.Millisecond)
 			}
+			// A sleep: the probe connections' memory settles before
+			// the baseline is measured.
 			time.Sleep(200 * time.Millisecond)
 			before := rss(b, cmd.Process.Pid)
 			clients := make([]*st.Client, 0, n)
@@ -146,6 +148,7 @@ func BenchmarkIdleConnections(b *testing.B) {
 				}
 				clients = append(clients, cl)
 			}
+			// A sleep: the sessions' memory settles before it is measured.
 			time.Sleep(500 * time.Millisecond)
 			after := rss(b, cmd.Process.Pid)
 			for _, c := range clients {

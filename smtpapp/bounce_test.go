@@ -124,16 +124,17 @@ func TestBounces(t *testing.T) {
 
 func waitLogWith(t *testing.T, e *st.Env, msg, key, val string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
+	found := st.Eventually(10*time.Second, func() bool {
 		for _, l := range e.LogLines(msg) {
 			if l[key] == val {
-				return
+				return true
 			}
 		}
-		time.Sleep(20 * time.Millisecond)
+		return false
+	})
+	if !found {
+		t.Fatalf("no %q log line with %s=%s", msg, key, val)
 	}
-	t.Fatalf("no %q log line with %s=%s", msg, key, val)
 }
 
 type report struct {

@@ -34,12 +34,7 @@ func mountTmpfs(t *testing.T, size string) string {
 		t.Fatalf("mount tmpfs: %v: %s", err, out)
 	}
 	t.Cleanup(func() {
-		for i := 0; i < 50; i++ {
-			if exec.Command("umount", dir).Run() == nil {
-				return
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		st.Eventually(5*time.Second, func() bool { return exec.Command("umount", dir).Run() == nil })
 	})
 	return dir
 }
@@ -155,14 +150,14 @@ func TestReloadUnderLoad(t *testing.T) {
 	const reloads = 100
 	for i := 1; i <= reloads; i++ {
 		e.PostLoad(cfg(i), nil)
+		// A sleep: the pace of the reloads, under the senders' load.
 		time.Sleep(20 * time.Millisecond)
 	}
 	stop.Store(true)
 	wg.Wait()
 
-	deadline := time.Now().Add(60 * time.Second)
 	missing, duplicates := -1, 0
-	for time.Now().Before(deadline) && missing != 0 {
+	st.Eventually(60*time.Second, func() bool {
 		got := map[string]int{}
 		for _, m := range sink.Received() {
 			if s := subjectOf(m.Data); s != "" {
@@ -178,8 +173,8 @@ func TestReloadUnderLoad(t *testing.T) {
 		for _, n := range got {
 			duplicates += n - 1
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return missing == 0
+	}) // on timeout, missing says how many
 	// Deliveries under way at a reload finish under the old config
 	// (queue.stop_grace), so nothing is sent twice.
 	t.Logf("%d reloads; %d transactions, %d acknowledged, %d failed, %d lost, %d duplicates",
@@ -311,12 +306,13 @@ func TestCrashLoop(t *testing.T) {
 						mu.Unlock()
 						break
 					}
-					time.Sleep(50 * time.Millisecond)
+					time.Sleep(50 * time.Millisecond) // a sleep: the client's pause before it retries
 				}
 			}
 		}()
 	}
 	for k := 0; k < kills; k++ {
+		// A sleep: the kills land at random moments, by design.
 		time.Sleep(time.Duration(100+rand.IntN(300)) * time.Millisecond)
 		p.kill()
 		if k == kills/2 {
@@ -348,19 +344,15 @@ func TestCrashLoop(t *testing.T) {
 	}
 	var seen map[string]int
 	var lost []string
-	deadline := time.Now().Add(90 * time.Second)
-	for time.Now().Before(deadline) {
+	st.Eventually(90*time.Second, func() bool {
 		seen, lost = arrived(), nil
 		for s := range acked {
 			if seen[s] == 0 {
 				lost = append(lost, s)
 			}
 		}
-		if len(lost) == 0 {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return len(lost) == 0
+	}) // on timeout, the lost ones are reported below
 	dups := 0
 	for _, n := range seen {
 		dups += n - 1

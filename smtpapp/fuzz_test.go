@@ -39,6 +39,7 @@ import (
 
 	"github.com/caddy-smtp/caddy-smtp/address"
 	_ "github.com/caddy-smtp/caddy-smtp/delivery/maildir"
+	st "github.com/caddy-smtp/caddy-smtp/internal/smtptest"
 )
 
 const (
@@ -167,9 +168,7 @@ func startFuzzEnv(f *testing.F) *fuzzEnv {
 			f.Logf("stopping caddy: %v", err)
 		}
 		// Certificate issuance may still write to storage for a moment.
-		for i := 0; i < 50 && os.RemoveAll(dir) != nil; i++ {
-			time.Sleep(100 * time.Millisecond)
-		}
+		st.Eventually(5*time.Second, func() bool { return os.RemoveAll(dir) == nil })
 	})
 	appAny, err := caddy.ActiveContext().App("smtp")
 	if err != nil {
@@ -302,6 +301,8 @@ func FuzzSession(f *testing.F) {
 		if p == "" && hasReply(replies, "250 2.0.0 Continue") {
 			// A BDAT chunk went to go-smtp's goroutine that feeds
 			// Session.Data, which may still run after the close.
+			// A poll, tighter and shorter than st.Eventually's: a
+			// panic is rare, and each fuzz input pays for the wait.
 			for i := 0; i < 10 && p == ""; i++ {
 				time.Sleep(2 * time.Millisecond)
 				p = e.panicLogged()

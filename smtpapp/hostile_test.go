@@ -139,6 +139,7 @@ func hostileClosed(t testing.TB, c *st.Client, d time.Duration) {
 func hostileGoroutines() int {
 	n := runtime.NumGoroutine()
 	for i := 0; i < 20; i++ {
+		// A sleep between samples: "stable" is the same count 25 ms apart.
 		time.Sleep(25 * time.Millisecond)
 		m := runtime.NumGoroutine()
 		if m == n {
@@ -159,24 +160,25 @@ const hostileSlack = 5
 // baseline, and the spool holds no draft.
 func hostileSettled(t testing.TB, e *st.Env, srv *Server, baseline int) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	var (
+		active   int64
+		perIP, g int
+		drafts   []string
+	)
+	settled := st.Eventually(15*time.Second, func() bool {
 		srv.slots.mu.Lock()
-		perIP := len(srv.slots.open)
+		perIP = len(srv.slots.open)
 		srv.slots.mu.Unlock()
-		active := srv.active.Load()
-		g := runtime.NumGoroutine()
-		drafts := hostileDrafts(e)
-		if active == 0 && perIP == 0 && g <= baseline+hostileSlack && len(drafts) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			buf = buf[:runtime.Stack(buf, true)]
-			t.Fatalf("not settled after 15s: %d open connections, %d client addresses, %d goroutines (baseline %d), drafts %v\n%s",
-				active, perIP, g, baseline, drafts, buf)
-		}
-		time.Sleep(50 * time.Millisecond)
+		active = srv.active.Load()
+		g = runtime.NumGoroutine()
+		drafts = hostileDrafts(e)
+		return active == 0 && perIP == 0 && g <= baseline+hostileSlack && len(drafts) == 0
+	})
+	if !settled {
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		t.Fatalf("not settled after 15s: %d open connections, %d client addresses, %d goroutines (baseline %d), drafts %v\n%s",
+			active, perIP, g, baseline, drafts, buf)
 	}
 }
 
@@ -412,18 +414,18 @@ func (w *wireSink) serve(nc net.Conn) {
 
 func (w *wireSink) wait(t *testing.T, mail string) []string {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for time.Now().Before(deadline) {
+	var r []string
+	got := st.Eventually(15*time.Second, func() bool {
 		w.mu.Lock()
-		r, ok := w.txns[mail]
-		w.mu.Unlock()
-		if ok {
-			return r
-		}
-		time.Sleep(20 * time.Millisecond)
+		defer w.mu.Unlock()
+		var ok bool
+		r, ok = w.txns[mail]
+		return ok
+	})
+	if !got {
+		t.Fatalf("next hop got no transaction %q", mail)
 	}
-	t.Fatalf("next hop got no transaction %q", mail)
-	return nil
+	return r
 }
 
 // TestHostileAddressesOnTheWire: what an accepted hostile address
@@ -829,7 +831,7 @@ func TestHostileEndlessHeader(t *testing.T) {
 				if _, err := fmt.Fprintf(c.Conn, "X-%d: v\r\n", i); err != nil {
 					return
 				}
-				time.Sleep(100 * time.Millisecond)
+				time.Sleep(100 * time.Millisecond) // a sleep: the slow client under test
 			}
 		}()
 		code, msg := c.Read()
@@ -870,7 +872,7 @@ func TestHostileEndlessHeader(t *testing.T) {
 			c.Conn.Write([]byte("Subject: big\r\n\r\n" + strings.Repeat("x\r\n", 400)))
 			for i := 0; i < 13; i++ { // 1.3 s: past read_timeout, within data_timeout
 				c.Conn.Write([]byte("NOOP\r\n"))
-				time.Sleep(100 * time.Millisecond)
+				time.Sleep(100 * time.Millisecond) // a sleep: the slow client under test
 			}
 			c.Conn.Write([]byte(smuggled))
 		}()
@@ -903,7 +905,7 @@ func TestHostileEndlessHeader(t *testing.T) {
 				if _, err := c.Conn.Write([]byte("NOOP\r\n")); err != nil {
 					return
 				}
-				time.Sleep(100 * time.Millisecond)
+				time.Sleep(100 * time.Millisecond) // a sleep: the slow client under test
 			}
 			c.Conn.Write([]byte(smuggled))
 		}()
@@ -965,7 +967,7 @@ func TestHostileSlowClients(t *testing.T) {
 			if _, err := c.Conn.Write([]byte{s[i%len(s)]}); err != nil {
 				return
 			}
-			time.Sleep(gap)
+			time.Sleep(gap) // a sleep: the slow client under test
 		}
 	}
 

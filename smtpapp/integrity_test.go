@@ -61,10 +61,9 @@ func TestCutOffDataNotQueued(t *testing.T) {
 	c := st.Dial(t, addr)
 	c.Expect("250", "EHLO client.test")
 	c.Expect("221", "QUIT")
-	deadline := time.Now().Add(5 * time.Second)
-	for len(e.LogLines("message not accepted: the client hung up before the end of data was answered")) < 2 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-	}
+	st.Eventually(5*time.Second, func() bool {
+		return len(e.LogLines("message not accepted: the client hung up before the end of data was answered")) >= 2
+	})
 	if ids := e.SpoolIDs(); len(ids) != 0 {
 		_, msg := e.SpoolRecord(ids[0])
 		t.Fatalf("%d cut-off messages queued; the first: %q", len(ids), msg)

@@ -259,13 +259,14 @@ func TestSpoolRecord(t *testing.T) {
 	port := c.Conn.LocalAddr().(*net.TCPAddr).Port
 	c.Expect("221", "QUIT")
 	var cl map[string]any
-	for deadline := time.Now().Add(5 * time.Second); cl == nil && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+	st.Eventually(5*time.Second, func() bool {
 		for _, l := range e.LogLines("connection closed") {
 			if l["remote_port"] == float64(port) {
 				cl = l
 			}
 		}
-	}
+		return cl != nil
+	}) // on timeout, cl is nil and fails the check below
 	if cl["tls"] != true || cl["tls_cipher"] != tls.CipherSuiteName(cs.CipherSuite) || cl["tls_server_name"] != "mx.localhost" {
 		t.Errorf("connection log line: %v", cl)
 	}

@@ -52,7 +52,16 @@ func TestPerIPSlotGivenBack(t *testing.T) {
 	}
 	defer conn.Close()
 	third := &st.Client{T: t, Conn: conn, Text: st.NewText(conn)}
-	time.Sleep(100 * time.Millisecond) // the third now waits for a slot
+	// The third now waits for a slot.
+	srv := hostileApp(t).Server("mx")
+	waiting := st.Eventually(5*time.Second, func() bool {
+		srv.slots.mu.Lock()
+		defer srv.slots.mu.Unlock()
+		return len(srv.slots.waiting) == 1
+	})
+	if !waiting {
+		t.Fatal("the third connection is not waiting for a slot")
+	}
 	first.Expect("221", "QUIT")
 	if code, msg := third.Read(); code != 220 {
 		t.Fatalf("connection after another of the client's ended: %d %s", code, msg)
@@ -169,7 +178,7 @@ func TestSlowCommandInTLS(t *testing.T) {
 			if _, err := c.Conn.Write([]byte{b}); err != nil {
 				return
 			}
-			time.Sleep(300 * time.Millisecond)
+			time.Sleep(300 * time.Millisecond) // a sleep: the slow client under test
 		}
 	}()
 	c.Conn.SetReadDeadline(time.Now().Add(10 * time.Second))

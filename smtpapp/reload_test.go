@@ -10,17 +10,14 @@ import (
 // upstreamBusy waits until the upstream is inside a DATA of ours.
 func upstreamBusy(t *testing.T, u *st.Upstream) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
+	busy := st.Eventually(20*time.Second, func() bool {
 		u.Mu.Lock()
-		busy := u.MaxActive > 0
-		u.Mu.Unlock()
-		if busy {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
+		defer u.Mu.Unlock()
+		return u.MaxActive > 0
+	})
+	if !busy {
+		t.Fatal("no delivery reached the upstream")
 	}
-	t.Fatal("no delivery reached the upstream")
 }
 
 // TestReloadFinishesDeliveries: a delivery under way at a config reload
@@ -55,7 +52,7 @@ func TestReloadFinishesDeliveries(t *testing.T) {
 			t.Fatal(err)
 		}
 		msgs := slow.WaitMessages(t, 2, 20*time.Second)
-		time.Sleep(3 * time.Second) // a second copy would come by now
+		time.Sleep(3 * time.Second) // a sleep: no second copy comes in this time
 		if got := len(slow.Received()); got != 2 {
 			t.Fatalf("upstream got %d messages, want 2 (each once): %v", got, msgs)
 		}

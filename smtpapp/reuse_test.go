@@ -55,11 +55,7 @@ func TestDeliveryReusesConnection(t *testing.T) {
 	// A reload replaces the relay target; the old one's session ends.
 	srv["hostname"] = "reloaded.localhost"
 	e.PostLoad(e.DeliveringApp(map[string]any{"gw": srv}, nil), nil)
-	deadline := time.Now().Add(5 * time.Second)
-	for up.OpenConnections() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d connections still open after the reload", up.OpenConnections())
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !st.Eventually(5*time.Second, func() bool { return up.OpenConnections() == 0 }) {
+		t.Fatalf("%d connections still open after the reload", up.OpenConnections())
 	}
 }

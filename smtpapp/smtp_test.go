@@ -195,8 +195,7 @@ func TestMaxConnections(t *testing.T) {
 	// A slot frees up when a session ends.
 	second.Expect("221", "QUIT")
 	second.Read()
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
+	slot := st.Eventually(5*time.Second, func() bool {
 		c, err := st.NetDial(addr)
 		if err != nil {
 			t.Fatal(err)
@@ -204,12 +203,11 @@ func TestMaxConnections(t *testing.T) {
 		cl := &st.Client{T: t, Conn: c, Text: st.NewText(c)}
 		code, _ := cl.Read()
 		c.Close()
-		if code == 220 {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
+		return code == 220
+	})
+	if !slot {
+		t.Fatal("no slot after a session ended")
 	}
-	t.Fatal("no slot after a session ended")
 }
 
 // TestMaxConnectionsPerIP: a client address past its own limit gets
@@ -260,7 +258,7 @@ func TestDataTimeout(t *testing.T) {
 			if _, err := c.Conn.Write([]byte("x\r\n")); err != nil {
 				return
 			}
-			time.Sleep(100 * time.Millisecond)
+			time.Sleep(100 * time.Millisecond) // a sleep: the slow client under test
 		}
 	}()
 	code, msg := c.Read()
@@ -381,6 +379,8 @@ func TestReload(t *testing.T) {
 			}
 		}()
 	}
+	// Sleeps: the clients keep connecting for a while before, between
+	// and after the reloads; the pace of the test, not a wait for a state.
 	time.Sleep(100 * time.Millisecond)
 	e.PostLoad(cfg(6), nil)
 	time.Sleep(100 * time.Millisecond)

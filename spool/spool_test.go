@@ -257,7 +257,7 @@ func TestDecodeEnvelopeRejects(t *testing.T) {
 
 func TestIDsSortByTime(t *testing.T) {
 	a := NewID()
-	time.Sleep(2 * time.Millisecond)
+	time.Sleep(2 * time.Millisecond) // a sleep: ids sort by their millisecond, so let the clock move on
 	b := NewID()
 	if !(a < b) || !validID(a) {
 		t.Fatalf("ids %s %s", a, b)

@@ -89,9 +89,7 @@ func NewEnv(t testing.TB) *Env {
 			t.Logf("test dir kept: %s", dir)
 			return
 		}
-		for i := 0; i < 50 && os.RemoveAll(dir) != nil; i++ {
-			time.Sleep(100 * time.Millisecond)
-		}
+		Eventually(5*time.Second, func() bool { return os.RemoveAll(dir) == nil })
 	})
 	return e
 }
@@ -178,15 +176,11 @@ func (e *Env) LogLines(msg string) []map[string]any {
 // waitLog waits until an entry with msg is logged, and returns the last.
 func (e *Env) WaitLog(msg string) map[string]any {
 	e.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if l := e.LogLines(msg); len(l) > 0 {
-			return l[len(l)-1]
-		}
-		time.Sleep(20 * time.Millisecond)
+	var l []map[string]any
+	if !Eventually(10*time.Second, func() bool { l = e.LogLines(msg); return len(l) > 0 }) {
+		e.t.Fatalf("no %q log line", msg)
 	}
-	e.t.Fatalf("no %q log line", msg)
-	return nil
+	return l[len(l)-1]
 }
 
 // localCARoot is the root of Caddy's internal CA for this env.
@@ -330,6 +324,8 @@ func WaitTLS(t testing.TB, addr string, cfg *tls.Config) {
 		if lastErr == nil {
 			return
 		}
+		// Each try is a whole handshake (and a log line at the
+		// server): retry more gently than Eventually polls.
 		time.Sleep(100 * time.Millisecond)
 	}
 	t.Fatalf("no TLS handshake with %s within 30s: %v", addr, lastErr)

@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/emersion/go-smtp"
 
@@ -95,20 +94,6 @@ func SubmitToAll(t testing.TB, addr, from string, to []string, body string) stri
 	}
 	c.Cmd("QUIT")
 	return id
-}
-
-// WaitFor polls cond for up to 20 seconds and fails the test, naming
-// what it waited for, unless cond comes true.
-func WaitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		if cond() {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("timed out waiting for %s", what)
 }
 
 // ExpectContains reports an error, and lets the test go on, for each of

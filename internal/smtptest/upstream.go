@@ -237,15 +237,11 @@ func (u *Upstream) HelloNames() []string {
 // waitMessages waits until n messages arrived.
 func (u *Upstream) WaitMessages(t testing.TB, n int, within time.Duration) []UpstreamMessage {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for time.Now().Before(deadline) {
-		if m := u.Received(); len(m) >= n {
-			return m
-		}
-		time.Sleep(20 * time.Millisecond)
+	var m []UpstreamMessage
+	if !Eventually(within, func() bool { m = u.Received(); return len(m) >= n }) {
+		t.Fatalf("upstream %s: %d messages after %s, want %d", u.Addr, len(m), within, n)
 	}
-	t.Fatalf("upstream %s: %d messages after %s, want %d", u.Addr, len(u.Received()), within, n)
-	return nil
+	return m
 }
 
 type upstreamSession struct {
@@ -315,6 +311,7 @@ func (s *upstreamSession) Data(r io.Reader) error {
 	s.u.MaxActive = max(s.u.MaxActive, s.u.active)
 	s.u.Mu.Unlock()
 	if s.u.dataWait > 0 {
+		// A sleep: a slow next hop is what UpstreamOpts.DataWait asks for.
 		time.Sleep(s.u.dataWait)
 	}
 	s.u.Mu.Lock()
@@ -349,19 +346,22 @@ func (e *Env) DeliveringApp(servers map[string]any, queue map[string]any) map[st
 // deliveryLine waits for the delivery log line of a queue id.
 func (e *Env) DeliveryLine(t testing.TB, id string) map[string]any {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
+	var line map[string]any
+	found := Eventually(20*time.Second, func() bool {
 		for _, status := range []string{"sent", "deferred", "bounced"} {
 			for _, l := range e.LogLines("delivery " + status) {
 				if l["queue_id"] == id {
-					return l
+					line = l
+					return true
 				}
 			}
 		}
-		time.Sleep(20 * time.Millisecond)
+		return false
+	})
+	if !found {
+		t.Fatalf("no delivery log line for %s", id)
 	}
-	t.Fatalf("no delivery log line for %s", id)
-	return nil
+	return line
 }
 
 // submit sends one message to a gateway in plaintext and returns its
@@ -383,15 +383,18 @@ func Submit(t testing.TB, addr, from, to, body string) string {
 // msgID (a Message-ID or queue id), and returns it.
 func (u *Upstream) WaitBounce(t testing.TB, rcpt, msgID string) UpstreamMessage {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
+	var bounce UpstreamMessage
+	found := Eventually(20*time.Second, func() bool {
 		for _, m := range u.Received() {
 			if m.From == "" && len(m.To) == 1 && m.To[0] == rcpt && bytes.Contains(m.Data, []byte(msgID)) {
-				return m
+				bounce = m
+				return true
 			}
 		}
-		time.Sleep(20 * time.Millisecond)
+		return false
+	})
+	if !found {
+		t.Fatalf("no bounce to %s about %s", rcpt, msgID)
 	}
-	t.Fatalf("no bounce to %s about %s", rcpt, msgID)
-	return UpstreamMessage{}
+	return bounce
 }
