@@ -38,24 +38,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # shellcheck source=mta.sh
 source "$(dirname "${BASH_SOURCE[0]}")/mta.sh"
 
-ci_init "exim interop" "$@"
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-templates=$here/exim
-config=$templates/exim.Caddyfile
-PATH=$PATH:/usr/sbin:/sbin
-
-mta_need_root
-need_tools swaks openssl jq timeout setsid unshare apt-get dpkg-deb ldd
+mta_init exim Exim "$@" # ci_init "exim interop", root, tools, $templates, $config, EXIM_KEEP
 
 readonly PORT_SUBMIT=2800 PORT_SELF=2801 PORT_CA=2802 PORT_NOTLS=2803
 readonly PORT_GW_NONE=2821 PORT_GW_MAY=2822 PORT_GW_ENCRYPT=2823 PORT_TO_MTA=2830 PORT_ADMIN=2899
-# shellcheck disable=SC2034 # used by mta.sh
-declare -A variant_port=([self]=$PORT_SELF [ca]=$PORT_CA [notls]=$PORT_NOTLS)
-mta_label=Exim
-deferred_ids=() deferred_cells=()
-keep=${EXIM_KEEP:-}
 
-at_exit() { mta_stop; }
 on_failure() {
 	print_tail "caddy stdout/stderr" 20 "$caddy_out"
 	print_tail "caddy JSON log" 30 "$caddy_log"
@@ -66,18 +53,10 @@ on_failure() {
 }
 ci_traps
 
-ports_free start 0 $PORT_SUBMIT $PORT_SELF $PORT_CA $PORT_NOTLS $PORT_GW_NONE $PORT_GW_MAY \
-	$PORT_GW_ENCRYPT $PORT_TO_MTA $PORT_ADMIN || exit 1
-
-make_work exim
-chmod 755 "$work" # Exim's processes run as Debian-exim
-echo "exim interop: work directory $work"
-export EXIM_CI_DIR=$work
-caddy_log=$work/caddy.log caddy_out=$work/caddy.out
-gw_maildir=$work/gw-maildir # the gateway's Maildir, mail from Exim
-ex=$work/exim               # the Exim instance
-mta_vmail=$ex/vmail         # Exim's Maildir
-mkdir -p "$work/t" "$ex/spool" "$ex/log" "$ex/vmail"
+mta_make_work       # $work (Exim runs as Debian-exim), $caddy_log, $gw_maildir
+ex=$work/exim       # the Exim instance
+mta_vmail=$ex/vmail # Exim's Maildir
+mkdir -p "$ex/spool" "$ex/log" "$ex/vmail"
 
 # ---- setup --------------------------------------------------------------
 
@@ -90,20 +69,11 @@ if ! mta_system_user Debian-exim /var/spool/exim4; then
 fi
 chown -R Debian-exim:Debian-exim "$ex/spool" "$ex/log" "$ex/vmail"
 
-if mta_certs "$work/tls" >"$work/t/certs.log" 2>&1; then
-	chgrp Debian-exim "$work"/tls/*key*
-	chmod 640 "$work"/tls/*key*
-	pass "setup: test CA, a certificate for $MTA_NAME from it, a self-signed one (openssl)"
-else
-	fail "setup: test certificates" "$(show "$work/t/certs.log")"
-	exit 1
-fi
+mta_setup_certs || exit 1
+chgrp Debian-exim "$work"/tls/*key*
+chmod 640 "$work"/tls/*key*
 
-sed -e "s|@DIR@|$ex|g" -e "s|@TLS@|$work/tls|g" -e "s|@EXIM@|$exim|g" -e "s|@PORT_SUBMIT@|$PORT_SUBMIT|g" -e "s|@PORT_SELF@|$PORT_SELF|g" \
-	-e "s|@PORT_CA@|$PORT_CA|g" -e "s|@PORT_NOTLS@|$PORT_NOTLS|g" -e "s|@PORT_GW_NONE@|$PORT_GW_NONE|g" \
-	-e "s|@PORT_GW_MAY@|$PORT_GW_MAY|g" -e "s|@PORT_GW_ENCRYPT@|$PORT_GW_ENCRYPT|g" \
-	"$templates/exim.conf.in" >"$ex/exim.conf"
-chmod 644 "$ex/exim.conf"
+mta_config exim.conf.in "$ex" -e "s|@EXIM@|$exim|g"
 ex_version=$("$exim" -C "$ex/exim.conf" -bV 2>"$work/t/exim-bV.err" | sed -n 's/^Exim version \([^ ]*\).*/\1/p')
 if [[ -n $ex_version ]] && ! grep -qi 'error\|failed' "$work/t/exim-bV.err"; then
 	pass "exim: $exim -C exim.conf -bV: Exim $ex_version, config OK"
@@ -113,13 +83,7 @@ else
 fi
 
 mta_start "$ex/exim.out" "$ex" "" "$exim" -C "$ex/exim.conf" -bdf
-if mta_wait_port 20 $PORT_SUBMIT $PORT_SELF $PORT_CA $PORT_NOTLS &&
-	[[ $(greeting $PORT_SELF) == "220 $MTA_NAME ESMTP Exim $ex_version"* ]]; then
-	pass "exim: started (pid $mta_pid), listens on $PORT_SUBMIT-$PORT_NOTLS, greets '$(greeting $PORT_SUBMIT)'"
-else
-	fail "exim: started and listening on $PORT_SUBMIT-$PORT_NOTLS" "$(show "$ex/exim.out")" "$(show "$ex/log/paniclog")"
-	exit 1
-fi
+mta_check_started $PORT_SELF "220 $MTA_NAME ESMTP Exim $ex_version" "$ex/exim.out" "$ex/log/paniclog" || exit 1
 
 # The three next-hop listeners, as the gateway will see them.
 starttls_probe "$work/t/probe-self.log" $PORT_SELF -CAfile "$work/tls/ca.pem"
@@ -171,22 +135,7 @@ mta_log_excerpt() { tail -n +$(($1 + 1)) "$ex/log/mainlog" 2>/dev/null | grep -v
 
 # ---- caddy --------------------------------------------------------------
 
-echo "exim interop: $("$caddy_bin" version)"
-if "$caddy_bin" adapt --config "$config" --adapter caddyfile >"$work/adapted.json" 2>"$work/adapt.err" &&
-	jq -e '.apps.smtp.servers | keys == ["from_encrypt","from_may","from_none","to_mta"]' "$work/adapted.json" >/dev/null; then
-	pass "config: exim.Caddyfile adapts (servers from_none, from_may, from_encrypt, to_mta)"
-else
-	fail "config: exim.Caddyfile adapts" "$(show "$work/adapt.err")"
-	exit 1
-fi
-caddy_start "$caddy_out" --config "$config" --adapter caddyfile
-if wait_ports 30 $PORT_GW_NONE $PORT_GW_MAY $PORT_GW_ENCRYPT $PORT_TO_MTA &&
-	wait_cert "$work/t/gw-may-ready.log" $PORT_GW_MAY && wait_cert "$work/t/gw-encrypt-ready.log" $PORT_GW_ENCRYPT; then
-	pass "start: caddy (pid $caddy_pid) listens on $PORT_GW_NONE, $PORT_GW_MAY, $PORT_GW_ENCRYPT, $PORT_TO_MTA; TLS ready"
-else
-	fail "start: caddy listens, TLS ready on $PORT_GW_MAY and $PORT_GW_ENCRYPT" "$(show "$caddy_out")"
-	exit 1
-fi
+mta_gateway_start || exit 1
 
 # ---- Exim as the client -------------------------------------------------
 
@@ -204,17 +153,7 @@ until grep -q "${ex_id:-no-id} \(\*\*\|==\) someone@srv-encrypt-notls.test" "$ex
 	sleep 0.2
 done
 line=$(grep "${ex_id:-no-id} \(\*\*\|==\) someone@srv-encrypt-notls.test" "$ex/log/mainlog" 2>/dev/null | head -n 1)
-if [[ $line == *"530 5.7.0 Must issue a STARTTLS command first"* ]]; then
-	pass "client encrypt, Exim without TLS: refused with 530 (${line#* * })"
-else
-	fail "client encrypt, Exim without TLS: refused with '530 5.7.0 Must issue a STARTTLS command first'" \
-		"${line:-"no ** or == line for Exim id '$ex_id'"}" "$(show "$swaks_log")"
-fi
-if [[ $(count_with_subject "$gw_maildir" "caddy-smtp $ci_name client-encrypt-notls") == 0 ]]; then
-	pass "client encrypt, Exim without TLS: nothing in the gateway's Maildir"
-else
-	fail "client encrypt, Exim without TLS: nothing in the gateway's Maildir"
-fi
+client_notls_checks "$line" "${line#* * }" "no ** or == line for Exim id '$ex_id'"
 
 # ---- Exim as the next hop -----------------------------------------------
 
@@ -263,7 +202,6 @@ if [[ -z $panics ]]; then
 else
 	fail "end: Exim's paniclog has nothing but the -C privilege notes" "$panics"
 fi
-if caddy_alive; then pass "end: caddy still running"; else fail "end: caddy still running" "it exited"; fi
-if mta_alive; then pass "end: Exim still running"; else fail "end: Exim still running" "it exited"; fi
+mta_end_checks
 
 ((failed == 0)) # ci_finish prints the totals

@@ -142,13 +142,7 @@ echo "interop: work directory $work"
 
 # ---- start --------------------------------------------------------------
 
-if "$caddy_bin" adapt --config "$config" --adapter caddyfile >"$work/adapted.json" 2>"$work/adapt.err" &&
-	jq -e '.apps.smtp.servers | keys == ["encrypt","may","none"]' "$work/adapted.json" >/dev/null; then
-	pass "config: interop.Caddyfile adapts to apps.smtp with servers none, may, encrypt"
-else
-	fail "config: interop.Caddyfile adapts" "$(show "$work/adapt.err")"
-	exit 1
-fi
+check_adapts '["encrypt","may","none"]' "interop.Caddyfile adapts to apps.smtp with servers none, may, encrypt" || exit 1
 
 ports_free start 0 $PORT_NONE $PORT_MAY $PORT_ENCRYPT 2604 2699 || exit 1
 
@@ -349,10 +343,6 @@ fi
 
 # ---- end ----------------------------------------------------------------
 
-if caddy_alive; then
-	pass "end: caddy still running"
-else
-	fail "end: caddy still running" "it exited"
-fi
+check_caddy_running
 
 ((failed == 0)) # ci_finish prints the totals

@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Shared by the check scripts in .ci (interop, examples, postfix, nmap,
-# testssl). Not run on its own; each script starts with
+# testssl; exim and opensmtpd through mta.sh). Not run on its own; each
+# script starts with
 #
 #   set -uo pipefail # no -e: every check runs and is counted
 #   source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -11,7 +12,9 @@
 #
 # and counts its checks with pass and fail. A script may redefine the
 # hooks at_exit (more to stop at exit) and on_failure (logs to print when
-# a check failed), and set keep=1 to keep $work.
+# a check failed), and set keep=1 to keep $work. The checks on the
+# gateway's log (check_adapts, delivery_line, ...) read the Caddyfile
+# $config and the JSON log $caddy_log, which the script sets.
 
 readonly HOST=127.0.0.1
 readonly SENDER=interop@client.example.net
@@ -159,20 +162,30 @@ caddy_stop() {
 	caddy_pid=''
 }
 
-# wait_ports SECONDS PORT...: until caddy listens on all the ports;
-# status 1 if it exits or SECONDS pass first.
-wait_ports() {
-	local deadline=$((SECONDS + $1)) p all
-	shift
+# wait_listening ALIVE SECONDS PORT...: until something listens on all
+# the ports; status 1 if the command ALIVE (is the server still running?)
+# fails or SECONDS pass first.
+wait_listening() {
+	local alive=$1 deadline=$((SECONDS + $2)) p all
+	shift 2
 	while :; do
 		all=1
 		for p in "$@"; do port_open "$p" || all=''; done
 		[[ -n $all ]] && return 0
-		if ! caddy_alive || ((SECONDS > deadline)); then
+		if ! "$alive" || ((SECONDS > deadline)); then
 			return 1
 		fi
 		sleep 0.2
 	done
+}
+
+# wait_ports SECONDS PORT...: until caddy listens on all the ports;
+# status 1 if it exits or SECONDS pass first.
+wait_ports() { wait_listening caddy_alive "$@"; }
+
+# greeting PORT: the first line the server on PORT sends, without CR.
+greeting() {
+	timeout 10 bash -c "exec 3<>/dev/tcp/$HOST/$1 && IFS= read -r -t 5 line <&3 && printf '%s' \"\${line%\$'\r'}\" && printf 'QUIT\r\n' >&3" 2>/dev/null
 }
 
 # starttls_probe LOG PORT [S_CLIENT-OPTIONS...]: STARTTLS to $HOST:PORT
@@ -214,4 +227,76 @@ send() {
 		--timeout 15 "$@" </dev/null >"$swaks_log" 2>&1
 	swaks_rc=$?
 	queue_id=$(sed -n 's/^<[-~] *250 .*queued as \([A-Za-z0-9_-]*\).*/\1/p' "$swaks_log" | tail -n 1)
+}
+
+# ---- checks on the gateway ----------------------------------------------
+
+# check_adapts SERVERS LABEL: `caddy adapt` turns the Caddyfile $config
+# into $work/adapted.json with apps.smtp.servers named SERVERS (a JSON
+# array, sorted). Passed: the check "config: LABEL"; failed: "config:
+# NAME adapts" (NAME, the Caddyfile's file name) and status 1.
+# shellcheck disable=SC2154 # the script sets $config
+check_adapts() {
+	if "$caddy_bin" adapt --config "$config" --adapter caddyfile >"$work/adapted.json" 2>"$work/adapt.err" &&
+		jq -e --argjson want "$1" '.apps.smtp.servers | keys == $want' "$work/adapted.json" >/dev/null; then
+		pass "config: $2"
+	else
+		fail "config: ${config##*/} adapts" "$(show "$work/adapt.err")"
+		return 1
+	fi
+}
+
+# check_queued CHECK-NAME: the last send got a 250 with a queue id.
+check_queued() {
+	if [[ $swaks_rc -eq 0 && -n $queue_id ]]; then
+		pass "$1 (swaks exit 0, queued as $queue_id)"
+	else
+		fail "$1" "swaks exit $swaks_rc, queue id '${queue_id}'" "$(show "$swaks_log")"
+	fi
+}
+
+# delivery_line ID: the caddy log's first delivery line for a queue id.
+# shellcheck disable=SC2154 # the script sets $caddy_log
+delivery_line() {
+	[[ -n $1 ]] || return 0
+	jq -c --arg id "$1" 'select(.logger == "smtp.queue" and .queue_id == $id
+		and (.msg | startswith("delivery ")))' "$caddy_log" 2>/dev/null | head -n 1
+}
+
+# wait_delivery SECONDS ID...: until each id has a delivery line.
+wait_delivery() {
+	local deadline=$((SECONDS + $1)) id missing
+	shift
+	while :; do
+		missing=0
+		for id in "$@"; do
+			[[ -z $id || -n $(delivery_line "$id") ]] || missing=1
+		done
+		((missing == 0)) && return 0
+		((SECONDS > deadline)) && return 1
+		sleep 0.2
+	done
+}
+
+# check_caddy_running: the check "end: caddy still running".
+check_caddy_running() {
+	if caddy_alive; then
+		pass "end: caddy still running"
+	else
+		fail "end: caddy still running" "it exited"
+	fi
+}
+
+# ---- checks on mail files -----------------------------------------------
+
+# received_header FILE [N]: the message's Nth (default first) Received:
+# header, unfolded, CR removed (the gateway's Maildir files have CRLF
+# line ends, the MTAs' LF), each run of blanks one space.
+received_header() {
+	awk -v want="${2:-1}" '
+		function flush() { if (cur != "" && ++n == want) { gsub(/[ \t]+/, " ", cur); print cur; exit } cur = "" }
+		{ sub(/\r$/, "") }
+		/^$/ { flush(); exit }
+		/^[ \t]/ { if (cur != "") { sub(/^[ \t]+/, " "); cur = cur $0 } next }
+		{ flush(); if (tolower($0) ~ /^received:/) cur = $0 }' "$1"
 }

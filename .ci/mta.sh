@@ -12,15 +12,63 @@
 # private mount namespace (mta_start) whose /etc/resolv.conf names
 # 127.0.0.1 only: whatever the MTA looks up, no query leaves the host.
 #
-# Also here: the test certificates (mta_certs) and the checks both
-# scripts make on the gateway's log, queue and the MTAs' maildirs.
+# Also here: what both scripts do around their MTA (mta_init,
+# mta_make_work, mta_config, mta_check_started, mta_gateway_start,
+# mta_end_checks), the test certificates (mta_certs) and the checks both
+# make on the gateway's log, queue and the MTAs' maildirs. A script
+# defines its ports (PORT_SUBMIT, PORT_SELF, PORT_CA, PORT_NOTLS: the
+# MTA's; PORT_GW_NONE, PORT_GW_MAY, PORT_GW_ENCRYPT, PORT_TO_MTA,
+# PORT_ADMIN: the gateway's) after mta_init.
 
 readonly MTA_CACHE=${MTA_CACHE:-/var/cache/caddy-smtp-ci}
 # The name the MTAs' certificates are for, and the gateway's server_name
 # under `verify`.
 readonly MTA_NAME=mta.test
 
-mta_pid='' mta_tree=''
+mta_pid='' mta_tree='' mta_name='' mta_label=''
+# The next-hop listeners by variant (self, ca, notls), from mta_make_work;
+# the deferred cells' queue ids and names, from upstream_cell.
+declare -A variant_port=()
+deferred_ids=() deferred_cells=()
+
+# The MTA stops with caddy at exit.
+at_exit() { mta_stop; }
+
+# mta_init NAME LABEL "$@": what the script NAME (exim, opensmtpd) does
+# first: ci_init "NAME interop"; $mta_name NAME and $mta_label LABEL (the
+# MTA's name in check lines); $templates, .ci/NAME, and $config, its
+# NAME.Caddyfile; /usr/sbin and /sbin on PATH; exit 2 unless root and the
+# tools are there; keep from $NAME_KEEP (upper case: EXIM_KEEP).
+mta_init() {
+	local keep_var=${1^^}_KEEP
+	mta_name=$1 mta_label=$2
+	shift 2
+	ci_init "$mta_name interop" "$@"
+	templates=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$mta_name
+	config=$templates/$mta_name.Caddyfile
+	PATH=$PATH:/usr/sbin:/sbin
+	mta_need_root
+	need_tools swaks openssl jq timeout setsid unshare apt-get dpkg-deb ldd
+	# shellcheck disable=SC2034 # read by ci_finish (lib.sh)
+	keep=${!keep_var:-}
+}
+
+# mta_make_work: exit 1 unless all the ports are free; then $work (with
+# $work/t), readable by the MTA's users, in $NAME_CI_DIR for the
+# Caddyfile; $caddy_log, $caddy_out, $gw_maildir (the gateway's Maildir,
+# mail from the MTA); $variant_port.
+mta_make_work() {
+	ports_free start 0 "$PORT_SUBMIT" "$PORT_SELF" "$PORT_CA" "$PORT_NOTLS" "$PORT_GW_NONE" "$PORT_GW_MAY" \
+		"$PORT_GW_ENCRYPT" "$PORT_TO_MTA" "$PORT_ADMIN" || exit 1
+	make_work "$mta_name"
+	chmod 755 "$work" # the MTA's processes run as its system users
+	echo "$ci_name: work directory $work"
+	export "${mta_name^^}_CI_DIR=$work"
+	caddy_log=$work/caddy.log caddy_out=$work/caddy.out
+	gw_maildir=$work/gw-maildir
+	mkdir -p "$work/t"
+	variant_port=([self]=$PORT_SELF [ca]=$PORT_CA [notls]=$PORT_NOTLS)
+}
 
 # mta_need_root: exit 2 unless root (namespaces, system users, apt-get).
 mta_need_root() {
@@ -145,6 +193,31 @@ mta_certs() {
 		openssl verify -CAfile "$d/ca.pem" "$d/ca-cert.pem" >/dev/null
 }
 
+# mta_setup_certs: the check that mta_certs made them in $work/tls;
+# status 1 if not.
+mta_setup_certs() {
+	if mta_certs "$work/tls" >"$work/t/certs.log" 2>&1; then
+		pass "setup: test CA, a certificate for $MTA_NAME from it, a self-signed one (openssl)"
+	else
+		fail "setup: test certificates" "$(show "$work/t/certs.log")"
+		return 1
+	fi
+}
+
+# mta_config TEMPLATE DIR [SED-ARG...]: the MTA's configuration
+# DIR/NAME, from $templates/TEMPLATE (NAME.in) with @DIR@ (DIR), @TLS@
+# ($work/tls) and each @PORT_...@ filled in, then the SED-ARGs
+# (-e "s|@MORE@|...|g"); mode 644.
+mta_config() {
+	local template=$1 dir=$2 out=$2/${1%.in}
+	shift 2
+	sed -e "s|@DIR@|$dir|g" -e "s|@TLS@|$work/tls|g" -e "s|@PORT_SUBMIT@|$PORT_SUBMIT|g" -e "s|@PORT_SELF@|$PORT_SELF|g" \
+		-e "s|@PORT_CA@|$PORT_CA|g" -e "s|@PORT_NOTLS@|$PORT_NOTLS|g" -e "s|@PORT_GW_NONE@|$PORT_GW_NONE|g" \
+		-e "s|@PORT_GW_MAY@|$PORT_GW_MAY|g" -e "s|@PORT_GW_ENCRYPT@|$PORT_GW_ENCRYPT|g" "$@" \
+		"$templates/$template" >"$out"
+	chmod 644 "$out"
+}
+
 # mta_start LOG DIR SETUP COMMAND...: COMMAND in the background, in its
 # own session and process group (setsid) and a private mount namespace
 # (unshare -m), stdout and stderr to LOG. In the namespace, before the
@@ -207,58 +280,47 @@ mta_stop() {
 	fi
 }
 
-# mta_wait_port SECONDS PORT...: until the MTA listens on the ports;
-# status 1 if it exits or SECONDS pass first.
-mta_wait_port() {
-	local deadline=$((SECONDS + $1)) p all
-	shift
-	while :; do
-		all=1
-		for p in "$@"; do port_open "$p" || all=''; done
-		[[ -n $all ]] && return 0
-		if ! mta_alive || ((SECONDS > deadline)); then
-			return 1
-		fi
-		sleep 0.2
-	done
+# mta_check_started PORT GREETING LOG...: the check that the MTA
+# mta_start started listens on $PORT_SUBMIT-$PORT_NOTLS within 20s and
+# greets on PORT with a line that starts with GREETING; failed: the ends
+# of the LOG files, status 1.
+mta_check_started() {
+	local port=$1 want=$2 f details=()
+	shift 2
+	if wait_listening mta_alive 20 "$PORT_SUBMIT" "$PORT_SELF" "$PORT_CA" "$PORT_NOTLS" &&
+		[[ $(greeting "$port") == "$want"* ]]; then
+		pass "$mta_name: started (pid $mta_pid), listens on $PORT_SUBMIT-$PORT_NOTLS, greets '$(greeting "$PORT_SUBMIT")'"
+	else
+		for f in "$@"; do details+=("$(show "$f")"); done
+		fail "$mta_name: started and listening on $PORT_SUBMIT-$PORT_NOTLS" "${details[@]}"
+		return 1
+	fi
 }
 
-# greeting PORT: the first line the server on PORT sends, without CR.
-greeting() {
-	timeout 10 bash -c "exec 3<>/dev/tcp/$HOST/$1 && IFS= read -r -t 5 line <&3 && printf '%s' \"\${line%\$'\r'}\" && printf 'QUIT\r\n' >&3" 2>/dev/null
+# mta_end_checks: the checks that caddy and the MTA still run.
+mta_end_checks() {
+	check_caddy_running
+	if mta_alive; then pass "end: $mta_label still running"; else fail "end: $mta_label still running" "it exited"; fi
 }
 
 # ---- checks on the gateway ----------------------------------------------
 
-# check_queued CHECK-NAME: the last send got a 250 with a queue id.
-check_queued() {
-	if [[ $swaks_rc -eq 0 && -n $queue_id ]]; then
-		pass "$1 (queued as $queue_id)"
+# mta_gateway_start: caddy with $config (checked by check_adapts: the
+# servers from_none, from_may, from_encrypt, to_mta), then the check that
+# it listens on the gateway's ports within 30s, TLS ready on may and
+# encrypt. Status 1 if a check failed.
+mta_gateway_start() {
+	echo "$ci_name: $("$caddy_bin" version)"
+	check_adapts '["from_encrypt","from_may","from_none","to_mta"]' \
+		"${config##*/} adapts (servers from_none, from_may, from_encrypt, to_mta)" || return 1
+	caddy_start "$caddy_out" --config "$config" --adapter caddyfile
+	if wait_ports 30 "$PORT_GW_NONE" "$PORT_GW_MAY" "$PORT_GW_ENCRYPT" "$PORT_TO_MTA" &&
+		wait_cert "$work/t/gw-may-ready.log" "$PORT_GW_MAY" && wait_cert "$work/t/gw-encrypt-ready.log" "$PORT_GW_ENCRYPT"; then
+		pass "start: caddy (pid $caddy_pid) listens on $PORT_GW_NONE, $PORT_GW_MAY, $PORT_GW_ENCRYPT, $PORT_TO_MTA; TLS ready"
 	else
-		fail "$1" "swaks exit $swaks_rc, queue id '${queue_id}'" "$(show "$swaks_log")"
+		fail "start: caddy listens, TLS ready on $PORT_GW_MAY and $PORT_GW_ENCRYPT" "$(show "$caddy_out")"
+		return 1
 	fi
-}
-
-# delivery_line ID: the caddy log's first delivery line for a queue id.
-delivery_line() {
-	[[ -n $1 ]] || return 0
-	jq -c --arg id "$1" 'select(.logger == "smtp.queue" and .queue_id == $id
-		and (.msg | startswith("delivery ")))' "$caddy_log" 2>/dev/null | head -n 1
-}
-
-# wait_delivery SECONDS ID...: until each id has a delivery line.
-wait_delivery() {
-	local deadline=$((SECONDS + $1)) id missing
-	shift
-	while :; do
-		missing=0
-		for id in "$@"; do
-			[[ -z $id || -n $(delivery_line "$id") ]] || missing=1
-		done
-		((missing == 0)) && return 0
-		((SECONDS > deadline)) && return 1
-		sleep 0.2
-	done
 }
 
 # queue_json: the admin API's queue listing (GET /smtp/queue, through
@@ -267,18 +329,7 @@ queue_json() {
 	timeout 20 "$caddy_bin" smtp-queue list --json --address "localhost:$PORT_ADMIN" 2>/dev/null
 }
 
-# ---- checks on mail files -----------------------------------------------
-
-# received_header FILE [N]: the message's Nth (default first) Received:
-# header, unfolded, CR removed, each run of blanks one space.
-received_header() {
-	awk -v want="${2:-1}" '
-		function flush() { if (cur != "" && ++n == want) { gsub(/[ \t]+/, " ", cur); print cur; exit } cur = "" }
-		{ sub(/\r$/, "") }
-		/^$/ { flush(); exit }
-		/^[ \t]/ { if (cur != "") { sub(/^[ \t]+/, " "); cur = cur $0 } next }
-		{ flush(); if (tolower($0) ~ /^received:/) cur = $0 }' "$1"
-}
+# ---- checks on mail files (received_header: lib.sh) ---------------------
 
 # subject_of FILE: the Subject: header's value, CR removed.
 subject_of() { tr -d '\r' <"$1" | sed -n '/^$/q; s/^Subject: //p' | head -n 1; }
@@ -318,10 +369,9 @@ count_with_subject() {
 
 # ---- the two roles, one check a line ------------------------------------
 #
-# The script defines, for its MTA:
-#   $mta_label, $mta_vmail (the MTA's Maildir), $PORT_SUBMIT (the MTA's
-#   plain listener), $PORT_TO_MTA (the gateway's to_mta server),
-#   $gw_maildir, and the associative array variant_port (self, ca, notls);
+# The script defines, for its MTA (besides what mta_init and
+# mta_make_work set):
+#   $mta_vmail (the MTA's Maildir)
 #   mta_received_tls FILE: "tls" or "plain", from the MTA's own Received:
 #   mta_log_mark: a mark (a line count) in the log mta_ehlo_since reads
 #   mta_ehlo_since MARK PORT: one line "PLAIN TLS" per connection to PORT
@@ -456,4 +506,24 @@ check_deferred_queued() {
 			fail "upstream ${deferred_cells[$i]}: nothing arrived at $mta_label" "a copy is in $mta_vmail"
 		fi
 	done
+}
+
+# client_notls_checks LINE SHOWN MISSING: the MTA, told not to use TLS
+# to srv-encrypt-notls.test, was handed the message "client-encrypt-notls"
+# (the last send) and relayed it to the gateway's server at level
+# encrypt. LINE, the MTA's log line on that recipient, must have the 530
+# (passed: SHOWN in the check line; failed: LINE, or MISSING when it is
+# empty); nothing may arrive in the gateway's Maildir.
+client_notls_checks() {
+	local label="client encrypt, $mta_label without TLS"
+	if [[ $1 == *"530 5.7.0 Must issue a STARTTLS command first"* ]]; then
+		pass "$label: refused with 530 ($2)"
+	else
+		fail "$label: refused with '530 5.7.0 Must issue a STARTTLS command first'" "${1:-$3}" "$(show "$swaks_log")"
+	fi
+	if [[ $(count_with_subject "$gw_maildir" "caddy-smtp $ci_name client-encrypt-notls") == 0 ]]; then
+		pass "$label: nothing in the gateway's Maildir"
+	else
+		fail "$label: nothing in the gateway's Maildir"
+	fi
 }

@@ -58,24 +58,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # shellcheck source=mta.sh
 source "$(dirname "${BASH_SOURCE[0]}")/mta.sh"
 
-ci_init "opensmtpd interop" "$@"
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-templates=$here/opensmtpd
-config=$templates/opensmtpd.Caddyfile
-PATH=$PATH:/usr/sbin:/sbin
-
-mta_need_root
-need_tools swaks openssl jq timeout setsid unshare apt-get dpkg-deb ldd
+mta_init opensmtpd OpenSMTPD "$@" # ci_init "opensmtpd interop", root, tools, $templates, $config, OPENSMTPD_KEEP
 
 readonly PORT_SUBMIT=2900 PORT_SELF=2901 PORT_CA=2902 PORT_NOTLS=2903
 readonly PORT_GW_NONE=2921 PORT_GW_MAY=2922 PORT_GW_ENCRYPT=2923 PORT_TO_MTA=2930 PORT_ADMIN=2999
-# shellcheck disable=SC2034 # used by mta.sh
-declare -A variant_port=([self]=$PORT_SELF [ca]=$PORT_CA [notls]=$PORT_NOTLS)
-mta_label=OpenSMTPD
-deferred_ids=() deferred_cells=()
-keep=${OPENSMTPD_KEEP:-}
 
-at_exit() { mta_stop; }
 on_failure() {
 	print_tail "caddy stdout/stderr" 20 "$caddy_out"
 	print_tail "caddy JSON log" 30 "$caddy_log"
@@ -84,19 +71,11 @@ on_failure() {
 }
 ci_traps
 
-ports_free start 0 $PORT_SUBMIT $PORT_SELF $PORT_CA $PORT_NOTLS $PORT_GW_NONE $PORT_GW_MAY \
-	$PORT_GW_ENCRYPT $PORT_TO_MTA $PORT_ADMIN || exit 1
-
-make_work opensmtpd
-chmod 755 "$work" # smtpd's processes run as opensmtpd and opensmtpq
-echo "opensmtpd interop: work directory $work"
-export OPENSMTPD_CI_DIR=$work
-caddy_log=$work/caddy.log caddy_out=$work/caddy.out
-gw_maildir=$work/gw-maildir # the gateway's Maildir, mail from OpenSMTPD
-osd=$work/opensmtpd         # the OpenSMTPD instance
-osd_log=$osd/smtpd.log      # its log and SMTP trace (stderr of smtpd -d -T smtp)
-mta_vmail=$osd/vmail        # OpenSMTPD's Maildir
-mkdir -p "$work/t" "$osd/spool/smtpd" "$osd/vmail"
+mta_make_work          # $work (smtpd runs as opensmtpd and opensmtpq), $caddy_log, $gw_maildir
+osd=$work/opensmtpd    # the OpenSMTPD instance
+osd_log=$osd/smtpd.log # its log and SMTP trace (stderr of smtpd -d -T smtp)
+mta_vmail=$osd/vmail   # OpenSMTPD's Maildir
+mkdir -p "$osd/spool/smtpd" "$osd/vmail"
 chmod 711 "$osd/spool/smtpd" # smtpd insists
 
 # ---- setup --------------------------------------------------------------
@@ -110,19 +89,10 @@ if ! mta_system_user opensmtpd /var/lib/opensmtpd/empty || ! mta_system_user ope
 fi
 chown opensmtpd:opensmtpd "$osd/vmail"
 
-if mta_certs "$work/tls" >"$work/t/certs.log" 2>&1; then
-	chmod 600 "$work"/tls/*key*
-	pass "setup: test CA, a certificate for $MTA_NAME from it, a self-signed one (openssl)"
-else
-	fail "setup: test certificates" "$(show "$work/t/certs.log")"
-	exit 1
-fi
+mta_setup_certs || exit 1
+chmod 600 "$work"/tls/*key*
 
-sed -e "s|@DIR@|$osd|g" -e "s|@TLS@|$work/tls|g" -e "s|@PORT_SUBMIT@|$PORT_SUBMIT|g" -e "s|@PORT_SELF@|$PORT_SELF|g" \
-	-e "s|@PORT_CA@|$PORT_CA|g" -e "s|@PORT_NOTLS@|$PORT_NOTLS|g" -e "s|@PORT_GW_NONE@|$PORT_GW_NONE|g" \
-	-e "s|@PORT_GW_MAY@|$PORT_GW_MAY|g" -e "s|@PORT_GW_ENCRYPT@|$PORT_GW_ENCRYPT|g" \
-	"$templates/smtpd.conf.in" >"$osd/smtpd.conf"
-chmod 644 "$osd/smtpd.conf"
+mta_config smtpd.conf.in "$osd"
 if "$smtpd" -n -f "$osd/smtpd.conf" >"$work/t/smtpd-n.log" 2>&1; then
 	pass "opensmtpd: $smtpd -n -f smtpd.conf: configuration OK"
 else
@@ -139,13 +109,7 @@ mount -t tmpfs caddy-smtp-ci /usr/libexec
 mkdir /usr/libexec/opensmtpd
 mount --bind '$mta_tree/usr/libexec/opensmtpd' /usr/libexec/opensmtpd"
 mta_start "$osd_log" "$osd" "$ns_setup" "$smtpd" -d -T smtp -f "$osd/smtpd.conf"
-if mta_wait_port 20 $PORT_SUBMIT $PORT_SELF $PORT_CA $PORT_NOTLS &&
-	[[ $(greeting $PORT_SUBMIT) == "220 $MTA_NAME ESMTP OpenSMTPD"* ]]; then
-	pass "opensmtpd: started (pid $mta_pid), listens on $PORT_SUBMIT-$PORT_NOTLS, greets '$(greeting $PORT_SUBMIT)'"
-else
-	fail "opensmtpd: started and listening on $PORT_SUBMIT-$PORT_NOTLS" "$(show "$osd_log")"
-	exit 1
-fi
+mta_check_started $PORT_SUBMIT "220 $MTA_NAME ESMTP OpenSMTPD" "$osd_log" || exit 1
 osd_version=$(sed -n 's/^info: OpenSMTPD \([^ ]*\) starting.*/\1/p' "$osd_log" | head -n 1)
 
 # The three next-hop listeners. On the two that offer STARTTLS the
@@ -206,22 +170,7 @@ mta_log_excerpt() { tail -n +$(($1 + 1)) "$osd_log" 2>/dev/null | grep -v '^<<< 
 
 # ---- caddy --------------------------------------------------------------
 
-echo "opensmtpd interop: $("$caddy_bin" version)"
-if "$caddy_bin" adapt --config "$config" --adapter caddyfile >"$work/adapted.json" 2>"$work/adapt.err" &&
-	jq -e '.apps.smtp.servers | keys == ["from_encrypt","from_may","from_none","to_mta"]' "$work/adapted.json" >/dev/null; then
-	pass "config: opensmtpd.Caddyfile adapts (servers from_none, from_may, from_encrypt, to_mta)"
-else
-	fail "config: opensmtpd.Caddyfile adapts" "$(show "$work/adapt.err")"
-	exit 1
-fi
-caddy_start "$caddy_out" --config "$config" --adapter caddyfile
-if wait_ports 30 $PORT_GW_NONE $PORT_GW_MAY $PORT_GW_ENCRYPT $PORT_TO_MTA &&
-	wait_cert "$work/t/gw-may-ready.log" $PORT_GW_MAY && wait_cert "$work/t/gw-encrypt-ready.log" $PORT_GW_ENCRYPT; then
-	pass "start: caddy (pid $caddy_pid) listens on $PORT_GW_NONE, $PORT_GW_MAY, $PORT_GW_ENCRYPT, $PORT_TO_MTA; TLS ready"
-else
-	fail "start: caddy listens, TLS ready on $PORT_GW_MAY and $PORT_GW_ENCRYPT" "$(show "$caddy_out")"
-	exit 1
-fi
+mta_gateway_start || exit 1
 
 # ---- OpenSMTPD as the client --------------------------------------------
 
@@ -240,17 +189,7 @@ until grep -q "$pat" "$osd_log" 2>/dev/null || ((SECONDS > deadline)); do
 	sleep 0.2
 done
 line=$(grep "$pat" "$osd_log" 2>/dev/null | head -n 1)
-if [[ $line == *"530 5.7.0 Must issue a STARTTLS command first"* ]]; then
-	pass "client encrypt, OpenSMTPD without TLS: refused with 530 ($(grep -o 'result=.*' <<<"$line"))"
-else
-	fail "client encrypt, OpenSMTPD without TLS: refused with '530 5.7.0 Must issue a STARTTLS command first'" \
-		"${line:-"no mta delivery line for someone@srv-encrypt-notls.test"}" "$(show "$swaks_log")"
-fi
-if [[ $(count_with_subject "$gw_maildir" "caddy-smtp $ci_name client-encrypt-notls") == 0 ]]; then
-	pass "client encrypt, OpenSMTPD without TLS: nothing in the gateway's Maildir"
-else
-	fail "client encrypt, OpenSMTPD without TLS: nothing in the gateway's Maildir"
-fi
+client_notls_checks "$line" "$(grep -o 'result=.*' <<<"$line")" "no mta delivery line for someone@srv-encrypt-notls.test"
 
 # ---- OpenSMTPD as the next hop ------------------------------------------
 
@@ -291,7 +230,6 @@ if [[ -z $bad ]]; then
 else
 	fail "end: smtpd log has no fatal/panic/error lines" "$bad"
 fi
-if caddy_alive; then pass "end: caddy still running"; else fail "end: caddy still running" "it exited"; fi
-if mta_alive; then pass "end: OpenSMTPD still running"; else fail "end: OpenSMTPD still running" "it exited"; fi
+mta_end_checks
 
 ((failed == 0)) # ci_finish prints the totals

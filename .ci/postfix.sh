@@ -135,48 +135,6 @@ postfix_alive() {
 	[[ -n $pid ]] && kill -0 "$pid" 2>/dev/null
 }
 
-# check_queued CHECK-NAME: the last send got a 250 with a queue id.
-check_queued() {
-	if [[ $swaks_rc -eq 0 && -n $queue_id ]]; then
-		pass "$1 (swaks exit 0, queued as $queue_id)"
-	else
-		fail "$1" "swaks exit $swaks_rc, queue id '${queue_id}'" "$(show "$swaks_log")"
-	fi
-}
-
-# delivery_line ID: the caddy log's first delivery line for a queue id.
-delivery_line() {
-	[[ -n $1 ]] || return 0
-	jq -c --arg id "$1" 'select(.logger == "smtp.queue" and .queue_id == $id
-		and (.msg | startswith("delivery ")))' "$caddy_log" 2>/dev/null | head -n 1
-}
-
-# wait_delivery SECONDS ID...: until each id has a delivery line.
-wait_delivery() {
-	local deadline=$((SECONDS + $1)) id missing
-	shift
-	while :; do
-		missing=0
-		for id in "$@"; do
-			[[ -z $id || -n $(delivery_line "$id") ]] || missing=1
-		done
-		((missing == 0)) && return 0
-		((SECONDS > deadline)) && return 1
-		sleep 0.2
-	done
-}
-
-# received_header FILE: the message's first Received: header, unfolded
-# (the gateway's Maildir files have CRLF line ends, Postfix's LF).
-received_header() {
-	awk '{ sub(/\r$/, "") }
-		/^$/ { exit }
-		found && /^[ \t]/ { sub(/^[ \t]+/, " "); line = line $0; next }
-		found { exit }
-		tolower($0) ~ /^received:/ { found = 1; line = $0 }
-		END { print line }' "$1"
-}
-
 # subject FILE: what follows "Subject: caddy-smtp postfix interop ".
 subject() { tr -d '\r' <"$1" | sed -n 's/^Subject: caddy-smtp postfix interop //p' | head -n 1; }
 
@@ -221,7 +179,7 @@ until port_open $PORT_POSTFIX; do
 	fi
 	sleep 0.2
 done
-banner=$(timeout 10 bash -c "exec 3<>/dev/tcp/$HOST/$PORT_POSTFIX && IFS= read -r -t 5 line <&3 && printf '%s' \"\${line%\$'\r'}\" && printf 'QUIT\r\n' >&3" 2>/dev/null)
+banner=$(greeting $PORT_POSTFIX)
 if ((rc == 0)) && postfix_alive && [[ $banner == "220 postfix.test ESMTP"* ]]; then
 	pass "postfix: started (master pid $(postfix_master_pid)), $HOST:$PORT_POSTFIX says '$banner'"
 else
@@ -241,13 +199,8 @@ fi
 
 # ---- caddy --------------------------------------------------------------
 
-if "$caddy_bin" adapt --config "$config" --adapter caddyfile >"$work/adapted.json" 2>"$work/adapt.err" &&
-	jq -e '.apps.smtp.servers | keys == ["from_postfix","smuggle_normalize","smuggle_reject","to_encrypt","to_may","to_verify"]' "$work/adapted.json" >/dev/null; then
-	pass "config: postfix.Caddyfile adapts to apps.smtp with servers to_verify, to_encrypt, to_may, smuggle_reject, smuggle_normalize, from_postfix"
-else
-	fail "config: postfix.Caddyfile adapts" "$(show "$work/adapt.err")"
-	exit 1
-fi
+check_adapts '["from_postfix","smuggle_normalize","smuggle_reject","to_encrypt","to_may","to_verify"]' \
+	"postfix.Caddyfile adapts to apps.smtp with servers to_verify, to_encrypt, to_may, smuggle_reject, smuggle_normalize, from_postfix" || exit 1
 
 caddy_start "$caddy_out" --config "$config" --adapter caddyfile
 if wait_ports 30 $PORT_VERIFY $PORT_ENCRYPT $PORT_MAY $PORT_RELAY; then
@@ -493,11 +446,7 @@ else
 fi
 # Warnings are expected (e.g. the TLS alert of the verify attempt); shown.
 grep -E 'postfix-ci/[^:]*: warning:' "$maillog" 2>/dev/null | sed 's/^/        note: /'
-if caddy_alive; then
-	pass "end: caddy still running"
-else
-	fail "end: caddy still running" "it exited"
-fi
+check_caddy_running
 if postfix_alive; then
 	pass "end: Postfix instance still running"
 else
