@@ -26,7 +26,8 @@ const (
 	FieldTo       = "to"
 )
 
-// Log writes mail log events to a logger.
+// Log writes mail log events to a logger. The zero value writes
+// nowhere.
 type Log struct{ l *zap.Logger }
 
 // New returns a mail log that writes to l (nil: nowhere).
@@ -39,7 +40,12 @@ func New(l *zap.Logger) Log {
 
 // Logger is the logger beneath, for the lines that are not mail log
 // events.
-func (m Log) Logger() *zap.Logger { return m.l }
+func (m Log) Logger() *zap.Logger {
+	if m.l == nil {
+		return zap.NewNop()
+	}
+	return m.l
+}
 
 // TLSFields describe a TLS session of a connection we accepted, in the
 // spirit of Postfix's "Trusted/Untrusted/Anonymous TLS connection
@@ -72,19 +78,19 @@ func (m Log) ConnectionClosed(remote netip.AddrPort, took time.Duration, message
 		zap.Duration("duration", took),
 		zap.Int("messages", messages),
 	}
-	m.l.Info("connection closed", append(fields, TLSFields(cs, peerVerified)...)...)
+	m.Logger().Info("connection closed", append(fields, TLSFields(cs, peerVerified)...)...)
 }
 
 // Refused is a connection, command or message we refused; what says
 // which and why, as a lowercase phrase ("recipient refused: no route").
 func (m Log) Refused(what string, remote netip.Addr, fields ...zap.Field) {
-	m.l.Info(what, append([]zap.Field{zap.String(FieldRemoteIP, remote.String())}, fields...)...)
+	m.Logger().Info(what, append([]zap.Field{zap.String(FieldRemoteIP, remote.String())}, fields...)...)
 }
 
 // ConnectionRefused is a connection refused at the greeting because of
 // a limit (a warning: the administrator may want to raise it).
 func (m Log) ConnectionRefused(reason string, remote netip.Addr, fields ...zap.Field) {
-	m.l.Warn("connection refused: "+reason, append([]zap.Field{zap.String(FieldRemoteIP, remote.String())}, fields...)...)
+	m.Logger().Warn("connection refused: "+reason, append([]zap.Field{zap.String(FieldRemoteIP, remote.String())}, fields...)...)
 }
 
 // Accepted is a message we acknowledged with 250.
@@ -115,7 +121,7 @@ func (m Log) MessageAccepted(a Accepted) {
 			zap.String("tls_version", tls.VersionName(a.TLS.Version)),
 			zap.String("tls_cipher", tls.CipherSuiteName(a.TLS.CipherSuite)))
 	}
-	m.l.Info("message accepted", fields...)
+	m.Logger().Info("message accepted", fields...)
 }
 
 // Delivery is the line of one recipient's delivery attempt, with the
@@ -146,7 +152,7 @@ func (m Log) Delivery(env *spool.Envelope, rc *spool.Recipient, res delivery.Res
 	if res.Status == delivery.Deferred {
 		fields = append(fields, zap.Time("next_attempt", rc.NextAttempt))
 	}
-	m.l.Info("delivery "+res.Status.String(), fields...)
+	m.Logger().Info("delivery "+res.Status.String(), fields...)
 }
 
 // Bounce is what became of a bounce for failed recipients of env: queued
@@ -155,12 +161,12 @@ func (m Log) Delivery(env *spool.Envelope, rc *spool.Recipient, res delivery.Res
 func (m Log) Bounce(env *spool.Envelope, bounceID string, reported, failed int, err error) {
 	switch {
 	case err != nil:
-		m.l.Error("cannot queue bounce", zap.String(FieldQueueID, env.ID), zap.Error(err))
+		m.Logger().Error("cannot queue bounce", zap.String(FieldQueueID, env.ID), zap.Error(err))
 	case bounceID == "":
-		m.l.Info("no bounce sent", zap.String(FieldQueueID, env.ID),
+		m.Logger().Info("no bounce sent", zap.String(FieldQueueID, env.ID),
 			zap.Bool("null_sender", env.From == ""), zap.Int("failed", failed))
 	default:
-		m.l.Info("bounce queued", zap.String(FieldQueueID, env.ID), zap.String("bounce_id", bounceID),
+		m.Logger().Info("bounce queued", zap.String(FieldQueueID, env.ID), zap.String("bounce_id", bounceID),
 			zap.String(FieldTo, env.From), zap.Int("recipients", reported))
 	}
 }
@@ -168,5 +174,5 @@ func (m Log) Bounce(env *spool.Envelope, bounceID string, reported, failed int, 
 // Removed is a record leaving the queue: delivered to every recipient
 // (how "removed"), or deleted by the administrator.
 func (m Log) Removed(id, how string) {
-	m.l.Info(how, zap.String(FieldQueueID, id))
+	m.Logger().Info(how, zap.String(FieldQueueID, id))
 }

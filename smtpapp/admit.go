@@ -5,12 +5,11 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"time"
 
 	"go.uber.org/zap"
 
-	"github.com/caddy-smtp/caddy-smtp/maillog"
+	"github.com/caddy-smtp/caddy-smtp/limits"
 )
 
 // slotWait is how long a connection from a client at its
@@ -20,81 +19,6 @@ import (
 // its previous connection and gives its slot back; without the wait it
 // got "421 Too many connections from your address" under load.
 const slotWait = 500 * time.Millisecond
-
-// clientKey is the unit max_connections_per_ip counts: an IPv4
-// address, or an IPv6 /64, which is what one customer of an ISP or a
-// cloud host gets (a client could otherwise walk through its /64 and
-// never meet the limit).
-func clientKey(ip netip.Addr) netip.Addr {
-	ip = ip.Unmap()
-	if ip.Is6() {
-		if p, err := ip.Prefix(64); err == nil {
-			return p.Addr()
-		}
-	}
-	return ip
-}
-
-// clientSlots counts open connections by clientKey, and the ones
-// waiting for a slot: at most max of those too, so that a client past
-// its limit holds at most twice its share of sockets.
-type clientSlots struct {
-	mu      sync.Mutex
-	max     int
-	open    map[netip.Addr]int
-	waiting map[netip.Addr]int
-	freed   chan struct{} // closed when a slot is given back; made by a waiter
-}
-
-func newClientSlots(max int) *clientSlots {
-	return &clientSlots{max: max, open: make(map[netip.Addr]int), waiting: make(map[netip.Addr]int)}
-}
-
-// wait counts a waiter of key, or reports that key has as many as it
-// may; done uncounts it.
-func (cs *clientSlots) wait(key netip.Addr) (ok bool, done func()) {
-	cs.mu.Lock()
-	defer cs.mu.Unlock()
-	if cs.waiting[key] >= cs.max {
-		return false, nil
-	}
-	cs.waiting[key]++
-	return true, func() {
-		cs.mu.Lock()
-		defer cs.mu.Unlock()
-		if cs.waiting[key]--; cs.waiting[key] <= 0 {
-			delete(cs.waiting, key)
-		}
-	}
-}
-
-// take counts a connection of key, or returns a channel that is closed
-// when any slot is given back.
-func (cs *clientSlots) take(key netip.Addr) (ok bool, freed <-chan struct{}) {
-	cs.mu.Lock()
-	defer cs.mu.Unlock()
-	if cs.open[key] < cs.max {
-		cs.open[key]++
-		return true, nil
-	}
-	if cs.freed == nil {
-		cs.freed = make(chan struct{})
-	}
-	return false, cs.freed
-}
-
-// release gives a connection's slot back.
-func (cs *clientSlots) release(key netip.Addr) {
-	cs.mu.Lock()
-	defer cs.mu.Unlock()
-	if cs.open[key]--; cs.open[key] <= 0 {
-		delete(cs.open, key)
-	}
-	if cs.freed != nil {
-		close(cs.freed)
-		cs.freed = nil
-	}
-}
 
 // admission is the outcome of tryAdmit.
 type admission int
@@ -122,8 +46,8 @@ func (s *Server) tryAdmit(nc net.Conn) (slot netip.Addr, a admission) {
 		s.app.metrics.connections.WithLabelValues(s.name, "accepted").Inc()
 		return netip.Addr{}, admitted
 	}
-	slot = clientKey(ip)
-	if ok, _ := s.slots.take(slot); ok {
+	slot = limits.ClientKey(ip)
+	if s.slots.Take(slot) {
 		s.app.metrics.connections.WithLabelValues(s.name, "accepted").Inc()
 		return slot, admitted
 	}
@@ -134,30 +58,13 @@ func (s *Server) tryAdmit(nc net.Conn) (slot netip.Addr, a admission) {
 // found full, and refuses the connection when none is given back. A
 // waiting connection counts against max_connections, as an open one.
 func (s *Server) awaitSlot(nc net.Conn, slot netip.Addr) bool {
-	refuse := func() bool {
+	if !s.slots.Await(slot, slotWait) {
 		s.active.Add(-1)
 		s.refuse(nc, "max_connections_per_ip", "Too many connections from your address, try again later")
 		return false
 	}
-	ok, done := s.slots.wait(slot)
-	if !ok {
-		return refuse()
-	}
-	defer done()
-	deadline := time.NewTimer(slotWait)
-	defer deadline.Stop()
-	for {
-		ok, freed := s.slots.take(slot)
-		if ok {
-			s.app.metrics.connections.WithLabelValues(s.name, "accepted").Inc()
-			return true
-		}
-		select {
-		case <-freed:
-		case <-deadline.C:
-			return refuse()
-		}
-	}
+	s.app.metrics.connections.WithLabelValues(s.name, "accepted").Inc()
+	return true
 }
 
 // admit is tryAdmit and, when the client is at its limit, awaitSlot.
@@ -176,7 +83,7 @@ func (s *Server) admit(nc net.Conn) (slot netip.Addr, ok bool) {
 func (s *Server) connDone(slot netip.Addr) {
 	s.active.Add(-1)
 	if slot.IsValid() {
-		s.slots.release(slot)
+		s.slots.Release(slot)
 	}
 }
 
@@ -185,7 +92,7 @@ func (s *Server) connDone(slot netip.Addr) {
 // the write: the accept loop calls it in a goroutine of its own.
 func (s *Server) refuse(nc net.Conn, reason, reply string) {
 	s.app.metrics.connections.WithLabelValues(s.name, "refused_"+reason).Inc()
-	maillog.New(s.logger).ConnectionRefused(strings.ReplaceAll(reason, "_", " "), remoteAddrPort(nc).Addr(),
+	s.maillog.ConnectionRefused(strings.ReplaceAll(reason, "_", " "), remoteAddrPort(nc).Addr(),
 		zap.Int("max_connections", s.MaxConnections),
 		zap.Int("max_connections_per_ip", s.MaxConnectionsPerIP))
 	nc.SetWriteDeadline(time.Now().Add(10 * time.Second))

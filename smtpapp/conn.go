@@ -21,7 +21,8 @@ import (
 
 // conn wraps every accepted connection beneath go-smtp. go-smtp is the
 // protocol engine, but a few duties of a gateway have no hook there, so
-// this is where they are done (DESIGN.md, "What go-smtp leaves to us"):
+// this is where they are done (docs/design.md, "What go-smtp leaves to
+// us"):
 //
 //   - After a failed STARTTLS handshake go-smtp answers 550 in plaintext
 //     and goes on; Postfix disconnects, and so do we: once the "220 Ready
@@ -127,8 +128,7 @@ func (c *conn) Write(p []byte) (int, error) {
 		// go-smtp's plaintext 550 after a failed handshake: hang up.
 		c.tlsFailed.Store(true)
 		c.srv.app.metrics.handshakes.WithLabelValues(c.srv.name, "in", "", "failed").Inc()
-		c.srv.logger.Info("tls handshake failed",
-			zap.String("remote_ip", c.remote.Addr().String()),
+		c.srv.maillog.Refused("tls handshake failed", c.remote.Addr(),
 			zap.String("server_name", c.serverName()))
 		c.Conn.Close()
 		return 0, errTLSFailed
@@ -312,8 +312,7 @@ func (c *conn) progress() { c.lineProgress.Store(true) }
 func (c *conn) hangUp(reply string, why ...zap.Field) {
 	c.cut.Store(true)
 	c.srv.reject("protocol")
-	c.srv.logger.Info("connection cut", append([]zap.Field{
-		zap.String("remote_ip", c.remote.Addr().String()), zap.String("reply", reply)}, why...)...)
+	c.srv.maillog.Refused("connection cut", c.remote.Addr(), append([]zap.Field{zap.String("reply", reply)}, why...)...)
 	if w := c.replyWriter(); w != nil {
 		w.SetWriteDeadline(time.Now().Add(10 * time.Second))
 		io.WriteString(w, reply+"\r\n")
@@ -534,42 +533,19 @@ func (c *conn) Close() error {
 	// The slot is given back before anything else: the client may
 	// already be connecting again.
 	c.srv.connDone(c.slot)
-	fields := []zap.Field{
-		zap.String("remote_ip", c.remote.Addr().String()),
-		zap.Uint16("remote_port", c.remote.Port()),
-		zap.Duration("duration", time.Since(c.start)),
-		zap.Int("messages", c.messages),
-	}
-	if f := c.tls.Load(); f != nil {
-		fields = append(fields, tlsFields(&f.state, f.peerVerified)...)
-	} else {
-		fields = append(fields, zap.Bool("tls", false))
-	}
+	messages := c.messages
 	c.mu.Unlock()
-	c.srv.logger.Info("connection closed", fields...)
+	var cs *tls.ConnectionState
+	verified := false
+	if f := c.tls.Load(); f != nil {
+		cs, verified = &f.state, f.peerVerified
+	}
+	c.srv.maillog.ConnectionClosed(c.remote, time.Since(c.start), messages, cs, verified)
 	err := c.Conn.Close()
 	if c.done != nil {
 		close(c.done)
 	}
 	return err
-}
-
-// tlsFields are the log fields that describe a TLS session, in the
-// spirit of Postfix's "Trusted/Untrusted/Anonymous TLS connection".
-func tlsFields(cs *tls.ConnectionState, verified bool) []zap.Field {
-	f := []zap.Field{
-		zap.Bool("tls", true),
-		zap.String("tls_version", tls.VersionName(cs.Version)),
-		zap.String("tls_cipher", tls.CipherSuiteName(cs.CipherSuite)),
-		zap.String("tls_server_name", cs.ServerName),
-		zap.Bool("tls_resumed", cs.DidResume),
-	}
-	if len(cs.PeerCertificates) > 0 {
-		f = append(f,
-			zap.String("client_cert_subject", cs.PeerCertificates[0].Subject.String()),
-			zap.Bool("client_cert_verified", verified))
-	}
-	return f
 }
 
 // unwrapConn finds our conn beneath whatever go-smtp holds (a *tls.Conn

@@ -166,9 +166,7 @@ func hostileSettled(t testing.TB, e *st.Env, srv *Server, baseline int) {
 		drafts   []string
 	)
 	settled := st.Eventually(15*time.Second, func() bool {
-		srv.slots.mu.Lock()
-		perIP = len(srv.slots.open)
-		srv.slots.mu.Unlock()
+		perIP, _ = srv.slots.Clients()
 		active = srv.active.Load()
 		g = runtime.NumGoroutine()
 		drafts = hostileDrafts(e)

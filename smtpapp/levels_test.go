@@ -10,6 +10,7 @@ import (
 	"time"
 
 	st "github.com/caddy-smtp/caddy-smtp/internal/smtptest"
+	"github.com/caddy-smtp/caddy-smtp/message"
 )
 
 // TestLevels runs every server TLS level against a plaintext client and a
@@ -240,7 +241,7 @@ func TestSpoolRecord(t *testing.T) {
 	hdr, body, _ := strings.Cut(string(data), "Subject: test")
 	for _, want := range []string{
 		"Received: from client.test ([127.0.0.1])\r\n",
-		"\t(using " + tlsVersionName(cs.Version) + " with cipher " + tls.CipherSuiteName(cs.CipherSuite) + ")\r\n",
+		"\t(using " + message.TLSVersionName(cs.Version) + " with cipher " + tls.CipherSuiteName(cs.CipherSuite) + ")\r\n",
 		"\tby mx.localhost (caddy-smtp) with ESMTPS id " + id + ";\r\n",
 	} {
 		if !strings.Contains(hdr, want) {

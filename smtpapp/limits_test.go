@@ -4,7 +4,6 @@ import (
 	"crypto/tls"
 	"fmt"
 
-	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -12,27 +11,6 @@ import (
 
 	st "github.com/caddy-smtp/caddy-smtp/internal/smtptest"
 )
-
-// TestClientKey: an IPv4 address is its own client; an IPv6 client is
-// its /64; an IPv4-mapped address is the IPv4 one.
-func TestClientKey(t *testing.T) {
-	for in, want := range map[string]string{
-		"192.0.2.7":                 "192.0.2.7",
-		"::ffff:192.0.2.7":          "192.0.2.7",
-		"2001:db8:1:2:3:4:5:6":      "2001:db8:1:2::",
-		"2001:db8:1:2::ffff":        "2001:db8:1:2::",
-		"2001:db8:1:3::1":           "2001:db8:1:3::",
-		"::1":                       "::",
-		"fe80::1:2:3:4":             "fe80::",
-		"2001:db8:aaaa:bbbb:c::d":   "2001:db8:aaaa:bbbb::",
-		"2001:db8:aaaa:bbbc:c::d":   "2001:db8:aaaa:bbbc::",
-		"2001:0db8:0000:0000::0001": "2001:db8::",
-	} {
-		if got := clientKey(netip.MustParseAddr(in)).String(); got != want {
-			t.Errorf("clientKey(%s) = %s, want %s", in, got, want)
-		}
-	}
-}
 
 // TestPerIPSlotGivenBack: a connection from a client at its limit waits
 // for one of the client's connections to end, and is served when one
@@ -55,9 +33,8 @@ func TestPerIPSlotGivenBack(t *testing.T) {
 	// The third now waits for a slot.
 	srv := hostileApp(t).Server("mx")
 	waiting := st.Eventually(5*time.Second, func() bool {
-		srv.slots.mu.Lock()
-		defer srv.slots.mu.Unlock()
-		return len(srv.slots.waiting) == 1
+		_, waiting := srv.slots.Clients()
+		return waiting == 1
 	})
 	if !waiting {
 		t.Fatal("the third connection is not waiting for a slot")

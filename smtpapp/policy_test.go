@@ -1,13 +1,9 @@
 package smtpapp
 
 import (
-	"bytes"
-	"errors"
 	"net/netip"
 	"strings"
 	"testing"
-	"testing/iotest"
-	"time"
 )
 
 func TestRelayPolicy(t *testing.T) {
@@ -88,74 +84,4 @@ func TestParseLevels(t *testing.T) {
 	if _, err := ParseClientAuth("optional"); err == nil {
 		t.Error("optional accepted")
 	}
-}
-
-func TestCopyMessage(t *testing.T) {
-	cases := []struct {
-		in         string
-		reject     error  // result with reject
-		normalized string // result with normalize
-	}{
-		{"a\r\nb\r\n", nil, "a\r\nb\r\n"},
-		{"", nil, ""},
-		{"a\nb\r\n", errBareNewline, "a\r\nb\r\n"},
-		{"a\rb\r\n", errBareNewline, "a\r\nb\r\n"},
-		{"a\r\r\n", errBareNewline, "a\r\n\r\n"},
-		{"a\n\n", errBareNewline, "a\r\n\r\n"},
-		{"a\r", errBareNewline, "a\r\n"},
-		{"\n.\n", errBareNewline, "\r\n.\r\n"},
-		{"\r.\r", errBareNewline, "\r\n.\r\n"},
-		{"x\r\n.\n", errBareNewline, "x\r\n.\r\n"},
-	}
-	for _, tc := range cases {
-		for _, oneByte := range []bool{false, true} {
-			src := func() *strings.Reader { return strings.NewReader(tc.in) }
-			read := func(normalize bool) (string, error) {
-				var out bytes.Buffer
-				var r = iotestReader(src(), oneByte)
-				err := copyMessage(&out, r, normalize)
-				return out.String(), err
-			}
-			if _, err := read(false); !errors.Is(err, tc.reject) && err != tc.reject {
-				t.Errorf("reject %q (one byte reads %v): %v, want %v", tc.in, oneByte, err, tc.reject)
-			}
-			if got, err := read(true); err != nil || got != tc.normalized {
-				t.Errorf("normalize %q (one byte reads %v): %q %v, want %q", tc.in, oneByte, got, err, tc.normalized)
-			}
-		}
-	}
-}
-
-func iotestReader(r *strings.Reader, oneByte bool) interface{ Read([]byte) (int, error) } {
-	if oneByte {
-		return iotest.OneByteReader(r)
-	}
-	return r
-}
-
-func TestReceivedHeader(t *testing.T) {
-	ip6 := netip.MustParseAddr("2001:db8::1")
-	h := receivedHeader("mx.example.com", "evil)\r\nX-Injected: 1", ip6, "ESMTP", "ID1", nil, []string{"a@b", "c@d"}, testTime)
-	if strings.Count(h, "\r\n") != 3 || strings.Contains(h, "X-Injected: 1\r\n") {
-		t.Errorf("client text broke out of the header: %q", h)
-	}
-	if !strings.Contains(h, "[IPv6:2001:db8::1]") || strings.Contains(h, " for <") {
-		t.Errorf("header: %q", h)
-	}
-	if got := protocolName(true, true, true); got != "ESMTPSA" {
-		t.Errorf("protocolName: %s", got)
-	}
-	if got := protocolName(false, true, false); got != "SMTP" {
-		t.Errorf("protocolName HELO: %s", got)
-	}
-}
-
-var testTime = mustTime("2026-11-27T10:00:00Z")
-
-func mustTime(s string) time.Time {
-	t, err := time.Parse(time.RFC3339, s)
-	if err != nil {
-		panic(err)
-	}
-	return t
 }

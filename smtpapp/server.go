@@ -16,6 +16,9 @@ import (
 	"github.com/dustin/go-humanize"
 	"github.com/emersion/go-smtp"
 	"go.uber.org/zap"
+
+	"github.com/caddy-smtp/caddy-smtp/limits"
+	"github.com/caddy-smtp/caddy-smtp/maillog"
 )
 
 // Defaults for a server's limits.
@@ -135,6 +138,7 @@ type Server struct {
 	name      string
 	app       *App
 	logger    *zap.Logger
+	maillog   maillog.Log
 	level     Level
 	tls       *serverTLS
 	relay     *RelayPolicy
@@ -153,8 +157,8 @@ type Server struct {
 	writeTimeout    time.Duration
 	dataTimeout     time.Duration
 
-	active atomic.Int64 // open connections, and those waiting for a slot
-	slots  *clientSlots // open connections by client (clientKey)
+	active atomic.Int64  // open connections, and those waiting for a slot
+	slots  *limits.Slots // open connections by client (limits.ClientKey)
 	wg     sync.WaitGroup
 }
 
@@ -163,6 +167,7 @@ type Server struct {
 func (s *Server) provision(ctx caddy.Context, app *App, name string) error {
 	s.name, s.app = name, app
 	s.logger = app.logger.With(zap.String("server", name))
+	s.maillog = maillog.New(s.logger)
 	field := "servers." + name
 
 	if s.Hostname == "" {
@@ -215,7 +220,7 @@ func (s *Server) provision(ctx caddy.Context, app *App, name string) error {
 	if s.MaxConnectionsPerIP == 0 {
 		s.MaxConnectionsPerIP = DefaultMaxPerIP
 	}
-	s.slots = newClientSlots(s.MaxConnectionsPerIP)
+	s.slots = limits.NewSlots(s.MaxConnectionsPerIP)
 	s.maxJunkCommands = s.MaxJunkCommands
 	if s.maxJunkCommands == 0 {
 		s.maxJunkCommands = DefaultMaxJunkCommands

@@ -12,6 +12,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-smtp/caddy-smtp/address"
+	"github.com/caddy-smtp/caddy-smtp/maillog"
+	"github.com/caddy-smtp/caddy-smtp/message"
 	"github.com/caddy-smtp/caddy-smtp/spool"
 )
 
@@ -41,6 +43,13 @@ var (
 		Code:         500,
 		EnhancedCode: smtp.EnhancedCode{5, 4, 0},
 		Message:      "Too long line, closing connection",
+	}
+	// errBareNewline is the reply to message data with a bare LF or CR
+	// (message.ErrBareNewline).
+	errBareNewline = &smtp.SMTPError{
+		Code:         550,
+		EnhancedCode: smtp.EnhancedCode{5, 5, 2},
+		Message:      "Message contains a bare LF or bare CR; lines must end with CRLF (RFC 5321 2.3.8)",
 	}
 	errNoSender = &smtp.SMTPError{
 		Code:         503,
@@ -153,8 +162,7 @@ func (ss *session) counted(err error) error {
 		return err
 	}
 	if ss.conn.refusals.Add(1) >= maxRefusals {
-		ss.srv.logger.Info("closing connection: too many refused commands",
-			zap.String("remote_ip", ss.conn.remote.Addr().String()), zap.Int("refused", maxRefusals))
+		ss.srv.maillog.Refused("closing connection: too many refused commands", ss.conn.remote.Addr(), zap.Int("refused", maxRefusals))
 		ss.conn.hangUpAfterReply()
 		return errTooManyRefusals
 	}
@@ -198,16 +206,14 @@ func (ss *session) rcpt(to string, opts *smtp.RcptOptions) error {
 	trusted := ss.srv.relay.MayRelay(ss.conn.remote.Addr()) || ss.authID != ""
 	if !ss.srv.relay.Accepts(to, ss.conn.remote.Addr(), ss.authID != "") || (!trusted && address.SenderRouted(to)) {
 		ss.srv.reject("relay_denied")
-		ss.srv.logger.Info("recipient refused: relay access denied",
-			zap.String("remote_ip", ss.conn.remote.Addr().String()),
-			zap.String("from", ss.from), zap.String("to", to))
+		ss.srv.maillog.Refused("recipient refused: relay access denied", ss.conn.remote.Addr(),
+			zap.String(maillog.FieldFrom, ss.from), zap.String(maillog.FieldTo, to))
 		return errRelayDenied
 	}
 	if ss.srv.routeFor(to) < 0 {
 		ss.srv.reject("no_route")
-		ss.srv.logger.Info("recipient refused: no route",
-			zap.String("remote_ip", ss.conn.remote.Addr().String()),
-			zap.String("from", ss.from), zap.String("to", to))
+		ss.srv.maillog.Refused("recipient refused: no route", ss.conn.remote.Addr(),
+			zap.String(maillog.FieldFrom, ss.from), zap.String(maillog.FieldTo, to))
 		return errNoRoute
 	}
 	for _, r := range ss.rcpts {
@@ -255,13 +261,17 @@ func (ss *session) Data(r io.Reader) error {
 	for i, rc := range ss.rcpts {
 		addrs[i] = rc.Address
 	}
-	proto := protocolName(ss.conn.esmtp.Load(), ss.isTLS(), ss.authID != "")
+	proto := message.Protocol(ss.conn.esmtp.Load(), ss.isTLS(), ss.authID != "")
 	remote := ss.conn.remote.Addr()
-	if _, err := draft.WriteString(receivedHeader(ss.srv.Hostname, ss.helo, remote, proto,
+	if _, err := draft.WriteString(message.Received(ss.srv.Hostname, ss.helo, remote, proto,
 		draft.ID(), ss.tlsState(), addrs, start)); err != nil {
 		return ss.spoolFailed(err)
 	}
-	if err := copyMessage(draft, r, ss.srv.BareNewlines == BareNewlinesNormalize); err != nil {
+	err = message.Copy(draft, r, ss.srv.BareNewlines == BareNewlinesNormalize)
+	if errors.Is(err, message.ErrBareNewline) {
+		err = errBareNewline
+	}
+	if err != nil {
 		var smtpErr *smtp.SMTPError
 		var netErr net.Error
 		switch {
@@ -279,8 +289,7 @@ func (ss *session) Data(r io.Reader) error {
 			// deadline, and a timeout in it closes the connection.
 			ss.conn.startDrain()
 			if smtpErr == errBareNewline {
-				ss.srv.logger.Info("message refused: bare newline in data",
-					zap.String("remote_ip", remote.String()), zap.String("from", ss.from))
+				ss.srv.maillog.Refused("message refused: bare newline in data", remote, zap.String(maillog.FieldFrom, ss.from))
 			}
 			return smtpErr // 552 too large, 550 bare newline
 		case errors.Is(err, smtp.ErrTooLongLine):
@@ -307,8 +316,8 @@ func (ss *session) Data(r io.Reader) error {
 		// (go-smtp v0.25.1 takes a BDAT chunk that ends early with the
 		// connection for a whole one). Not accepting it is the only
 		// answer that neither duplicates nor truncates mail.
-		ss.srv.logger.Info("message not accepted: the client hung up before the end of data was answered",
-			zap.String("remote_ip", remote.String()), zap.String("from", ss.from))
+		ss.srv.maillog.Refused("message not accepted: the client hung up before the end of data was answered", remote,
+			zap.String(maillog.FieldFrom, ss.from))
 		return io.ErrUnexpectedEOF
 	}
 
@@ -340,21 +349,8 @@ func (ss *session) Data(r io.Reader) error {
 	m.bytes.WithLabelValues(ss.srv.name).Add(float64(env.Size))
 	ss.conn.countMessage()
 	ss.srv.app.queued(env.ID)
-	fields := []zap.Field{
-		zap.String("queue_id", env.ID),
-		zap.String("remote_ip", remote.String()),
-		zap.String("from", env.From),
-		zap.Strings("to", addrs),
-		zap.Int64("size", env.Size),
-		zap.String("protocol", proto),
-		zap.Duration("duration", time.Since(start)),
-	}
-	if cs := ss.tlsState(); cs != nil {
-		fields = append(fields,
-			zap.String("tls_version", tls.VersionName(cs.Version)),
-			zap.String("tls_cipher", tls.CipherSuiteName(cs.CipherSuite)))
-	}
-	ss.srv.logger.Info("message accepted", fields...)
+	ss.srv.maillog.MessageAccepted(maillog.Accepted{ID: env.ID, Remote: remote, From: env.From, To: addrs,
+		Size: env.Size, Protocol: proto, Took: time.Since(start), TLS: ss.tlsState()})
 	return &smtp.SMTPError{
 		Code:         250,
 		EnhancedCode: smtp.EnhancedCode{2, 0, 0},

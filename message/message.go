@@ -1,4 +1,9 @@
-package smtpapp
+// Package message is what the gateway does to the text of a message it
+// receives: the CRLF discipline of its data (bare LF and bare CR, the
+// SMTP smuggling class) and the trace header it adds. Later header
+// changes (checks, DKIM) belong here too: what is spooled is what is
+// delivered.
+package message
 
 import (
 	"bytes"
@@ -9,24 +14,18 @@ import (
 	"net/netip"
 	"strings"
 	"time"
-
-	"github.com/emersion/go-smtp"
 )
 
-// errBareNewline is the reply to message data with a bare LF or CR.
+// ErrBareNewline is returned for message data with a bare LF or CR.
 // RFC 5321 2.3.8 allows CR and LF only together; a receiver that lets
 // them through alone helps SMTP smuggling (CVE-2023-51764 and kin).
-var errBareNewline = &smtp.SMTPError{
-	Code:         550,
-	EnhancedCode: smtp.EnhancedCode{5, 5, 2},
-	Message:      "Message contains a bare LF or bare CR; lines must end with CRLF (RFC 5321 2.3.8)",
-}
+var ErrBareNewline = errors.New("message contains a bare LF or bare CR")
 
-// copyMessage copies message data (already dot-unstuffed by go-smtp) to
-// dst, enforcing CRLF line endings: with normalize it rewrites each bare
-// LF and bare CR to CRLF, otherwise it stops with errBareNewline at the
+// Copy copies message data (already dot-unstuffed by go-smtp) to dst,
+// enforcing CRLF line endings: with normalize it rewrites each bare LF
+// and bare CR to CRLF, otherwise it stops with ErrBareNewline at the
 // first one. Runs between line ends are copied whole.
-func copyMessage(dst io.Writer, src io.Reader, normalize bool) error {
+func Copy(dst io.Writer, src io.Reader, normalize bool) error {
 	var (
 		buf    [32 << 10]byte
 		prevCR bool // the last chunk ended in a CR not yet written
@@ -40,7 +39,7 @@ func copyMessage(dst io.Writer, src io.Reader, normalize bool) error {
 			if chunk[0] == '\n' {
 				chunk = chunk[1:]
 			} else if !normalize {
-				return errBareNewline
+				return ErrBareNewline
 			}
 			if _, err := dst.Write(crlf); err != nil {
 				return err
@@ -65,7 +64,7 @@ func copyMessage(dst io.Writer, src io.Reader, normalize bool) error {
 			case chunk[j] == '\r' && chunk[j+1] == '\n':
 				chunk = chunk[j+2:]
 			case !normalize:
-				return errBareNewline
+				return ErrBareNewline
 			default:
 				chunk = chunk[j+1:]
 			}
@@ -79,7 +78,7 @@ func copyMessage(dst io.Writer, src io.Reader, normalize bool) error {
 			}
 			if prevCR {
 				if !normalize {
-					return errBareNewline
+					return ErrBareNewline
 				}
 				_, err := dst.Write(crlf)
 				return err
@@ -89,8 +88,8 @@ func copyMessage(dst io.Writer, src io.Reader, normalize bool) error {
 	}
 }
 
-// protocolName is the RFC 3848 "with" keyword for a session.
-func protocolName(esmtp, isTLS, authenticated bool) string {
+// Protocol is the RFC 3848 "with" keyword for a session.
+func Protocol(esmtp, isTLS, authenticated bool) string {
 	if !esmtp {
 		return "SMTP"
 	}
@@ -104,11 +103,11 @@ func protocolName(esmtp, isTLS, authenticated bool) string {
 	return p
 }
 
-// receivedHeader builds our trace header (RFC 5321 4.4), laid out like
+// Received builds our trace header (RFC 5321 4.4), laid out like
 // Postfix's so that mail admins read it at a glance. The TLS comment
 // names the protocol version and cipher. "for" is given only with one
 // recipient, so as not to disclose Bcc recipients to each other.
-func receivedHeader(by, helo string, ip netip.Addr, proto, id string, cs *tls.ConnectionState, rcpts []string, now time.Time) string {
+func Received(by, helo string, ip netip.Addr, proto, id string, cs *tls.ConnectionState, rcpts []string, now time.Time) string {
 	var b strings.Builder
 	lit := ip.String()
 	if ip.Is6() && !ip.Is4In6() {
@@ -119,7 +118,7 @@ func receivedHeader(by, helo string, ip netip.Addr, proto, id string, cs *tls.Co
 	fmt.Fprintf(&b, "Received: from %s ([%s])\r\n", sanitizeHeaderWord(helo), lit)
 	if cs != nil {
 		fmt.Fprintf(&b, "\t(using %s with cipher %s)\r\n",
-			tlsVersionName(cs.Version), tls.CipherSuiteName(cs.CipherSuite))
+			TLSVersionName(cs.Version), tls.CipherSuiteName(cs.CipherSuite))
 	}
 	fmt.Fprintf(&b, "\tby %s (caddy-smtp) with %s id %s", by, proto, id)
 	if len(rcpts) == 1 {
@@ -129,8 +128,8 @@ func receivedHeader(by, helo string, ip netip.Addr, proto, id string, cs *tls.Co
 	return b.String()
 }
 
-// tlsVersionName is "TLSv1.3"-style, as Postfix writes it.
-func tlsVersionName(v uint16) string {
+// TLSVersionName is "TLSv1.3"-style, as Postfix writes it.
+func TLSVersionName(v uint16) string {
 	return strings.Replace(tls.VersionName(v), "TLS ", "TLSv", 1)
 }
 
