@@ -1,19 +1,16 @@
 package smtpapp
 
 import (
-	"context"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
-	"github.com/caddyserver/certmagic"
+
+	"github.com/caddy-smtp/caddy-smtp/certfiles"
 )
 
 // ServerTLS configures TLS for receiving mail: the server TLS security
@@ -184,7 +181,7 @@ func (s *Server) provisionTLS(ctx caddy.Context) (*serverTLS, error) {
 		if t.Certificate.Certificate == "" || t.Certificate.Key == "" {
 			return nil, fmt.Errorf("%s.certificate: both certificate and key files are required", field)
 		}
-		tag, err := loadManualCertificate(ctx, t.Certificate)
+		tag, err := certfiles.Load(ctx, t.Certificate.Certificate, t.Certificate.Key)
 		if err != nil {
 			return nil, fmt.Errorf("%s.certificate: %w", field, err)
 		}
@@ -239,84 +236,6 @@ func (s *Server) provisionTLS(ctx caddy.Context) (*serverTLS, error) {
 	return st, nil
 }
 
-// loadManualCertificate loads a server's certificate and key files with
-// Caddy's file loader (the tls app's `load_files`) into the tls app's
-// certificate cache, as the tls app loads its own, and returns the tag
-// that selects it. So there is one cache: the tls app staples and
-// refreshes OCSP for it, and sees it (caddytls.AllMatchingCertificates).
-//
-// The tls app takes certificate loaders only from its own JSON, which
-// our `certificate` field is not part of, and has no exported way to
-// add one once provisioned. Its cache is reachable only through a
-// certmagic.Config made on it, and the tls app gives one to every
-// issuer of an automation policy provisioned against it that asks for
-// it (caddytls.ConfigSetter). This policy is never added to the tls
-// app, so it manages no name and its issuer is never asked to issue.
-func loadManualCertificate(ctx caddy.Context, files *CertificateFiles) (string, error) {
-	tlsAppIface, err := ctx.App("tls")
-	if err != nil {
-		return "", fmt.Errorf("getting tls app: %w", err)
-	}
-	tlsApp, ok := tlsAppIface.(*caddytls.TLS)
-	if !ok {
-		return "", fmt.Errorf("tls app is %T", tlsAppIface)
-	}
-	loaded, err := caddytls.FileLoader{{Certificate: files.Certificate, Key: files.Key}}.LoadCertificates()
-	if err != nil {
-		return "", err
-	}
-	cert := loaded[0].Certificate
-	cache := new(cacheAccess)
-	ap := &caddytls.AutomationPolicy{
-		Issuers: []certmagic.Issuer{cache},
-		// What the tls app does for the certificates it loads itself.
-		DisableOCSPStapling: tlsApp.DisableOCSPStapling,
-	}
-	if err := ap.Provision(tlsApp); err != nil {
-		return "", fmt.Errorf("reaching the tls app's certificate cache: %w", err)
-	}
-	if cache.magic == nil {
-		return "", errors.New("reaching the tls app's certificate cache: the tls app gave no certmagic config")
-	}
-	tag := manualCertificateTag(cert)
-	if _, err := cache.magic.CacheUnmanagedTLSCertificate(ctx, cert, []string{tag}); err != nil {
-		return "", fmt.Errorf("caching the certificate in the tls app: %w", err)
-	}
-	return tag, nil
-}
-
-// manualCertificateTag names a certificate chain by its content. A
-// certificate stays in the tls app's cache after a config reload that
-// replaced its files (the cache drops only what the tls app loaded
-// itself); a tag per server would then select the old chain and the new
-// one alike, so the tag is the chain's.
-func manualCertificateTag(cert tls.Certificate) string {
-	h := sha256.New()
-	for _, der := range cert.Certificate {
-		h.Write(der)
-	}
-	return "caddy-smtp/certificate/" + hex.EncodeToString(h.Sum(nil)[:16])
-}
-
-// cacheAccess is the issuer through which loadManualCertificate gets a
-// certmagic.Config on the tls app's certificate cache (SetConfig). It
-// belongs to no automation policy of the tls app, so it is never asked
-// to issue; if it were, it refuses.
-type cacheAccess struct {
-	magic *certmagic.Config
-}
-
-// SetConfig implements caddytls.ConfigSetter.
-func (c *cacheAccess) SetConfig(cfg *certmagic.Config) { c.magic = cfg }
-
-// Issue implements certmagic.Issuer; it never issues.
-func (*cacheAccess) Issue(context.Context, *x509.CertificateRequest) (*certmagic.IssuedCertificate, error) {
-	return nil, errors.New("smtp: a server's certificate files are not issued")
-}
-
-// IssuerKey implements certmagic.Issuer.
-func (*cacheAccess) IssuerKey() string { return "caddy-smtp-certificate-files" }
-
 // peerVerified judges the client certificate of a finished handshake:
 // verified by crypto/tls (require with client_ca), or by us against
 // client_ca under "request".
@@ -348,9 +267,3 @@ func listensOn(addrs []caddy.NetworkAddress, port uint) bool {
 		return !a.IsUnixNetwork() && a.StartPort <= port && port <= a.EndPort
 	})
 }
-
-// Interface guards
-var (
-	_ certmagic.Issuer      = (*cacheAccess)(nil)
-	_ caddytls.ConfigSetter = (*cacheAccess)(nil)
-)
