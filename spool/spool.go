@@ -233,9 +233,9 @@ func (s *Spool) convertOne(id string) error {
 	return s.syncDir()
 }
 
-// NewID returns a new queue id: the time in milliseconds and 32 random
+// newID returns a new queue id: the time in milliseconds and 32 random
 // bits, in upper-case hex like Postfix's, so ids sort by arrival.
-func NewID() string {
+func newID() string {
 	var b [4]byte
 	_, _ = rand.Read(b[:])
 	return fmt.Sprintf("%011X%08X", time.Now().UnixMilli(), binary.BigEndian.Uint32(b[:]))
@@ -269,7 +269,7 @@ type Draft struct {
 
 // Create starts a new record with a fresh queue id.
 func (s *Spool) Create() (*Draft, error) {
-	return s.create(NewID())
+	return s.create(newID())
 }
 
 func (s *Spool) create(id string) (*Draft, error) {
@@ -285,9 +285,6 @@ func (s *Spool) create(id string) (*Draft, error) {
 
 // ID returns the queue id the record will have.
 func (d *Draft) ID() string { return d.id }
-
-// Size returns the number of message bytes written so far.
-func (d *Draft) Size() int64 { return d.size }
 
 // Write appends message bytes.
 func (d *Draft) Write(p []byte) (int, error) {
@@ -490,26 +487,6 @@ func (s *Spool) writeEnvelope(env *Envelope) error {
 		return fmt.Errorf("writing envelope: %w", err)
 	}
 	return nil
-}
-
-// exists reports whether a record is there; under the records lock it
-// is the truth.
-func (s *Spool) exists(id string) bool {
-	_, err := os.Lstat(s.recordPath(id))
-	return err == nil
-}
-
-// Update durably replaces the envelope of an existing record, for
-// delivery state changes.
-func (s *Spool) Update(env *Envelope) error {
-	if !validID(env.ID) {
-		return ErrNotFound
-	}
-	defer s.lockRecords()()
-	if !s.exists(env.ID) {
-		return ErrNotFound
-	}
-	return s.writeEnvelope(env)
 }
 
 // ErrUnchanged, returned by a Modify function, leaves the record as it

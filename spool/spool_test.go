@@ -59,9 +59,11 @@ func TestCommitLoadUpdateRemove(t *testing.T) {
 	if string(body) != "Subject: x\r\n\r\nbody\r\n" {
 		t.Fatalf("message: %q", body)
 	}
-	got.Recipients[0].Status = StatusDeferred
-	got.Recipients[0].Attempts = 1
-	if err := s.Update(got); err != nil {
+	if err := s.Modify(env.ID, func(e *Envelope) (bool, error) {
+		e.Recipients[0].Status = StatusDeferred
+		e.Recipients[0].Attempts = 1
+		return false, nil
+	}); err != nil {
 		t.Fatal(err)
 	}
 	again, _ := s.Load(env.ID)
@@ -74,8 +76,8 @@ func TestCommitLoadUpdateRemove(t *testing.T) {
 	if _, err := s.Load(env.ID); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Load after Remove: %v", err)
 	}
-	if err := s.Update(again); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("Update after Remove resurrected the record: %v", err)
+	if err := s.Modify(env.ID, func(*Envelope) (bool, error) { return false, nil }); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Modify after Remove resurrected the record: %v", err)
 	}
 	if entries := records(t, s.Dir()); len(entries) != 0 {
 		t.Fatalf("files left after Remove: %v", entries)
@@ -130,12 +132,14 @@ func TestOneFile(t *testing.T) {
 	if names := records(t, s.Dir()); len(names) != 1 || names[0] != env.ID+".rec" {
 		t.Fatalf("after Commit: %v", names)
 	}
-	env.Recipients[0].Status = StatusDeferred
-	if err := s.Update(env); err != nil {
+	if err := s.Modify(env.ID, func(e *Envelope) (bool, error) {
+		e.Recipients[0].Status = StatusDeferred
+		return false, nil
+	}); err != nil {
 		t.Fatal(err)
 	}
 	if names := records(t, s.Dir()); len(names) != 2 {
-		t.Fatalf("after Update: %v", names)
+		t.Fatalf("after Modify: %v", names)
 	}
 	got, err := s.Load(env.ID)
 	if err != nil || got.Recipients[0].Status != StatusDeferred {
@@ -256,9 +260,9 @@ func TestDecodeEnvelopeRejects(t *testing.T) {
 }
 
 func TestIDsSortByTime(t *testing.T) {
-	a := NewID()
+	a := newID()
 	time.Sleep(2 * time.Millisecond) // a sleep: ids sort by their millisecond, so let the clock move on
-	b := NewID()
+	b := newID()
 	if !(a < b) || !validID(a) {
 		t.Fatalf("ids %s %s", a, b)
 	}
