@@ -43,12 +43,12 @@ func (s *Server) tryAdmit(nc net.Conn) (slot netip.Addr, a admission) {
 	if !s.LimitRelayNetworks && s.relay.MayRelay(ip) {
 		// As Postfix exempts $mynetworks (smtpd_client_event_limit_exceptions):
 		// the gateway's own clients are not limited per address.
-		s.app.metrics.connections.WithLabelValues(s.name, "accepted").Inc()
+		s.app.metrics.Connections.WithLabelValues(s.name, "accepted").Inc()
 		return netip.Addr{}, admitted
 	}
 	slot = limits.ClientKey(ip)
 	if s.slots.Take(slot) {
-		s.app.metrics.connections.WithLabelValues(s.name, "accepted").Inc()
+		s.app.metrics.Connections.WithLabelValues(s.name, "accepted").Inc()
 		return slot, admitted
 	}
 	return slot, clientFull
@@ -63,7 +63,7 @@ func (s *Server) awaitSlot(nc net.Conn, slot netip.Addr) bool {
 		s.refuse(nc, "max_connections_per_ip", "Too many connections from your address, try again later")
 		return false
 	}
-	s.app.metrics.connections.WithLabelValues(s.name, "accepted").Inc()
+	s.app.metrics.Connections.WithLabelValues(s.name, "accepted").Inc()
 	return true
 }
 
@@ -91,7 +91,7 @@ func (s *Server) connDone(slot netip.Addr) {
 // it (RFC 5321 3.8: a server may refuse at the greeting). It waits for
 // the write: the accept loop calls it in a goroutine of its own.
 func (s *Server) refuse(nc net.Conn, reason, reply string) {
-	s.app.metrics.connections.WithLabelValues(s.name, "refused_"+reason).Inc()
+	s.app.metrics.Connections.WithLabelValues(s.name, "refused_"+reason).Inc()
 	s.maillog.ConnectionRefused(strings.ReplaceAll(reason, "_", " "), remoteAddrPort(nc).Addr(),
 		zap.Int("max_connections", s.MaxConnections),
 		zap.Int("max_connections_per_ip", s.MaxConnectionsPerIP))

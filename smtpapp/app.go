@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-smtp/caddy-smtp/delivery"
+	"github.com/caddy-smtp/caddy-smtp/metrics"
 	"github.com/caddy-smtp/caddy-smtp/queue"
 	"github.com/caddy-smtp/caddy-smtp/spool"
 )
@@ -45,7 +47,7 @@ type App struct {
 	spoolPath string
 	tlsApp    *caddytls.TLS
 	runner    *atomic.Pointer[queue.Runner] // set in Start; read by sessions and the admin API
-	metrics   *metrics
+	metrics   *metrics.Metrics
 	// names whose certificates the tls app manages for us
 	certNames map[string]struct{}
 }
@@ -105,7 +107,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
 	a.logger = ctx.Logger()
 	a.runner = new(atomic.Pointer[queue.Runner])
-	m, err := newMetrics(ctx, a)
+	m, err := metrics.New(ctx.GetMetricsRegistry(), a.queueStats)
 	if err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
@@ -431,3 +433,25 @@ var (
 	_ caddy.Validator    = (*App)(nil)
 	_ caddy.CleanerUpper = (*App)(nil)
 )
+
+// queueStats counts the queue and the age of its oldest record; queue
+// ids begin with their arrival time, so no envelope is read.
+func (a *App) queueStats() (int, time.Duration) {
+	if a.spool == nil {
+		return 0, 0
+	}
+	ids, err := a.spool.IDs()
+	if err != nil || len(ids) == 0 {
+		return 0, 0
+	}
+	// A stray file with a shorter name must not break the scrape.
+	for _, id := range ids {
+		if len(id) < 11 {
+			continue
+		}
+		if ms, err := strconv.ParseInt(id[:11], 16, 64); err == nil {
+			return len(ids), time.Since(time.UnixMilli(ms))
+		}
+	}
+	return len(ids), 0
+}

@@ -127,7 +127,7 @@ func (c *conn) Write(p []byte) (int, error) {
 	if c.tlsStarted.Load() && !isTLSRecord(p) {
 		// go-smtp's plaintext 550 after a failed handshake: hang up.
 		c.tlsFailed.Store(true)
-		c.srv.app.metrics.handshakes.WithLabelValues(c.srv.name, "in", "", "failed").Inc()
+		c.srv.app.metrics.Handshakes.WithLabelValues(c.srv.name, "in", "", "failed").Inc()
 		c.srv.maillog.Refused("tls handshake failed", c.remote.Addr(),
 			zap.String("server_name", c.serverName()))
 		c.Conn.Close()
@@ -509,7 +509,7 @@ func (c *conn) handshakeDone(cs tls.ConnectionState) {
 	}
 	f := &tlsFacts{state: cs, peerVerified: c.srv.tls.peerVerified(cs)}
 	if c.tls.CompareAndSwap(nil, f) {
-		c.srv.app.metrics.handshakes.WithLabelValues(c.srv.name, "in", tls.VersionName(cs.Version), "ok").Inc()
+		c.srv.app.metrics.Handshakes.WithLabelValues(c.srv.name, "in", tls.VersionName(cs.Version), "ok").Inc()
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 
 	"github.com/caddy-smtp/caddy-smtp/address"
 	st "github.com/caddy-smtp/caddy-smtp/internal/smtptest"
+	"github.com/caddy-smtp/caddy-smtp/metrics"
 )
 
 // fuzzRelayPolicy accepts mail for example.com from anyone and relays
@@ -32,7 +33,7 @@ func fuzzRcptServer(tb testing.TB) *Server {
 		relay:  fuzzRelayPolicy(tb),
 		logger: zap.NewNop(),
 		Routes: []*Route{{Domains: []string{"*"}}},
-		app: &App{metrics: &metrics{messages: prometheus.NewCounterVec(
+		app: &App{metrics: &metrics.Metrics{Messages: prometheus.NewCounterVec(
 			prometheus.CounterOpts{Name: "fuzz_messages_total"}, []string{"server", "result", "reason"})}},
 	}
 }

@@ -45,7 +45,7 @@ func TestDeliveryReusesConnection(t *testing.T) {
 	}
 	// One outbound handshake for the three.
 	var m dto.Metric
-	if err := hostileApp(t).metrics.handshakes.WithLabelValues("gw", "out", "TLS 1.3", "ok").Write(&m); err != nil {
+	if err := hostileApp(t).metrics.Handshakes.WithLabelValues("gw", "out", "TLS 1.3", "ok").Write(&m); err != nil {
 		t.Fatal(err)
 	}
 	if v := m.GetCounter().GetValue(); v != 1 {

@@ -397,7 +397,7 @@ func (l *listener) wrap(nc net.Conn, slot netip.Addr) net.Conn {
 
 // reject counts a refused transaction or command.
 func (s *Server) reject(reason string) {
-	s.app.metrics.messages.WithLabelValues(s.name, "rejected", reason).Inc()
+	s.app.metrics.Messages.WithLabelValues(s.name, "rejected", reason).Inc()
 }
 
 func remoteAddrPort(nc net.Conn) netip.AddrPort {

@@ -344,9 +344,9 @@ func (ss *session) Data(r io.Reader) error {
 		return ss.spoolFailed(err)
 	}
 	m := ss.srv.app.metrics
-	m.acceptLatency.WithLabelValues(ss.srv.name).Observe(time.Since(committing).Seconds())
-	m.messages.WithLabelValues(ss.srv.name, "accepted", "").Inc()
-	m.bytes.WithLabelValues(ss.srv.name).Add(float64(env.Size))
+	m.AcceptLatency.WithLabelValues(ss.srv.name).Observe(time.Since(committing).Seconds())
+	m.Messages.WithLabelValues(ss.srv.name, "accepted", "").Inc()
+	m.Bytes.WithLabelValues(ss.srv.name).Add(float64(env.Size))
 	ss.conn.countMessage()
 	ss.srv.app.queued(env.ID)
 	ss.srv.maillog.MessageAccepted(maillog.Accepted{ID: env.ID, Remote: remote, From: env.From, To: addrs,

@@ -1,0 +1,85 @@
+// Package metrics holds the gateway's Prometheus collectors, registered
+// in Caddy's metrics registry so that they appear on the admin
+// endpoint's /metrics next to Caddy's own.
+package metrics
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/caddy-smtp/caddy-smtp/delivery"
+)
+
+// Metrics are the smtp app's collectors. Labels stay low-cardinality:
+// server, direction, TLS version, result, reason, target type.
+type Metrics struct {
+	Connections   *prometheus.CounterVec   // server, result
+	Handshakes    *prometheus.CounterVec   // server, direction, version, result
+	Messages      *prometheus.CounterVec   // server, result, reason
+	Bytes         *prometheus.CounterVec   // server
+	Deliveries    *prometheus.CounterVec   // server, via, result, tls
+	AcceptLatency *prometheus.HistogramVec // server
+	DeliveryDelay *prometheus.HistogramVec // server, result
+}
+
+const ns, sub = "caddy", "smtp"
+
+// New makes the collectors and registers them in reg, with two gauges
+// that call queueStats when scraped: the number of queued messages and
+// the age of the oldest.
+func New(reg prometheus.Registerer, queueStats func() (int, time.Duration)) (*Metrics, error) {
+	m := &Metrics{
+		Connections: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "connections_total", Help: "SMTP connections, by server and result (accepted, or refused and why)."},
+			[]string{"server", "result"}),
+		Handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "tls_handshakes_total", Help: "TLS handshakes, inbound (STARTTLS or implicit) and outbound, by version and result."},
+			[]string{"server", "direction", "version", "result"}),
+		Messages: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "messages_total", Help: "Messages accepted, and transactions or commands rejected by reason."},
+			[]string{"server", "result", "reason"}),
+		Bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "received_bytes_total", Help: "Bytes of accepted messages, Received: header included."},
+			[]string{"server"}),
+		Deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "delivery_attempts_total", Help: "Delivery attempts per recipient, by target type, result (sent, deferred, bounced) and client TLS outcome (none, untrusted, verified, failed)."},
+			[]string{"server", "via", "result", "tls"}),
+		AcceptLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
+			Name: "accept_latency_seconds", Help: "From the end of DATA to the 250: the durable write of the message.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{"server"}),
+		DeliveryDelay: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
+			Name: "delivery_delay_seconds", Help: "From acceptance to the final outcome of a recipient.",
+			Buckets: prometheus.ExponentialBuckets(0.01, 4, 12)}, []string{"server", "result"}),
+	}
+	queueSize := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
+		Name: "queue_messages", Help: "Messages in the queue."},
+		func() float64 { n, _ := queueStats(); return float64(n) })
+	queueAge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
+		Name: "queue_oldest_age_seconds", Help: "Age of the oldest message in the queue (0 when empty)."},
+		func() float64 { _, age := queueStats(); return age.Seconds() })
+	for _, c := range []prometheus.Collector{m.Connections, m.Handshakes, m.Messages, m.Bytes,
+		m.Deliveries, m.AcceptLatency, m.DeliveryDelay, queueSize, queueAge} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// Attempt implements queue.Metrics.
+func (m *Metrics) Attempt(server string, res delivery.Result, delay time.Duration) {
+	via := res.Via
+	if via == "" {
+		via = "none"
+	}
+	m.Deliveries.WithLabelValues(server, via, res.Status.String(), string(res.TLSOutcome())).Inc()
+	if res.Status != delivery.Deferred {
+		m.DeliveryDelay.WithLabelValues(server, res.Status.String()).Observe(delay.Seconds())
+	}
+}
+
+// Handshake implements queue.Metrics: an outbound TLS handshake.
+func (m *Metrics) Handshake(server, version, result string) {
+	m.Handshakes.WithLabelValues(server, "out", version, result).Inc()
+}
