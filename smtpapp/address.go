@@ -8,21 +8,9 @@ import (
 
 // Replies to an address that package address refuses.
 var (
-	errBadRcptSyntax = &smtp.SMTPError{
-		Code:         501,
-		EnhancedCode: smtp.EnhancedCode{5, 1, 3},
-		Message:      "Bad recipient address syntax",
-	}
-	errBadSenderSyntax = &smtp.SMTPError{
-		Code:         501,
-		EnhancedCode: smtp.EnhancedCode{5, 1, 7},
-		Message:      "Bad sender address syntax",
-	}
-	errNotUTF8 = &smtp.SMTPError{
-		Code:         553,
-		EnhancedCode: smtp.EnhancedCode{5, 6, 7},
-		Message:      "Address is not valid UTF-8",
-	}
+	errBadRcptSyntax   = reply(501, 5, 1, 3, "Bad recipient address syntax")
+	errBadSenderSyntax = reply(501, 5, 1, 7, "Bad sender address syntax")
+	errNotUTF8         = reply(553, 5, 6, 7, "Address is not valid UTF-8")
 )
 
 // addressProblem checks a non-null mailbox (address.Check); it returns

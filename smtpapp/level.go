@@ -3,8 +3,6 @@ package smtpapp
 import (
 	"fmt"
 	"strings"
-
-	"github.com/emersion/go-smtp"
 )
 
 // Level is a server (receiving) TLS security level. The names are
@@ -63,11 +61,7 @@ func ParseClientAuth(s string) (ClientAuth, error) {
 
 // errTLSRequired is the reply of an encrypt-level server to MAIL, RCPT,
 // DATA, BDAT and AUTH before STARTTLS (RFC 3207 section 4).
-var errTLSRequired = &smtp.SMTPError{
-	Code:         530,
-	EnhancedCode: smtp.EnhancedCode{5, 7, 0},
-	Message:      "Must issue a STARTTLS command first",
-}
+var errTLSRequired = reply(530, 5, 7, 0, "Must issue a STARTTLS command first")
 
 // requiresTLSFirst reports whether a command must be refused with
 // errTLSRequired: the level is encrypt and the session is not yet TLS.

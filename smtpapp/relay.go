@@ -5,18 +5,12 @@ import (
 	"net/netip"
 	"strings"
 
-	"github.com/emersion/go-smtp"
-
 	"github.com/caddy-smtp/caddy-smtp/address"
 )
 
 // errRelayDenied is the reply to a recipient we may not relay to
 // (Postfix's wording and code).
-var errRelayDenied = &smtp.SMTPError{
-	Code:         554,
-	EnhancedCode: smtp.EnhancedCode{5, 7, 1},
-	Message:      "Relay access denied",
-}
+var errRelayDenied = reply(554, 5, 7, 1, "Relay access denied")
 
 // RelayPolicy decides which recipients a server accepts. A recipient is
 // accepted when its domain is one of the accepted domains (mail for us,

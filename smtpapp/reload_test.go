@@ -20,26 +20,33 @@ func upstreamBusy(t *testing.T, u *st.Upstream) {
 	}
 }
 
+// reloadRig is a gateway relaying to an upstream that takes dataWait
+// over each message, and its config number i (a real change each time).
+func reloadRig(t *testing.T, dataWait time.Duration, queue map[string]any) (*st.Env, *st.Upstream, string, func(i int) map[string]any) {
+	e := st.NewEnv(t)
+	slow := st.NewUpstream(t, st.UpstreamOpts{DataWait: dataWait})
+	s, addr := st.ServerConfig(t, map[string]any{
+		"tls": map[string]any{"level": "none"}, "relay_networks": []string{"127.0.0.1"},
+		"routes": st.RelayRoute(slow.Addr, map[string]any{"level": "none"}),
+	})
+	cfg := func(i int) map[string]any {
+		s2 := map[string]any{}
+		for k, v := range s {
+			s2[k] = v
+		}
+		s2["max_recipients"] = 10 + i
+		return e.DeliveringApp(map[string]any{"gw": s2}, queue)
+	}
+	return e, slow, addr, cfg
+}
+
 // TestReloadFinishesDeliveries: a delivery under way at a config reload
 // finishes under the old config within queue.stop_grace, and is sent
 // once; the new config delivers the rest. One that outlasts the grace
 // period is cut, logged as such, and tried again.
 func TestReloadFinishesDeliveries(t *testing.T) {
 	t.Run("within-grace", func(t *testing.T) {
-		e := st.NewEnv(t)
-		slow := st.NewUpstream(t, st.UpstreamOpts{DataWait: 2 * time.Second})
-		s, addr := st.ServerConfig(t, map[string]any{
-			"tls": map[string]any{"level": "none"}, "relay_networks": []string{"127.0.0.1"},
-			"routes": st.RelayRoute(slow.Addr, map[string]any{"level": "none"}),
-		})
-		cfg := func(i int) map[string]any {
-			s2 := map[string]any{}
-			for k, v := range s {
-				s2[k] = v
-			}
-			s2["max_recipients"] = 10 + i
-			return e.DeliveringApp(map[string]any{"gw": s2}, map[string]any{"stop_grace": "20s", "min_retry_interval": "200ms"})
-		}
+		e, slow, addr, cfg := reloadRig(t, 2*time.Second, map[string]any{"stop_grace": "20s", "min_retry_interval": "200ms"})
 		e.Load(cfg(0), nil)
 		if ok, err := sendOnce(addr, "in-flight"); !ok {
 			t.Fatal(err)
@@ -61,20 +68,8 @@ func TestReloadFinishesDeliveries(t *testing.T) {
 		}
 	})
 	t.Run("past-grace", func(t *testing.T) {
-		e := st.NewEnv(t)
-		slow := st.NewUpstream(t, st.UpstreamOpts{DataWait: 3 * time.Second})
-		s, addr := st.ServerConfig(t, map[string]any{
-			"tls": map[string]any{"level": "none"}, "relay_networks": []string{"127.0.0.1"},
-			"routes": st.RelayRoute(slow.Addr, map[string]any{"level": "none"}),
-		})
-		cfg := func(i int) map[string]any {
-			s2 := map[string]any{}
-			for k, v := range s {
-				s2[k] = v
-			}
-			s2["max_recipients"] = 10 + i
-			return e.DeliveringApp(map[string]any{"gw": s2}, map[string]any{"stop_grace": "300ms", "min_retry_interval": "200ms", "max_retry_interval": "500ms"})
-		}
+		e, slow, addr, cfg := reloadRig(t, 3*time.Second,
+			map[string]any{"stop_grace": "300ms", "min_retry_interval": "200ms", "max_retry_interval": "500ms"})
 		e.Load(cfg(0), nil)
 		if ok, err := sendOnce(addr, "cut"); !ok {
 			t.Fatal(err)

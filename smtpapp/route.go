@@ -8,7 +8,6 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/emersion/go-smtp"
 
 	"github.com/caddy-smtp/caddy-smtp/address"
 	"github.com/caddy-smtp/caddy-smtp/delivery"
@@ -16,11 +15,7 @@ import (
 
 // errNoRoute is the reply at RCPT to a recipient that no route of the
 // server matches: refused at once, never accepted and then bounced.
-var errNoRoute = &smtp.SMTPError{
-	Code:         550,
-	EnhancedCode: smtp.EnhancedCode{5, 1, 2},
-	Message:      "No route to the recipient's domain",
-}
+var errNoRoute = reply(550, 5, 1, 2, "No route to the recipient's domain")
 
 // Route sends the mail for some recipient domains to a delivery target.
 // A server's routes are tried in order and the first whose domains

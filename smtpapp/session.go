@@ -17,45 +17,22 @@ import (
 	"github.com/caddy-smtp/caddy-smtp/spool"
 )
 
+// reply is an SMTP reply with its enhanced status code (RFC 3463).
+func reply(code, class, subject, detail int, text string) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: code, EnhancedCode: smtp.EnhancedCode{class, subject, detail}, Message: text}
+}
+
 // Replies of the session that go-smtp does not have.
 var (
-	errRequireTLSPlaintext = &smtp.SMTPError{
-		Code:         530,
-		EnhancedCode: smtp.EnhancedCode{5, 7, 10},
-		Message:      "REQUIRETLS needs a TLS session; issue STARTTLS first",
-	}
-	errNeedsSMTPUTF8 = &smtp.SMTPError{
-		Code:         553,
-		EnhancedCode: smtp.EnhancedCode{5, 6, 7},
-		Message:      "Non-ASCII address requires the SMTPUTF8 parameter",
-	}
-	errSpoolUnavailable = &smtp.SMTPError{
-		Code:         452,
-		EnhancedCode: smtp.EnhancedCode{4, 3, 1},
-		Message:      "Insufficient system storage, try again later",
-	}
-	errDataTimeout = &smtp.SMTPError{
-		Code:         421,
-		EnhancedCode: smtp.EnhancedCode{4, 4, 2},
-		Message:      "Timeout waiting for message data, closing connection",
-	}
-	errTooLongLine = &smtp.SMTPError{
-		Code:         500,
-		EnhancedCode: smtp.EnhancedCode{5, 4, 0},
-		Message:      "Too long line, closing connection",
-	}
+	errRequireTLSPlaintext = reply(530, 5, 7, 10, "REQUIRETLS needs a TLS session; issue STARTTLS first")
+	errNeedsSMTPUTF8       = reply(553, 5, 6, 7, "Non-ASCII address requires the SMTPUTF8 parameter")
+	errSpoolUnavailable    = reply(452, 4, 3, 1, "Insufficient system storage, try again later")
+	errDataTimeout         = reply(421, 4, 4, 2, "Timeout waiting for message data, closing connection")
+	errTooLongLine         = reply(500, 5, 4, 0, "Too long line, closing connection")
 	// errBareNewline is the reply to message data with a bare LF or CR
 	// (message.ErrBareNewline).
-	errBareNewline = &smtp.SMTPError{
-		Code:         550,
-		EnhancedCode: smtp.EnhancedCode{5, 5, 2},
-		Message:      "Message contains a bare LF or bare CR; lines must end with CRLF (RFC 5321 2.3.8)",
-	}
-	errNoSender = &smtp.SMTPError{
-		Code:         503,
-		EnhancedCode: smtp.EnhancedCode{5, 5, 1},
-		Message:      "Bad sequence of commands",
-	}
+	errBareNewline = reply(550, 5, 5, 2, "Message contains a bare LF or bare CR; lines must end with CRLF (RFC 5321 2.3.8)")
+	errNoSender    = reply(503, 5, 5, 1, "Bad sequence of commands")
 )
 
 // NewSession implements smtp.Backend; go-smtp calls it at HELO/EHLO, and
@@ -76,11 +53,7 @@ func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
 // errBadHelo refuses a HELO/EHLO name with control bytes or invalid
 // UTF-8: it would be stored in the envelope and shown in the Received
 // header, the logs and `caddy smtp-queue show`.
-var errBadHelo = &smtp.SMTPError{
-	Code:         501,
-	EnhancedCode: smtp.EnhancedCode{5, 5, 2},
-	Message:      "Invalid domain/address argument for HELO",
-}
+var errBadHelo = reply(501, 5, 5, 2, "Invalid domain/address argument for HELO")
 
 // validHeloName allows what a domain or an address literal may hold,
 // loosely (many clients send bare host names), but no control bytes and
@@ -147,11 +120,7 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 // for recipients past max_recipients is not counted here.)
 const maxRefusals = 20
 
-var errTooManyRefusals = &smtp.SMTPError{
-	Code:         421,
-	EnhancedCode: smtp.EnhancedCode{4, 7, 0},
-	Message:      "Too many refused commands, closing connection",
-}
+var errTooManyRefusals = reply(421, 4, 7, 0, "Too many refused commands, closing connection")
 
 // counted passes a MAIL or RCPT reply on, counting refusals; the one
 // that reaches maxRefusals is answered with 421 and the connection
@@ -351,11 +320,7 @@ func (ss *session) Data(r io.Reader) error {
 	ss.srv.app.queued(env.ID)
 	ss.srv.maillog.MessageAccepted(maillog.Accepted{ID: env.ID, Remote: remote, From: env.From, To: addrs,
 		Size: env.Size, Protocol: proto, Took: time.Since(start), TLS: ss.tlsState()})
-	return &smtp.SMTPError{
-		Code:         250,
-		EnhancedCode: smtp.EnhancedCode{2, 0, 0},
-		Message:      "OK: queued as " + env.ID,
-	}
+	return reply(250, 2, 0, 0, "OK: queued as "+env.ID)
 }
 
 func (ss *session) spoolFailed(err error) error {
