@@ -1214,13 +1214,13 @@ func TestErrors(t *testing.T) {
 			want: []string{"relay needs at least one smarthost address"},
 		},
 		{
-			name: "relay tls secure",
+			name: "relay tls unknown level",
 			input: `{
 	smtp {
 		server mx {
 			route * {
 				relay smtp.example.net:587 {
-					tls secure
+					tls strict
 				}
 			}
 		}
@@ -1228,7 +1228,7 @@ func TestErrors(t *testing.T) {
 }
 `,
 			line: 6,
-			want: []string{`tls level "secure" is not one of none, may, encrypt, verify`},
+			want: []string{`tls level "strict" is not one of none, may, encrypt, verify, secure, fingerprint`},
 		},
 		{
 			name: "relay tls with two levels",
@@ -2031,17 +2031,17 @@ func TestValidateErrors(t *testing.T) {
 			want: []string{"servers.mx.routes[0].deliver", "smtp.delivery.carrier"},
 		},
 		{
-			name: "relay tls level secure in JSON",
+			name: "relay tls unknown level in JSON",
 			body: plainMX,
 			patch: routes("mx", map[string]any{
 				"domains": []any{"*"},
 				"deliver": map[string]any{
 					"via":       "relay",
 					"addresses": []any{"127.0.0.1:2526"},
-					"tls":       map[string]any{"level": "secure"},
+					"tls":       map[string]any{"level": "strict"},
 				},
 			}),
-			want: []string{"servers.mx.routes[0].deliver", `tls.level: "secure" is not one of none, may, encrypt, verify`},
+			want: []string{"servers.mx.routes[0].deliver", `tls.level: "strict" is not one of none, may, encrypt, verify, secure, fingerprint`},
 		},
 		{
 			name: "relay without addresses in JSON",

@@ -1,10 +1,13 @@
 package delivery
 
 import (
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -28,14 +31,46 @@ const (
 	// certificate". No STARTTLS or a failed handshake defers the mail.
 	LevelEncrypt Level = "encrypt"
 	// LevelVerify: "Require TLS encryption and verify the certificate"
-	// against the system roots or the trust pool, for the expected name.
+	// against the system roots or the trust pool, for the expected name
+	// (by default the host name connected to: the relay, or the MX host).
 	LevelVerify Level = "verify"
+	// LevelSecure: as verify, but the name that must match is by
+	// default the next-hop domain and its subdomains (Postfix's
+	// "nexthop, dot-nexthop"), not the MX host name, which comes from
+	// unauthenticated DNS: a forged MX answer does not help an attacker.
+	LevelSecure Level = "secure"
+	// LevelFingerprint: TLS is required and the certificate or its
+	// public key must match one of the listed SHA-256 fingerprints; no
+	// CA and no name check. For smarthosts you pin.
+	LevelFingerprint Level = "fingerprint"
+)
+
+// levelNames lists the client levels, for config errors.
+const levelNames = "none, may, encrypt, verify, secure, fingerprint"
+
+// Authenticated reports whether the level authenticates the next hop
+// (and so satisfies REQUIRETLS, RFC 8689 section 5).
+func (l Level) Authenticated() bool {
+	return l == LevelVerify || l == LevelSecure || l == LevelFingerprint
+}
+
+// Names a verify or secure level may match, besides literal host names
+// (Postfix's smtp_tls_verify_cert_match and smtp_tls_secure_cert_match).
+const (
+	// MatchHostname: the host name connected to (the relay host, or the
+	// MX host name), or server_name if set.
+	MatchHostname = "hostname"
+	// MatchNexthop: the next-hop domain (the recipient domain for mx;
+	// the relay host for relay).
+	MatchNexthop = "nexthop"
+	// MatchDotNexthop: any subdomain of the next-hop domain.
+	MatchDotNexthop = "dot-nexthop"
 )
 
 // ClientTLS is the TLS policy of a delivery target.
 type ClientTLS struct {
-	// The client TLS security level: `none`, `may` (default),
-	// `encrypt` or `verify`.
+	// The client TLS security level, Postfix's: `none`, `may`
+	// (default), `encrypt`, `verify`, `secure` or `fingerprint`.
 	Level string `json:"level,omitempty"`
 
 	// The name the server's certificate must be valid for under
@@ -52,9 +87,24 @@ type ClientTLS struct {
 	// (`tls1.2`, `tls1.3`). Default: tls1.2 to tls1.3.
 	Protocols []string `json:"protocols,omitempty"`
 
-	level    Level
-	roots    *x509.CertPool
-	min, max uint16
+	// The names the certificate may match under `verify` or `secure`
+	// (Postfix's smtp_tls_verify_cert_match / smtp_tls_secure_cert_match):
+	// `hostname` (the host connected to, or server_name), `nexthop` (the
+	// next-hop domain: the recipient domain for mx, the relay host for
+	// relay), `dot-nexthop` (any subdomain of it), or literal host names.
+	// One match is enough. Default: `hostname` for verify; `nexthop` and
+	// `dot-nexthop` for secure.
+	Match []string `json:"match,omitempty"`
+
+	// SHA-256 fingerprints under level `fingerprint`: of the certificate
+	// or of its SubjectPublicKeyInfo, in hex; colons and case do not
+	// matter, so `AB:CD:...` as openssl prints it works. At least one.
+	Fingerprints []string `json:"fingerprints,omitempty"`
+
+	level        Level
+	roots        *x509.CertPool
+	min, max     uint16
+	fingerprints map[[32]byte]bool
 }
 
 // Provision validates the policy and loads the trust pool.
@@ -62,10 +112,36 @@ func (t *ClientTLS) Provision(ctx caddy.Context) error {
 	switch Level(t.Level) {
 	case "":
 		t.level = LevelMay
-	case LevelNone, LevelMay, LevelEncrypt, LevelVerify:
+	case LevelNone, LevelMay, LevelEncrypt, LevelVerify, LevelSecure, LevelFingerprint:
 		t.level = Level(t.Level)
 	default:
-		return fmt.Errorf("tls.level: %q is not one of none, may, encrypt, verify", t.Level)
+		return fmt.Errorf("tls.level: %q is not one of %s", t.Level, levelNames)
+	}
+	if len(t.Match) > 0 && t.level != LevelVerify && t.level != LevelSecure {
+		return fmt.Errorf("tls.match: only for level verify or secure, not %s", t.level)
+	}
+	for _, m := range t.Match {
+		switch m {
+		case MatchHostname, MatchNexthop, MatchDotNexthop:
+		default:
+			if m == "" || strings.ContainsAny(m, " \t@/:[]") || strings.HasPrefix(m, ".") {
+				return fmt.Errorf("tls.match: %q is not hostname, nexthop, dot-nexthop or a host name", m)
+			}
+		}
+	}
+	switch {
+	case t.level == LevelFingerprint && len(t.Fingerprints) == 0:
+		return fmt.Errorf("tls.fingerprints: level fingerprint needs at least one")
+	case t.level != LevelFingerprint && len(t.Fingerprints) > 0:
+		return fmt.Errorf("tls.fingerprints: only for level fingerprint, not %s", t.level)
+	}
+	t.fingerprints = make(map[[32]byte]bool, len(t.Fingerprints))
+	for _, f := range t.Fingerprints {
+		fp, err := ParseFingerprint(f)
+		if err != nil {
+			return fmt.Errorf("tls.fingerprints: %w", err)
+		}
+		t.fingerprints[fp] = true
 	}
 	if len(t.TrustPoolRaw) > 0 {
 		mod, err := ctx.LoadModule(t, "TrustPoolRaw")
@@ -107,59 +183,171 @@ func (t *ClientTLS) EffectiveLevel() Level {
 	return t.level
 }
 
-// config builds the tls.Config for a connection to host. Verification
-// is done by crypto/tls only under verify; otherwise the chain is still
-// checked (without failing the handshake) so the log can say whether
-// the peer was trusted.
-func (t *ClientTLS) config(host string, verified *bool) *tls.Config {
-	name := host
-	if t != nil && t.ServerName != "" {
-		name = t.ServerName
+// matchesNexthop reports whether the certificate check under level
+// depends on the next-hop domain.
+func (t *ClientTLS) matchesNexthop(level Level) bool {
+	if level != LevelVerify && level != LevelSecure {
+		return false
 	}
-	cfg := &tls.Config{ServerName: name, MinVersion: tls.VersionTLS12, MaxVersion: tls.VersionTLS13}
+	if t == nil || len(t.Match) == 0 {
+		return level == LevelSecure
+	}
+	for _, m := range t.Match {
+		if m == MatchNexthop || m == MatchDotNexthop {
+			return true
+		}
+	}
+	return false
+}
+
+// ParseFingerprint reads a SHA-256 fingerprint: 64 hex digits, colons
+// and case as you like.
+func ParseFingerprint(s string) ([32]byte, error) {
+	var fp [32]byte
+	h := strings.ReplaceAll(strings.TrimSpace(s), ":", "")
+	if len(h) != 64 {
+		return fp, fmt.Errorf("%q is not a SHA-256 fingerprint (64 hex digits)", s)
+	}
+	if _, err := hex.Decode(fp[:], []byte(strings.ToLower(h))); err != nil {
+		return fp, fmt.Errorf("%q is not a SHA-256 fingerprint: %v", s, err)
+	}
+	return fp, nil
+}
+
+// Verification is what the handshake found out about the next hop's
+// certificate.
+type Verification struct {
+	// Verified: the certificate authenticated the next hop under the
+	// level (for may and encrypt: the chain verified for the host name,
+	// checked for the log only).
+	Verified bool
+	// Match is what matched: a host name, or "fingerprint <hex>".
+	Match string
+}
+
+// verifyError is a certificate the level refuses.
+type verifyError struct{ reason string }
+
+func (e *verifyError) Error() string { return e.reason }
+
+// config builds the tls.Config for a connection to hop under level (the
+// route's, or one a policy raised it to), and records into v what the
+// handshake found. crypto/tls does no verification of its own: one
+// VerifyConnection checks the chain against the trust pool (or system
+// roots), then the names the level accepts, or the fingerprints; under
+// may and encrypt the result is only recorded, for the log.
+func (t *ClientTLS) config(hop Hop, level Level, v *Verification) *tls.Config {
+	sni := hop.Host
+	if t != nil && t.ServerName != "" {
+		sni = t.ServerName
+	}
+	cfg := &tls.Config{ServerName: sni, MinVersion: tls.VersionTLS12, MaxVersion: tls.VersionTLS13, InsecureSkipVerify: true}
 	var roots *x509.CertPool
 	if t != nil {
 		cfg.MinVersion, cfg.MaxVersion = t.min, t.max
 		roots = t.roots
 	}
-	cfg.RootCAs = roots
-	if t.EffectiveLevel() == LevelVerify {
-		cfg.VerifyConnection = func(cs tls.ConnectionState) error {
-			*verified = true
-			return nil
-		}
-		return cfg
-	}
-	cfg.InsecureSkipVerify = true
 	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
-		if len(cs.PeerCertificates) == 0 {
-			return nil
+		err := t.check(cs.PeerCertificates, roots, sni, hop, level, v)
+		if err != nil && level.Authenticated() {
+			return err
 		}
-		inter := x509.NewCertPool()
-		for _, c := range cs.PeerCertificates[1:] {
-			inter.AddCert(c)
-		}
-		_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, DNSName: name})
-		*verified = err == nil
 		return nil
 	}
 	return cfg
 }
 
+// check verifies a peer's certificates under level into v; the error
+// says why they do not authenticate the next hop.
+func (t *ClientTLS) check(certs []*x509.Certificate, roots *x509.CertPool, sni string, hop Hop, level Level, v *Verification) error {
+	*v = Verification{}
+	if len(certs) == 0 {
+		return &verifyError{"certificate not verified: no certificate"}
+	}
+	leaf := certs[0]
+	if level == LevelFingerprint {
+		for _, fp := range [][32]byte{sha256.Sum256(leaf.Raw), sha256.Sum256(leaf.RawSubjectPublicKeyInfo)} {
+			if t.fingerprints[fp] {
+				*v = Verification{Verified: true, Match: "fingerprint " + hex.EncodeToString(fp[:])}
+				return nil
+			}
+		}
+		return &verifyError{fmt.Sprintf("certificate not verified: no fingerprint matches (certificate %x)", sha256.Sum256(leaf.Raw))}
+	}
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter}); err != nil {
+		return err
+	}
+	names := []string{MatchHostname}
+	switch {
+	case t != nil && len(t.Match) > 0:
+		names = t.Match
+	case level == LevelSecure:
+		names = []string{MatchNexthop, MatchDotNexthop}
+	}
+	var tried []string
+	for _, m := range names {
+		var name string
+		var ok bool
+		switch m {
+		case MatchHostname:
+			name, ok = sni, leaf.VerifyHostname(sni) == nil
+		case MatchNexthop:
+			name, ok = hop.NextHop, hop.NextHop != "" && leaf.VerifyHostname(hop.NextHop) == nil
+		case MatchDotNexthop:
+			name, ok = dotNexthop(leaf, hop.NextHop)
+		default:
+			name, ok = m, leaf.VerifyHostname(m) == nil
+		}
+		if ok {
+			*v = Verification{Verified: true, Match: name}
+			return nil
+		}
+		tried = append(tried, m+"="+name)
+	}
+	return x509.HostnameError{Certificate: leaf, Host: strings.Join(tried, ", ")}
+}
+
+// dotNexthop matches a certificate name that is a subdomain of domain
+// (Postfix's dot-nexthop): a name ending in "."+domain, or a wildcard
+// for domain or one of its subdomains.
+func dotNexthop(leaf *x509.Certificate, domain string) (string, bool) {
+	domain = strings.ToLower(strings.TrimSuffix(domain, "."))
+	if domain == "" {
+		return "." + domain, false
+	}
+	for _, n := range leaf.DNSNames {
+		n = strings.ToLower(strings.TrimSuffix(n, "."))
+		base := strings.TrimPrefix(n, "*.")
+		if base != n && (base == domain || strings.HasSuffix(base, "."+domain)) {
+			return n, true
+		}
+		if strings.HasSuffix(n, "."+domain) {
+			return n, true
+		}
+	}
+	return "." + domain, false
+}
+
 // UnmarshalCaddyfile parses a target's tls directive:
 //
-//	tls [none|may|encrypt|verify] {
-//		server_name <name>
-//		trust_pool  <module> [<args...>]   # file <pem...>, pki_root <ca>, inline ...
-//		protocols   <min> [<max>]
+//	tls [none|may|encrypt|verify|secure|fingerprint] {
+//		server_name  <name>
+//		trust_pool   <module> [<args...>]   # file <pem...>, pki_root <ca>, inline ...
+//		protocols    <min> [<max>]
+//		match        <hostname|nexthop|dot-nexthop|name...>
+//		fingerprint  <sha256...>
 //	}
 func (t *ClientTLS) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		switch Level(d.Val()) {
-		case LevelNone, LevelMay, LevelEncrypt, LevelVerify:
+		case LevelNone, LevelMay, LevelEncrypt, LevelVerify, LevelSecure, LevelFingerprint:
 			t.Level = d.Val()
 		default:
-			return d.Errf("tls level %q is not one of none, may, encrypt, verify", d.Val())
+			return d.Errf("tls level %q is not one of %s", d.Val(), levelNames)
 		}
 		if d.NextArg() {
 			return d.ArgErr()
@@ -185,6 +373,23 @@ func (t *ClientTLS) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			t.TrustPoolRaw = caddyconfig.JSONModuleObject(mod, "provider", modName, nil)
+		case "match":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.Err("match needs hostname, nexthop, dot-nexthop or host names")
+			}
+			t.Match = append(t.Match, args...)
+		case "fingerprint":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.Err("fingerprint needs one or more SHA-256 fingerprints")
+			}
+			for _, a := range args {
+				if _, err := ParseFingerprint(a); err != nil {
+					return d.Errf("fingerprint: %v", err)
+				}
+			}
+			t.Fingerprints = append(t.Fingerprints, args...)
 		case "protocols":
 			protocols, err := ProtocolsArgs(d)
 			if err != nil {

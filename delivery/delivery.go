@@ -77,6 +77,12 @@ type Result struct {
 	TLSVersion, TLSCipher string
 	// TLSVerified says whether the next hop's certificate verified.
 	TLSVerified bool
+	// TLSMatch is what the certificate matched when it verified: a host
+	// name, or "fingerprint <hex>".
+	TLSMatch string
+	// TLSPolicy is the client TLS level in force and its source, as the
+	// log says it: "may route", "verify requiretls".
+	TLSPolicy string
 	// TLSFailed says the attempt failed for want of TLS: STARTTLS not
 	// offered or refused where the level needs it, a failed handshake,
 	// a certificate that did not verify.

@@ -52,11 +52,15 @@ type Pool struct {
 // never handed to an attempt that wants TLS.
 type poolKey struct {
 	addr, host string
-	level      Level
-	wantTLS    bool
-	policy     *ClientTLS
-	creds      *Credentials
-	hostname   string
+	// nextHop is set when the level's certificate check depends on it
+	// (secure; match nexthop): a session verified for one domain is not
+	// one for another.
+	nextHop  string
+	level    Level
+	wantTLS  bool
+	policy   *ClientTLS
+	creds    *Credentials
+	hostname string
 }
 
 // clientSession is one open, greeted SMTP client connection.

@@ -35,6 +35,9 @@ type Hop struct {
 	Host string
 	// Addr is host:port or ip:port to dial.
 	Addr string
+	// NextHop is the next-hop domain, for level secure's matches: the
+	// recipient domain for mx, the relay host for relay.
+	NextHop string
 }
 
 func (h Hop) String() string {
@@ -76,16 +79,26 @@ func SendSMTP(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *
 }
 
 func sendOnce(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *Credentials, pool *Pool, useTLS bool) (results []Result, tryNext, tlsFailed bool) {
-	level := policy.EffectiveLevel()
-	if job.Envelope.RequireTLS {
+	level, source := policy.EffectiveLevel(), "route"
+	if job.Envelope.RequireTLS && !level.Authenticated() {
 		// RFC 8689 section 5: REQUIRETLS mail goes only over a verified
 		// TLS session.
-		level = LevelVerify
+		level, source = LevelVerify, "requiretls"
 	}
+	// The level in force and where it came from, for the log line.
+	tlsPolicy := string(level) + " " + source
+	defer func() {
+		for i := range results {
+			results[i].TLSPolicy = tlsPolicy
+		}
+	}()
 	if !useTLS {
 		level = LevelNone
 	}
 	key := poolKey{addr: hop.Addr, host: hop.Host, level: level, wantTLS: useTLS, policy: policy, creds: creds, hostname: job.Hostname}
+	if policy.matchesNexthop(level) {
+		key.nextHop = hop.NextHop
+	}
 	if s := pool.get(key); s != nil {
 		results, tryNext, reusable, stale := transact(ctx, job, s)
 		if !stale {
@@ -163,13 +176,8 @@ func open(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *Cred
 	// EHLO is dropped; after one, it says EHLO again, as it must.
 	replay, helloDone := append(pre.greeting, pre.ehlo...), true
 	if pre.starttls && level != LevelNone {
-		var verified bool
-		cfg := policy.config(hop.Host, &verified)
-		if level == LevelVerify && cfg.InsecureSkipVerify {
-			// REQUIRETLS raised a weaker route level.
-			cfg = (&ClientTLS{level: LevelVerify, ServerName: cfg.ServerName, roots: cfg.RootCAs,
-				min: cfg.MinVersion, max: cfg.MaxVersion}).config(hop.Host, &verified)
-		}
+		var v Verification
+		cfg := policy.config(hop, level, &v)
 		if err := startTLS(conn); err != nil {
 			conn.Close()
 			r := setupFailure(err, "4.7.0", "STARTTLS at "+remote)
@@ -186,7 +194,7 @@ func open(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *Cred
 		}
 		tc.SetDeadline(time.Time{})
 		cs := tc.ConnectionState()
-		facts = tlsFacts{on: true, version: tls.VersionName(cs.Version), cipher: tls.CipherSuiteName(cs.CipherSuite), verified: verified}
+		facts = tlsFacts{on: true, version: tls.VersionName(cs.Version), cipher: tls.CipherSuiteName(cs.CipherSuite), verified: v.Verified, match: v.Match}
 		c = tc
 		replay, helloDone = pre.greeting, false
 	}
@@ -416,6 +424,10 @@ func tlsFailure(err error, remote string) string {
 	var hne x509.HostnameError
 	var cie x509.CertificateInvalidError
 	var tve *tls.CertificateVerificationError
+	var ve *verifyError
+	if errors.As(err, &ve) {
+		return fmt.Sprintf("%s: %s", ve.reason, remote)
+	}
 	if errors.As(err, &uae) || errors.As(err, &hne) || errors.As(err, &cie) || errors.As(err, &tve) {
 		return fmt.Sprintf("certificate not verified: %s: %v", remote, err)
 	}
@@ -429,6 +441,7 @@ type tlsFacts struct {
 	version  string
 	cipher   string
 	verified bool
+	match    string // what the certificate matched (Verification.Match)
 	connUse  int
 }
 
@@ -438,7 +451,7 @@ func withFacts(rs []Result, remote string, f tlsFacts) []Result {
 			rs[i].Remote = remote
 		}
 		if f.on {
-			rs[i].TLSVersion, rs[i].TLSCipher, rs[i].TLSVerified = f.version, f.cipher, f.verified
+			rs[i].TLSVersion, rs[i].TLSCipher, rs[i].TLSVerified, rs[i].TLSMatch = f.version, f.cipher, f.verified, f.match
 		}
 		rs[i].ConnUse = f.connUse
 	}

@@ -141,9 +141,15 @@ func (m Log) Delivery(env *spool.Envelope, rc *spool.Recipient, res delivery.Res
 		zap.String("reply", res.Reply),
 		zap.Bool("tls", res.TLSVersion != ""),
 	}
+	if res.TLSPolicy != "" {
+		fields = append(fields, zap.String("tls_policy", res.TLSPolicy))
+	}
 	if res.TLSVersion != "" {
 		fields = append(fields, zap.String("tls_version", res.TLSVersion),
 			zap.String("tls_cipher", res.TLSCipher), zap.Bool("tls_verified", res.TLSVerified))
+		if res.TLSMatch != "" {
+			fields = append(fields, zap.String("tls_match", res.TLSMatch))
+		}
 	}
 	if res.ConnUse > 1 {
 		// As Postfix: only a reused connection says so.

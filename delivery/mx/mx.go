@@ -125,7 +125,7 @@ func (m *MX) hops(ctx context.Context, domain string) ([]delivery.Hop, *delivery
 			r := delivery.Permanent("5.1.2", fmt.Sprintf("bad address literal %q", domain))
 			return nil, &r
 		}
-		return []delivery.Hop{{Host: ip.String(), Addr: net.JoinHostPort(ip.String(), port)}}, nil
+		return []delivery.Hop{{Host: ip.String(), Addr: net.JoinHostPort(ip.String(), port), NextHop: domain}}, nil
 	}
 	hosts := []string{domain} // implicit MX
 	mxs, err := m.resolver.LookupMX(ctx, domain)
@@ -151,7 +151,7 @@ func (m *MX) hops(ctx context.Context, domain string) ([]delivery.Hop, *delivery
 			continue
 		}
 		for _, ip := range ips {
-			hops = append(hops, delivery.Hop{Host: h, Addr: net.JoinHostPort(ip.IP.String(), port)})
+			hops = append(hops, delivery.Hop{Host: h, Addr: net.JoinHostPort(ip.IP.String(), port), NextHop: domain})
 		}
 		if len(hops) >= maxHops {
 			return hops[:maxHops], nil

@@ -91,7 +91,7 @@ func ParseHop(a string, defaultPort int) (delivery.Hop, error) {
 	if host == "" {
 		return delivery.Hop{}, fmt.Errorf("%q: no host", a)
 	}
-	return delivery.Hop{Host: host, Addr: net.JoinHostPort(host, port)}, nil
+	return delivery.Hop{Host: host, Addr: net.JoinHostPort(host, port), NextHop: host}, nil
 }
 
 // Destination is the same for every domain: one transaction carries
