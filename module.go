@@ -19,6 +19,8 @@ import (
 	_ "github.com/caddy-smtp/caddy-smtp/delivery/relay"
 	// the layer4 handler
 	_ "github.com/caddy-smtp/caddy-smtp/l4smtp"
+	// the MTA-STS policy as an http handler (http.handlers.mta_sts)
+	_ "github.com/caddy-smtp/caddy-smtp/mtasts"
 	// the smtp app
 	_ "github.com/caddy-smtp/caddy-smtp/smtpapp"
 	// the `caddy smtp-queue` command
