@@ -115,6 +115,9 @@ type Runner struct {
 	cancel    context.CancelFunc // cuts the deliveries under way
 	lockMu    sync.Mutex
 	unlock    func()        // the spool lock, while held
+	handed    func()        // the spool lock, handed over by the predecessor
+	waiting   bool          // Start waits for the lock, and takes a handed one
+	handoff   chan struct{} // a lock was handed over
 	idle      chan struct{} // closed when no worker is left
 	done      chan struct{}
 }
@@ -153,6 +156,8 @@ func New(o Options) *Runner {
 		destSem:  make(map[string]chan struct{}),
 		idle:     make(chan struct{}),
 		done:     make(chan struct{}),
+		handoff:  make(chan struct{}, 1),
+		waiting:  true,
 
 		stopGrace: or(o.StopGrace, DefaultStopGrace),
 	}
@@ -167,7 +172,7 @@ func (r *Runner) Start(workers int) {
 	go func() {
 		defer close(r.done)
 		defer r.releaseLock()
-		unlock, err := r.spool.Lock(sched)
+		unlock, err := r.acquireLock(sched)
 		if err != nil {
 			close(r.idle)
 			if !errors.Is(err, context.Canceled) {
@@ -196,13 +201,91 @@ func (r *Runner) Start(workers int) {
 		}
 		r.schedule(sched)
 		close(r.work)
-		if r.succ.Load() != nil {
-			// The next runner knows what is still under way here.
-			r.releaseLock()
+		if next := r.succ.Load(); next != nil {
+			// The next runner knows what is still under way here: it
+			// gets the lock itself, so that no other process (waiting
+			// for the same spool) can take it in between.
+			r.lockMu.Lock()
+			u := r.unlock
+			r.unlock = nil
+			r.lockMu.Unlock()
+			if u != nil {
+				next.takeLock(u)
+			}
 		}
 		wg.Wait()
 		close(r.idle)
 	}()
+}
+
+// acquireLock waits for the spool lock, or for the predecessor to hand
+// its own over (takeLock), whichever comes first.
+func (r *Runner) acquireLock(ctx context.Context) (func(), error) {
+	lctx, cancel := context.WithCancel(ctx)
+	type locked struct {
+		unlock func()
+		err    error
+	}
+	own := make(chan locked, 1)
+	go func() {
+		u, err := r.spool.Lock(lctx)
+		own <- locked{u, err}
+	}()
+	var got locked
+	select {
+	case got = <-own:
+	case <-r.handoff:
+		cancel()
+		if l := <-own; l.err == nil {
+			l.unlock() // not possible while the handed lock is held; harmless
+		}
+	}
+	cancel()
+	r.lockMu.Lock()
+	r.waiting = false
+	handed := r.handed
+	r.handed = nil
+	r.lockMu.Unlock()
+	switch {
+	case handed != nil && got.err == nil && got.unlock != nil:
+		handed() // both: keep ours (cannot happen: the handed one excludes ours)
+		return got.unlock, nil
+	case handed != nil:
+		if ctx.Err() != nil {
+			r.passLock(handed) // stopped before it could deliver
+			return nil, ctx.Err()
+		}
+		return handed, nil
+	}
+	return got.unlock, got.err
+}
+
+// takeLock is the predecessor handing its spool lock over. A runner no
+// longer waiting for the lock passes it on to its own successor, or
+// lets go of it.
+func (r *Runner) takeLock(u func()) {
+	r.lockMu.Lock()
+	if !r.waiting {
+		r.lockMu.Unlock()
+		r.passLock(u)
+		return
+	}
+	r.handed = u
+	r.lockMu.Unlock()
+	select {
+	case r.handoff <- struct{}{}:
+	default:
+	}
+}
+
+// passLock gives a lock this runner will not use to its successor, or
+// lets go of it.
+func (r *Runner) passLock(u func()) {
+	if next := r.succ.Load(); next != nil {
+		next.takeLock(u)
+		return
+	}
+	u()
 }
 
 // releaseLock lets go of the spool lock, once.
@@ -243,7 +326,9 @@ func (r *Runner) Stop(next *Runner) {
 	r.cancel()
 	<-r.done
 	if next != nil {
-		next.pred.CompareAndSwap(r, nil)
+		// What this runner's own predecessor still delivers stays off
+		// limits for next (a second reload within the grace period).
+		next.pred.CompareAndSwap(r, r.pred.Load())
 	}
 }
 

@@ -505,3 +505,76 @@ func TestHandover(t *testing.T) {
 }
 
 func zapNop() *zap.Logger { return zap.NewNop() }
+
+// TestSecondHandoverDuringGrace: A hands over to B and is still
+// delivering X in its grace period; B is stopped and hands over to C. C
+// must not deliver X while A still is (found by review: B's Stop cleared
+// C's view of A).
+func TestSecondHandoverDuringGrace(t *testing.T) {
+	g := newRig(t, func(n int, rcpts []string) []delivery.Result { return sent(len(rcpts)) }, Options{})
+	g.t.hold, g.t.inside = make(chan struct{}), make(chan string, 16)
+	g.r.Start(4)
+	x := g.commit(t, "s@sender.test", []string{"slow@example.test"}, "", time.Now())
+	<-g.t.inside
+	b := New(Options{Spool: g.sp, Router: router{g.t}, Metrics: g.m, StopGrace: 5 * time.Second})
+	b.Start(4)
+	aStopped := make(chan struct{})
+	go func() { g.r.Stop(b); close(aStopped) }()
+	wait(t, "b to know a", func() bool { return b.pred.Load() != nil })
+	c := New(Options{Spool: g.sp, Router: router{g.t}, Metrics: g.m, StopGrace: 5 * time.Second})
+	c.Start(4)
+	defer c.Stop(nil)
+	b.Stop(c) // at once: b has nothing in flight
+	if !c.Active(x) {
+		t.Fatal("after the second handover, c does not see x as under way")
+	}
+	c.Reschedule(x, time.Time{})
+	select {
+	case id := <-g.t.inside:
+		t.Fatalf("c delivered %s while a was still delivering it", id)
+	case <-time.After(300 * time.Millisecond): // a sleep: nothing may happen in this time
+	}
+	close(g.t.hold)
+	<-aStopped
+	wait(t, "x delivered", func() bool { return g.gone(x) })
+	if n := g.t.callsOf(x); n != 1 {
+		t.Fatalf("x delivered %d times", n)
+	}
+}
+
+// TestLockNeverFree: during a handover the spool lock goes from runner
+// to runner, never free, so another process waiting for the same spool
+// cannot take it and deliver what the old runner is still delivering.
+func TestLockNeverFree(t *testing.T) {
+	g := newRig(t, func(n int, rcpts []string) []delivery.Result { return sent(len(rcpts)) }, Options{})
+	g.t.hold, g.t.inside = make(chan struct{}), make(chan string, 16)
+	g.r.Start(4)
+	g.commit(t, "s@sender.test", []string{"slow@example.test"}, "", time.Now())
+	<-g.t.inside
+	next := New(Options{Spool: g.sp, Router: router{g.t}, Metrics: g.m, StopGrace: 5 * time.Second})
+	next.Start(4)
+	stopped := make(chan struct{})
+	go func() { g.r.Stop(next); close(stopped) }()
+	wait(t, "the successor to know its predecessor", func() bool { return next.pred.Load() != nil })
+	other, err := spool.Open(g.sp.Dir()) // another process's view of the spool
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if unlock, err := other.Lock(ctx); err == nil {
+		unlock()
+		t.Fatal("the spool lock was free during the handover")
+	}
+	close(g.t.hold)
+	<-stopped
+	next.Stop(nil)
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel2()
+	unlock, err := other.Lock(ctx2)
+	if err != nil {
+		t.Fatalf("the lock is not free after both stopped: %v", err)
+	}
+	unlock()
+}

@@ -437,10 +437,8 @@ var (
 // queueStats counts the queue and the age of its oldest record; queue
 // ids begin with their arrival time, so no envelope is read.
 func (a *App) queueStats() (int, time.Duration) {
-	if a.spool == nil {
-		return 0, 0
-	}
-	ids, err := a.spool.IDs()
+	// The directory, not a.spool: a scrape may come while Start opens it.
+	ids, err := spool.ListIDs(a.spoolPath)
 	if err != nil || len(ids) == 0 {
 		return 0, 0
 	}

@@ -185,10 +185,12 @@ func (c *conn) Read(p []byte) (int, error) {
 		}
 	}
 	n, err := c.Conn.Read(p)
+	inCommand := c.inCommand.Load()
 	if n > 0 {
-		if dl.IsZero() {
+		if inCommand {
 			c.lineBytes += n
-		} else {
+		}
+		if !dl.IsZero() {
 			c.lineProgress.Store(true) // message data
 		}
 	}
@@ -196,14 +198,18 @@ func (c *conn) Read(p []byte) (int, error) {
 		var ne net.Error
 		if !errors.As(err, &ne) || !ne.Timeout() {
 			c.peerGone.Store(true)
-		} else if dl.IsZero() && c.lineBytes > 0 && c.inCommand.Load() {
-			// A command line begun but not finished within read_timeout:
-			// go-smtp would take the part that came for a command and
-			// wait a read timeout again, over and over (one byte a second
-			// held a slot for some 20 minutes). Postfix hangs up; so do we.
+		} else if inCommand && c.lineBytes > 0 {
+			// A command line begun but not finished within read_timeout
+			// (between BDAT chunks: within data_timeout): go-smtp would
+			// take the part that came for a command and wait again, over
+			// and over (one byte a second held a slot for some 20
+			// minutes). Postfix hangs up; so do we. The bytes of this read
+			// are dropped; what go-smtp holds already may still run as a
+			// command, on a closed connection, and no message is accepted
+			// after this (hangUp marks the peer gone).
 			c.hangUp("421 4.4.2 "+c.srv.Hostname+" Error: timeout exceeded",
 				zap.String("reason", "command line not complete within read_timeout"))
-			return n, err
+			return 0, err
 		}
 	}
 	if err != nil && draining {
@@ -287,7 +293,12 @@ func (c *conn) SetReadDeadline(t time.Time) error {
 	if c.cut.Load() {
 		return net.ErrClosed
 	}
-	if c.lines > 0 && !c.lineProgress.Swap(false) {
+	c.mu.Lock()
+	inData := !c.dataDeadline.IsZero()
+	c.mu.Unlock()
+	// A line inside a BDAT transaction is a chunk of the message, even
+	// when go-smtp had it buffered and no read was needed for it.
+	if c.lines > 0 && !c.lineProgress.Swap(false) && !inData {
 		c.mu.Lock()
 		c.junk++
 		junk := c.junk
@@ -311,6 +322,9 @@ func (c *conn) progress() { c.lineProgress.Store(true) }
 // the connection; go-smtp's further reads and writes fail.
 func (c *conn) hangUp(reply string, why ...zap.Field) {
 	c.cut.Store(true)
+	// Whatever go-smtp still makes of what it had read is not answered:
+	// no message may be accepted from here on.
+	c.peerGone.Store(true)
 	c.srv.reject("protocol")
 	c.srv.maillog.Refused("connection cut", c.remote.Addr(), append([]zap.Field{zap.String("reply", reply)}, why...)...)
 	if w := c.replyWriter(); w != nil {
@@ -332,12 +346,16 @@ func (c *conn) replyWriter() net.Conn {
 	if !c.tlsStarted.Load() && c.tlsConn == nil {
 		return c.Conn
 	}
-	if sc := c.smtpConn.Load(); sc != nil {
+	sc := c.smtpConn.Load()
+	if sc != nil {
 		if tc, ok := sc.Conn().(*tls.Conn); ok {
 			return tc
 		}
 	}
-	if c.tlsConn != nil {
+	if c.tlsConn != nil && sc != nil {
+		// Only once go-smtp has a session (HELO came): before that the
+		// implicit-TLS handshake may still be running on this very
+		// goroutine, and a write would wait for it forever.
 		return c.tlsConn
 	}
 	return nil
