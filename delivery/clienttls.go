@@ -8,11 +8,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
+
+	"github.com/caddy-smtp/caddy-smtp/dane"
 )
 
 // Level is a client (sending) TLS security level, as Postfix's
@@ -43,16 +46,32 @@ const (
 	// public key must match one of the listed SHA-256 fingerprints; no
 	// CA and no name check. For smarthosts you pin.
 	LevelFingerprint Level = "fingerprint"
+	// LevelDANE: opportunistic DANE (RFC 7672). With usable TLSA records
+	// for the MX host (DNSSEC-validated), the session must authenticate
+	// by them, with no fallback; with TLSA records present but none
+	// usable, as encrypt; with none, as may.
+	LevelDANE Level = "dane"
+	// LevelDANEOnly: as dane, but without usable TLSA records the
+	// delivery is deferred.
+	LevelDANEOnly Level = "dane-only"
+
+	// levelTLSA is the level in force under dane or dane-only when the
+	// next hop has usable TLSA records: TLS, authenticated by them. (Its
+	// name in logs is "dane", with the source "dane".)
+	levelTLSA Level = "dane (tlsa)"
 )
 
 // levelNames lists the client levels, for config errors.
-const levelNames = "none, may, encrypt, verify, secure, fingerprint"
+const levelNames = "none, may, encrypt, verify, secure, fingerprint, dane, dane-only"
 
 // Authenticated reports whether the level authenticates the next hop
 // (and so satisfies REQUIRETLS, RFC 8689 section 5).
 func (l Level) Authenticated() bool {
-	return l == LevelVerify || l == LevelSecure || l == LevelFingerprint
+	return l == LevelVerify || l == LevelSecure || l == LevelFingerprint || l == LevelDANEOnly || l == levelTLSA
 }
+
+// DANE reports whether the level looks up TLSA records.
+func (l Level) DANE() bool { return l == LevelDANE || l == LevelDANEOnly }
 
 // Names a verify or secure level may match, besides literal host names
 // (Postfix's smtp_tls_verify_cert_match and smtp_tls_secure_cert_match).
@@ -112,7 +131,7 @@ func (t *ClientTLS) Provision(ctx caddy.Context) error {
 	switch Level(t.Level) {
 	case "":
 		t.level = LevelMay
-	case LevelNone, LevelMay, LevelEncrypt, LevelVerify, LevelSecure, LevelFingerprint:
+	case LevelNone, LevelMay, LevelEncrypt, LevelVerify, LevelSecure, LevelFingerprint, LevelDANE, LevelDANEOnly:
 		t.level = Level(t.Level)
 	default:
 		return fmt.Errorf("tls.level: %q is not one of %s", t.Level, levelNames)
@@ -186,6 +205,9 @@ func (t *ClientTLS) EffectiveLevel() Level {
 // matchesNexthop reports whether the certificate check under level
 // depends on the next-hop domain.
 func (t *ClientTLS) matchesNexthop(level Level) bool {
+	if level == levelTLSA {
+		return true // DANE-TA accepts the next-hop domain too
+	}
 	if level != LevelVerify && level != LevelSecure {
 		return false
 	}
@@ -238,8 +260,8 @@ func (e *verifyError) Error() string { return e.reason }
 // may and encrypt the result is only recorded, for the log.
 func (t *ClientTLS) config(hop Hop, level Level, v *Verification) *tls.Config {
 	sni := hop.Host
-	if t != nil && t.ServerName != "" {
-		sni = t.ServerName
+	if t != nil && t.ServerName != "" && level != levelTLSA {
+		sni = t.ServerName // under DANE the SNI is the TLSA base domain (RFC 7672 8.1)
 	}
 	cfg := &tls.Config{ServerName: sni, MinVersion: tls.VersionTLS12, MaxVersion: tls.VersionTLS13, InsecureSkipVerify: true}
 	var roots *x509.CertPool
@@ -265,6 +287,18 @@ func (t *ClientTLS) check(certs []*x509.Certificate, roots *x509.CertPool, sni s
 		return &verifyError{"certificate not verified: no certificate"}
 	}
 	leaf := certs[0]
+	if level == LevelDANEOnly {
+		// PrepareDANE was not asked: nothing authenticates the hop.
+		return &verifyError{"certificate not verified: dane-only without a TLSA lookup"}
+	}
+	if level == levelTLSA {
+		r, err := dane.Verify(certs, hop.tlsa, []string{hop.Host, hop.NextHop}, time.Now())
+		if err != nil {
+			return &verifyError{"certificate not verified by TLSA: " + err.Error()}
+		}
+		*v = Verification{Verified: true, Match: "TLSA " + r.String()}
+		return nil
+	}
 	if level == LevelFingerprint {
 		for _, fp := range [][32]byte{sha256.Sum256(leaf.Raw), sha256.Sum256(leaf.RawSubjectPublicKeyInfo)} {
 			if t.fingerprints[fp] {
@@ -344,7 +378,7 @@ func dotNexthop(leaf *x509.Certificate, domain string) (string, bool) {
 func (t *ClientTLS) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		switch Level(d.Val()) {
-		case LevelNone, LevelMay, LevelEncrypt, LevelVerify, LevelSecure, LevelFingerprint:
+		case LevelNone, LevelMay, LevelEncrypt, LevelVerify, LevelSecure, LevelFingerprint, LevelDANE, LevelDANEOnly:
 			t.Level = d.Val()
 		default:
 			return d.Errf("tls level %q is not one of %s", d.Val(), levelNames)

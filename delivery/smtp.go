@@ -19,6 +19,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"go.uber.org/zap"
 
+	"github.com/caddy-smtp/caddy-smtp/dane"
 	"github.com/caddy-smtp/caddy-smtp/spool"
 )
 
@@ -38,6 +39,90 @@ type Hop struct {
 	// NextHop is the next-hop domain, for level secure's matches: the
 	// recipient domain for mx, the relay host for relay.
 	NextHop string
+
+	// Under dane and dane-only, PrepareDANE sets the level in force for
+	// this hop, why, and the usable TLSA records.
+	daneLevel Level
+	daneWhy   string
+	tlsa      []dane.Record
+}
+
+// hopLevel is the level in force for a hop under policy, and its source.
+func hopLevel(policy *ClientTLS, hop Hop) (Level, string) {
+	level := policy.EffectiveLevel()
+	if !level.DANE() {
+		return level, "route"
+	}
+	switch {
+	case hop.daneLevel == levelTLSA:
+		return levelTLSA, "dane"
+	case hop.daneLevel != "":
+		return hop.daneLevel, "dane (" + hop.daneWhy + ")"
+	}
+	// PrepareDANE was not called: nothing known of TLSA records.
+	if level == LevelDANEOnly {
+		return LevelDANEOnly, "dane-only (no TLSA lookup)"
+	}
+	return LevelMay, "dane (no TLSA lookup)"
+}
+
+// PrepareDANE decides, under dane or dane-only, how a hop is to be
+// authenticated (RFC 7672): through r, a validating resolver on
+// loopback, it checks that the hop's address records are
+// DNSSEC-validated and looks up its TLSA records at _port._tcp.<host>.
+// mxSecure says whether the MX records that named the host were
+// validated (true for a configured relay host). It returns a result to
+// defer the hop with, or nil. A lookup failure is a temporary failure
+// under both levels, never a downgrade.
+func (t *ClientTLS) PrepareDANE(ctx context.Context, r *dane.Resolver, mxSecure bool, hop *Hop, port int) *Result {
+	level := t.EffectiveLevel()
+	if !level.DANE() {
+		return nil
+	}
+	lower := func(to Level, why string) *Result {
+		if level == LevelDANEOnly {
+			res := Temporary("4.7.5", fmt.Sprintf("DANE required (dane-only), but %s for %s", why, hop.Host))
+			res.TLSFailed, res.TLSPolicy = true, "dane-only route"
+			return &res
+		}
+		hop.daneLevel, hop.daneWhy = to, why
+		return nil
+	}
+	fail := func(err error) *Result {
+		res := Temporary("4.4.3", fmt.Sprintf("DANE: %v", err))
+		res.TLSPolicy = string(level) + " route"
+		return &res
+	}
+	switch {
+	case r == nil || !r.Trusted():
+		server := "none"
+		if r != nil {
+			server = r.Server
+		}
+		return lower(LevelMay, "the resolver "+server+" is not on loopback, so its DNSSEC answers are not trusted")
+	case !mxSecure:
+		return lower(LevelMay, "the MX records are not DNSSEC-validated")
+	}
+	secure, err := r.HostSecure(ctx, hop.Host)
+	if err != nil {
+		return fail(err)
+	}
+	if !secure {
+		return lower(LevelMay, "the host's address records are not DNSSEC-validated")
+	}
+	records, secure, err := r.TLSA(ctx, hop.Host, port)
+	if err != nil {
+		return fail(err)
+	}
+	if !secure || len(records) == 0 {
+		return lower(LevelMay, "there are no validated TLSA records")
+	}
+	usable, unusable := dane.Usable(records)
+	if len(usable) == 0 {
+		return lower(LevelEncrypt, fmt.Sprintf("none of %d TLSA records is usable", unusable))
+	}
+	hop.daneLevel, hop.tlsa = levelTLSA, usable
+	return nil
 }
 
 func (h Hop) String() string {
@@ -69,7 +154,7 @@ const (
 // attempt in plaintext, as Postfix does, and logged.
 func SendSMTP(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *Credentials, pool *Pool) (results []Result, tryNext bool) {
 	results, tryNext, tlsFailed := sendOnce(ctx, job, hop, policy, creds, pool, true)
-	if tlsFailed && policy.EffectiveLevel() == LevelMay && !job.Envelope.RequireTLS {
+	if level, _ := hopLevel(policy, hop); tlsFailed && level == LevelMay && !job.Envelope.RequireTLS {
 		job.Logger.Info("tls handshake failed; retrying in plaintext (level may)",
 			zap.String("queue_id", job.Envelope.ID), zap.String("relay", hop.String()),
 			zap.String("reason", results[0].Reply))
@@ -79,7 +164,7 @@ func SendSMTP(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *
 }
 
 func sendOnce(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *Credentials, pool *Pool, useTLS bool) (results []Result, tryNext, tlsFailed bool) {
-	level, source := policy.EffectiveLevel(), "route"
+	level, source := hopLevel(policy, hop)
 	if job.Envelope.RequireTLS && !level.Authenticated() {
 		// RFC 8689 section 5: REQUIRETLS mail goes only over a verified
 		// TLS session.
@@ -87,6 +172,9 @@ func sendOnce(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *
 	}
 	// The level in force and where it came from, for the log line.
 	tlsPolicy := string(level) + " " + source
+	if level == levelTLSA {
+		tlsPolicy = "dane " + source
+	}
 	defer func() {
 		for i := range results {
 			results[i].TLSPolicy = tlsPolicy

@@ -14,7 +14,10 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
+	"github.com/miekg/dns"
+
 	"github.com/caddy-smtp/caddy-smtp/address"
+	"github.com/caddy-smtp/caddy-smtp/dane"
 	"github.com/caddy-smtp/caddy-smtp/delivery"
 )
 
@@ -43,6 +46,7 @@ type MX struct {
 	Port int `json:"port,omitempty"`
 
 	resolver *net.Resolver
+	dane     *dane.Resolver // under tls level dane or dane-only
 	pool     *delivery.Pool
 }
 
@@ -82,6 +86,20 @@ func (m *MX) Provision(ctx caddy.Context) error {
 	if err := m.TLS.Provision(ctx); err != nil {
 		return fmt.Errorf("mx: %w", err)
 	}
+	if m.TLS.EffectiveLevel().DANE() {
+		server := m.Resolver
+		if server == "" {
+			conf, err := dns.ClientConfigFromFile("/etc/resolv.conf")
+			if err != nil || len(conf.Servers) == 0 {
+				return fmt.Errorf("mx: tls level %s needs a resolver: set resolver, or list one in /etc/resolv.conf (%v)", m.TLS.EffectiveLevel(), err)
+			}
+			server = conf.Servers[0]
+		}
+		if _, _, err := net.SplitHostPort(server); err != nil {
+			server = net.JoinHostPort(server, "53")
+		}
+		m.dane = &dane.Resolver{Server: server}
+	}
 	m.pool = delivery.NewPool()
 	return nil
 }
@@ -103,10 +121,26 @@ func (m *MX) Deliver(ctx context.Context, job *delivery.Job) []delivery.Result {
 	if fail != nil {
 		return delivery.All(*fail, n)
 	}
+	mxSecure := false
+	if m.dane != nil && m.dane.Trusted() {
+		// RFC 7672 2.2.1: DANE for MX hosts needs a validated MX RRset
+		// (or a validated denial, for the implicit MX).
+		_, secure, _, err := m.dane.MX(ctx, domain)
+		if err != nil {
+			r := delivery.Temporary("4.4.3", fmt.Sprintf("DANE: MX lookup for %s: %v", domain, err))
+			r.TLSPolicy = string(m.TLS.EffectiveLevel()) + " route"
+			return delivery.All(r, n)
+		}
+		mxSecure = secure
+	}
 	var results []delivery.Result
 	for _, hop := range hops {
 		var tryNext bool
-		results, tryNext = delivery.SendSMTP(ctx, job, hop, m.TLS, nil, m.pool)
+		if fail := m.TLS.PrepareDANE(ctx, m.dane, mxSecure, &hop, m.Port); fail != nil {
+			results, tryNext = delivery.All(*fail, n), true
+		} else {
+			results, tryNext = delivery.SendSMTP(ctx, job, hop, m.TLS, nil, m.pool)
+		}
 		if !tryNext || ctx.Err() != nil {
 			break
 		}

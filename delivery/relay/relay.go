@@ -68,6 +68,11 @@ func (r *Relay) Provision(ctx caddy.Context) error {
 	if err := r.TLS.Provision(ctx); err != nil {
 		return fmt.Errorf("relay: %w", err)
 	}
+	if r.TLS.EffectiveLevel().DANE() {
+		// No TLSA lookups for smarthosts yet: refuse rather than send
+		// with less than the level says.
+		return fmt.Errorf("relay: tls level %s is for mx targets only (so far)", r.TLS.EffectiveLevel())
+	}
 	r.pool = delivery.NewPool()
 	if r.Username != "" || r.Password != "" {
 		repl := caddy.NewReplacer()
