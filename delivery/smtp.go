@@ -45,10 +45,34 @@ type Hop struct {
 	daneLevel Level
 	daneWhy   string
 	tlsa      []dane.Record
+
+	// floor is a level a policy (MTA-STS enforce) raised this hop to at
+	// least, and floorSource its name for the log.
+	floor       Level
+	floorSource string
 }
+
+// RaiseToVerify makes the hop's level at least verify (a policy source,
+// such as MTA-STS in enforce mode, named source in the log). A stronger
+// level of the route, or a hop authenticated by DANE, stays as it is.
+func (h *Hop) RaiseToVerify(source string) { h.floor, h.floorSource = LevelVerify, source }
+
+// DANEAuthenticated reports whether PrepareDANE found usable TLSA
+// records for the hop: DANE, which takes precedence over MTA-STS
+// (RFC 8461 2), authenticates it.
+func (h *Hop) DANEAuthenticated() bool { return h.daneLevel == levelTLSA }
 
 // hopLevel is the level in force for a hop under policy, and its source.
 func hopLevel(policy *ClientTLS, hop Hop) (Level, string) {
+	level, source := routeLevel(policy, hop)
+	if hop.floor == LevelVerify && !level.Authenticated() {
+		return LevelVerify, hop.floorSource
+	}
+	return level, source
+}
+
+// routeLevel is the level the route and DANE give a hop.
+func routeLevel(policy *ClientTLS, hop Hop) (Level, string) {
 	level := policy.EffectiveLevel()
 	if !level.DANE() {
 		return level, "route"

@@ -91,7 +91,7 @@ func TestDANE(t *testing.T) {
 		zone("bogus.test", true, true, tlsa("@", 3, 1, 1, goodLeaf)),
 	)
 	target := func(level string) *mx.MX {
-		m := &mx.MX{TLS: &delivery.ClientTLS{Level: level}, Resolver: srv.Addr(), Port: port}
+		m := &mx.MX{TLS: &delivery.ClientTLS{Level: level}, Resolver: srv.Addr(), Port: port, MTASTS: &mx.MTASTS{Disabled: true}}
 		raw, _ := json.Marshal(m)
 		m = new(mx.MX)
 		json.Unmarshal(raw, m)

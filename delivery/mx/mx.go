@@ -4,6 +4,7 @@ package mx
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -12,13 +13,17 @@ import (
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddytls"
 
 	"github.com/miekg/dns"
+	"go.uber.org/zap"
 
 	"github.com/caddy-smtp/caddy-smtp/address"
 	"github.com/caddy-smtp/caddy-smtp/dane"
 	"github.com/caddy-smtp/caddy-smtp/delivery"
+	"github.com/caddy-smtp/caddy-smtp/sts"
 )
 
 func init() {
@@ -45,9 +50,31 @@ type MX struct {
 	// unusual setups change it.
 	Port int `json:"port,omitempty"`
 
+	// MTA-STS (RFC 8461) for the recipient domains, on by default: a
+	// domain's policy is fetched over HTTPS, cached in Caddy's storage,
+	// and in enforce mode only the MX hosts it names are used, each at
+	// least at level verify. In testing mode delivery follows the
+	// route's level and what would have failed is logged.
+	MTASTS *MTASTS `json:"mta_sts,omitempty"`
+
 	resolver *net.Resolver
+	sts      *sts.Cache
 	dane     *dane.Resolver // under tls level dane or dane-only
 	pool     *delivery.Pool
+}
+
+// MTASTS configures MTA-STS of an mx target.
+type MTASTS struct {
+	// Do not look up MTA-STS policies (Caddyfile `mta_sts off`).
+	Disabled bool `json:"disabled,omitempty"`
+
+	// The CAs a policy host's certificate must chain to, from a Caddy CA
+	// pool module (`tls.ca_pool.source.*`). Default: the system roots,
+	// as RFC 8461 3.3 wants; tests and private setups set one.
+	TrustPoolRaw json.RawMessage `json:"trust_pool,omitempty" caddy:"namespace=tls.ca_pool.source inline_key=provider"`
+
+	// port overrides 443 for the fetch, for tests.
+	port int
 }
 
 // CaddyModule returns the Caddy module information.
@@ -100,6 +127,24 @@ func (m *MX) Provision(ctx caddy.Context) error {
 		}
 		m.dane = &dane.Resolver{Server: server}
 	}
+	if m.MTASTS == nil || !m.MTASTS.Disabled {
+		if m.MTASTS == nil {
+			m.MTASTS = new(MTASTS)
+		}
+		f := &sts.Fetcher{Resolver: m.resolver, Port: m.MTASTS.port}
+		if len(m.MTASTS.TrustPoolRaw) > 0 {
+			mod, err := ctx.LoadModule(m.MTASTS, "TrustPoolRaw")
+			if err != nil {
+				return fmt.Errorf("mx: mta_sts.trust_pool: %w", err)
+			}
+			ca, ok := mod.(caddytls.CA)
+			if !ok {
+				return fmt.Errorf("mx: mta_sts.trust_pool: module %T is not a CA pool", mod)
+			}
+			f.Roots = ca.CertPool()
+		}
+		m.sts = &sts.Cache{Storage: ctx.Storage(), Fetcher: f, Logger: ctx.Logger()}
+	}
 	m.pool = delivery.NewPool()
 	return nil
 }
@@ -133,17 +178,66 @@ func (m *MX) Deliver(ctx context.Context, job *delivery.Job) []delivery.Result {
 		}
 		mxSecure = secure
 	}
+	var policy *sts.Entry
+	var policyHow string
+	if m.sts != nil && !strings.HasPrefix(domain, "[") {
+		var err error
+		if policy, policyHow, err = m.sts.Lookup(ctx, domain); err != nil {
+			r := delivery.Temporary("4.4.3", fmt.Sprintf("MTA-STS: %v", err))
+			return delivery.All(r, n)
+		}
+	}
 	var results []delivery.Result
+	used := 0
 	for _, hop := range hops {
 		var tryNext bool
 		if fail := m.TLS.PrepareDANE(ctx, m.dane, mxSecure, &hop, m.Port); fail != nil {
 			results, tryNext = delivery.All(*fail, n), true
 		} else {
+			testing := ""
+			if policy != nil && !hop.DANEAuthenticated() {
+				// DANE, where usable, takes precedence (RFC 8461 2).
+				matched := policy.Policy.MatchesMX(hop.Host)
+				switch policy.Policy.Mode {
+				case sts.ModeEnforce:
+					if !matched {
+						continue // RFC 8461 4.1: an MX the policy does not name is not used
+					}
+					hop.RaiseToVerify("mta-sts enforce")
+				case sts.ModeTesting:
+					if !matched {
+						testing = "the MX host is not in the policy"
+					}
+				}
+			}
+			used++
 			results, tryNext = delivery.SendSMTP(ctx, job, hop, m.TLS, nil, m.pool)
+			if policy != nil && policy.Policy.Mode == sts.ModeTesting && !hop.DANEAuthenticated() {
+				if testing == "" && !results[0].TLSVerified && results[0].Status != delivery.Bounced {
+					testing = "the certificate was not verified for the MX host"
+				}
+				for i := range results {
+					results[i].TLSPolicy += " (mta-sts testing"
+					if testing != "" {
+						results[i].TLSPolicy += ": would fail: " + testing
+					}
+					results[i].TLSPolicy += ")"
+				}
+				if testing != "" {
+					job.Logger.Info("mta-sts testing: enforce would have failed",
+						zap.String("queue_id", job.Envelope.ID), zap.String("domain", domain),
+						zap.String("mx", hop.Host), zap.String("reason", testing), zap.String("policy", policyHow))
+				}
+			}
 		}
 		if !tryNext || ctx.Err() != nil {
 			break
 		}
+	}
+	if used == 0 && policy != nil && policy.Policy.Mode == sts.ModeEnforce && results == nil {
+		r := delivery.Temporary("4.7.5", fmt.Sprintf("MTA-STS enforce: none of the MX hosts of %s is in its policy (%s)", domain, policyHow))
+		r.TLSFailed, r.TLSPolicy = true, "verify mta-sts enforce"
+		return delivery.All(r, n)
 	}
 	return results
 }
@@ -210,9 +304,12 @@ func isNotFound(err error) bool {
 // UnmarshalCaddyfile parses:
 //
 //	mx {
-//		tls      [none|may|encrypt|verify] { ... }
+//		tls      [<level>] { ... }
 //		resolver <host:port>
 //		port     <port>
+//		mta_sts  off | {
+//			trust_pool <module> [<args...>]
+//		}
 //	}
 func (m *MX) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // "mx"
@@ -236,6 +333,34 @@ func (m *MX) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			m.Resolver = d.Val()
 			if d.NextArg() {
 				return d.ArgErr()
+			}
+		case "mta_sts":
+			if m.MTASTS != nil {
+				return d.Err("duplicate mta_sts")
+			}
+			m.MTASTS = new(MTASTS)
+			if d.NextArg() {
+				if d.Val() != "off" {
+					return d.Errf("mta_sts: %q is not off (or a block)", d.Val())
+				}
+				m.MTASTS.Disabled = true
+				if d.NextArg() {
+					return d.ArgErr()
+				}
+			}
+			for nest := d.Nesting(); d.NextBlock(nest); {
+				if d.Val() != "trust_pool" {
+					return d.Errf("unknown mta_sts directive %q", d.Val())
+				}
+				if !d.NextArg() {
+					return d.Err("trust_pool needs a CA pool module: file, inline, pki_root...")
+				}
+				modName := d.Val()
+				mod, err := caddyfile.UnmarshalModule(d, "tls.ca_pool.source."+modName)
+				if err != nil {
+					return err
+				}
+				m.MTASTS.TrustPoolRaw = caddyconfig.JSONModuleObject(mod, "provider", modName, nil)
 			}
 		case "port":
 			if !d.NextArg() {

@@ -1,0 +1,124 @@
+package sts_test
+
+import (
+	"crypto/tls"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddy-smtp/caddy-smtp/internal/dnssectest"
+	st "github.com/caddy-smtp/caddy-smtp/internal/smtptest"
+	_ "github.com/caddy-smtp/caddy-smtp/mtasts"
+)
+
+// TestMTASTSDelivery: the mx target with MTA-STS against Caddy itself as
+// the policy host (the mta_sts handler, Caddy's internal CA trusted by
+// the fetch's trust_pool, on 127.0.0.1:443 as RFC 8461 fixes it), with
+// DNS from a real resolver (Unbound in front of NSD). Cells: enforce
+// with a matching MX (raised to verify, sent), enforce with an MX
+// outside the policy (not used: deferred), enforce with a certificate
+// not valid for the MX name (deferred), testing (route level, sent, and
+// the failure it would have been is in the log).
+func TestMTASTSDelivery(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root for port 443")
+		}
+		t.Skip("needs root for port 443 (RFC 8461 fixes the policy host's port)")
+	}
+	ca := st.NewCA(t, "MX CA")
+	// The upstream (every MX host, 127.0.0.1) has a certificate for
+	// mx.good.test only.
+	up := st.NewUpstream(t, st.UpstreamOpts{TLS: st.TLSServerConfig(ca.Issue(t, "mx.good.test", "mx.good.test"))})
+	_, upPort, _ := net.SplitHostPort(up.Addr)
+
+	type dom struct {
+		name, mx, mode, policyMX string
+	}
+	doms := []dom{
+		{"good.test", "mx.good.test", "enforce", "mx.good.test"},
+		{"outside.test", "mx.outside.test", "enforce", "mx.elsewhere.test"},
+		{"badcert.test", "mx.badcert.test", "enforce", "*.badcert.test"},
+		{"testing.test", "mx.testing.test", "testing", "mx.testing.test"},
+	}
+	var zones []dnssectest.Zone
+	var routes []any
+	var subjects []string
+	for _, d := range doms {
+		zones = append(zones, dnssectest.Zone{Name: d.name, Records: []string{
+			d.name + ". 300 IN MX 10 " + d.mx + ".",
+			d.mx + ". 300 IN A 127.0.0.1",
+			"mta-sts." + d.name + ". 300 IN A 127.0.0.1",
+			"_mta-sts." + d.name + `. 300 IN TXT "v=STSv1; id=` + strings.ReplaceAll(d.name, ".", "") + `"`,
+		}})
+		routes = append(routes, map[string]any{
+			"match":  []any{map[string]any{"host": []string{"mta-sts." + d.name}}},
+			"handle": []any{map[string]any{"handler": "mta_sts", "mode": d.mode, "mx": []string{d.policyMX}}},
+		})
+		subjects = append(subjects, "mta-sts."+d.name)
+	}
+	dnsSrv := dnssectest.Start(t, zones...)
+
+	e := st.NewEnv(t)
+	s, addr := st.ServerConfig(t, map[string]any{
+		"tls":            map[string]any{"level": "none"},
+		"relay_networks": []string{"127.0.0.1"},
+		"routes": []any{map[string]any{"domains": []string{"*"}, "deliver": map[string]any{
+			"via": "mx", "resolver": dnsSrv.Addr(), "port": mustAtoi(upPort),
+			"tls":     map[string]any{"level": "may", "trust_pool": map[string]any{"provider": "file", "pem_files": []string{ca.PEMFile}}},
+			"mta_sts": map[string]any{"trust_pool": map[string]any{"provider": "pki_root", "authority": []string{"local"}}},
+		}}},
+	})
+	e.Load(e.DeliveringApp(map[string]any{"gw": s}, nil), map[string]any{
+		"http": map[string]any{"servers": map[string]any{"sts": map[string]any{
+			"listen": []string{"127.0.0.1:443"}, "routes": routes,
+			"automatic_https": map[string]any{"disable_redirects": true},
+		}}},
+		"tls": map[string]any{"automation": map[string]any{"policies": []any{
+			map[string]any{"subjects": subjects, "issuers": []any{map[string]any{"module": "internal"}}},
+		}}},
+	})
+	// The policy host serves once its certificates are issued.
+	roots := e.LocalCARoot()
+	if !st.Eventually(30*time.Second, func() bool {
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: time.Second}, "tcp", "127.0.0.1:443",
+			&tls.Config{RootCAs: roots, ServerName: "mta-sts.testing.test"})
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}) {
+		t.Fatal("the policy host has no certificate after 30s")
+	}
+
+	for _, tc := range []struct {
+		domain, status, policy, reply string
+		verified                      bool
+	}{
+		{"good.test", "sent", "verify mta-sts enforce", "", true},
+		{"outside.test", "deferred", "verify mta-sts enforce", "none of the MX hosts", false},
+		{"badcert.test", "deferred", "verify mta-sts enforce", "certificate not verified", false},
+		{"testing.test", "sent", "may route (mta-sts testing: would fail: the certificate was not verified", "", false},
+	} {
+		t.Run(tc.domain, func(t *testing.T) {
+			id := st.Submit(t, addr, "sender@example.test", "rcpt@"+tc.domain, "Subject: "+tc.domain+"\r\n\r\nbody\r\n.\r\n")
+			l := e.DeliveryLine(t, id)
+			if l["status"] != tc.status || !strings.HasPrefix(fmt.Sprint(l["tls_policy"]), tc.policy) ||
+				!strings.Contains(fmt.Sprint(l["reply"]), tc.reply) || (tc.verified && l["tls_verified"] != true) {
+				t.Fatalf("delivery line %v", l)
+			}
+		})
+	}
+	if len(e.LogLines("mta-sts testing: enforce would have failed")) == 0 {
+		t.Fatal("no log line for the testing-mode failure")
+	}
+}
+
+func mustAtoi(s string) int {
+	var n int
+	fmt.Sscan(s, &n)
+	return n
+}
