@@ -83,6 +83,10 @@ type Result struct {
 	// TLSPolicy is the client TLS level in force and its source, as the
 	// log says it: "may route", "verify requiretls".
 	TLSPolicy string
+	// TLSSource is where the level in force came from, one word or two,
+	// for metrics: route, requiretls, dane, mta-sts enforce, mta-sts
+	// testing ("" for targets without TLS, such as maildir).
+	TLSSource string
 	// TLSFailed says the attempt failed for want of TLS: STARTTLS not
 	// offered or refused where the level needs it, a failed handshake,
 	// a certificate that did not verify.

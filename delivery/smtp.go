@@ -199,9 +199,11 @@ func sendOnce(ctx context.Context, job *Job, hop Hop, policy *ClientTLS, creds *
 	if level == levelTLSA {
 		tlsPolicy = "dane " + source
 	}
+	// The source alone, for metrics: route, requiretls, dane, mta-sts enforce.
+	kind, _, _ := strings.Cut(source, " (")
 	defer func() {
 		for i := range results {
-			results[i].TLSPolicy = tlsPolicy
+			results[i].TLSPolicy, results[i].TLSSource = tlsPolicy, kind
 		}
 	}()
 	if !useTLS {

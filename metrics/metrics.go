@@ -19,6 +19,7 @@ type Metrics struct {
 	Messages      *prometheus.CounterVec   // server, result, reason
 	Bytes         *prometheus.CounterVec   // server
 	Deliveries    *prometheus.CounterVec   // server, via, result, tls
+	TLSPolicies   *prometheus.CounterVec   // server, policy, tls
 	AcceptLatency *prometheus.HistogramVec // server
 	DeliveryDelay *prometheus.HistogramVec // server, result
 }
@@ -45,6 +46,9 @@ func New(reg prometheus.Registerer, queueStats func() (int, time.Duration)) (*Me
 		Deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "delivery_attempts_total", Help: "Delivery attempts per recipient, by target type, result (sent, deferred, bounced) and client TLS outcome (none, untrusted, verified, failed)."},
 			[]string{"server", "via", "result", "tls"}),
+		TLSPolicies: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "tls_policy_attempts_total", Help: "Delivery attempts per recipient by where the client TLS level in force came from (route, requiretls, dane, mta-sts enforce, mta-sts testing) and the TLS outcome."},
+			[]string{"server", "policy", "tls"}),
 		AcceptLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
 			Name: "accept_latency_seconds", Help: "From the end of DATA to the 250: the durable write of the message.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{"server"}),
@@ -59,7 +63,7 @@ func New(reg prometheus.Registerer, queueStats func() (int, time.Duration)) (*Me
 		Name: "queue_oldest_age_seconds", Help: "Age of the oldest message in the queue (0 when empty)."},
 		func() float64 { _, age := queueStats(); return age.Seconds() })
 	for _, c := range []prometheus.Collector{m.Connections, m.Handshakes, m.Messages, m.Bytes,
-		m.Deliveries, m.AcceptLatency, m.DeliveryDelay, queueSize, queueAge} {
+		m.Deliveries, m.TLSPolicies, m.AcceptLatency, m.DeliveryDelay, queueSize, queueAge} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -74,6 +78,9 @@ func (m *Metrics) Attempt(server string, res delivery.Result, delay time.Duratio
 		via = "none"
 	}
 	m.Deliveries.WithLabelValues(server, via, res.Status.String(), string(res.TLSOutcome())).Inc()
+	if res.TLSSource != "" {
+		m.TLSPolicies.WithLabelValues(server, res.TLSSource, string(res.TLSOutcome())).Inc()
+	}
 	if res.Status != delivery.Deferred {
 		m.DeliveryDelay.WithLabelValues(server, res.Status.String()).Observe(delay.Seconds())
 	}

@@ -3,7 +3,9 @@ package sts_test
 import (
 	"crypto/tls"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"strings"
 	"testing"
@@ -114,6 +116,21 @@ func TestMTASTSDelivery(t *testing.T) {
 	}
 	if len(e.LogLines("mta-sts testing: enforce would have failed")) == 0 {
 		t.Fatal("no log line for the testing-mode failure")
+	}
+	// Metrics count deliveries by policy and outcome.
+	resp, err := http.Get("http://" + e.Admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`caddy_smtp_tls_policy_attempts_total{policy="mta-sts enforce",server="gw",tls="verified"} 1`,
+		`caddy_smtp_tls_policy_attempts_total{policy="mta-sts testing",server="gw",tls="untrusted"} 1`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("no %s in /metrics", want)
+		}
 	}
 }
 

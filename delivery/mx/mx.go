@@ -217,6 +217,9 @@ func (m *MX) Deliver(ctx context.Context, job *delivery.Job) []delivery.Result {
 					testing = "the certificate was not verified for the MX host"
 				}
 				for i := range results {
+					if results[i].TLSSource == "route" {
+						results[i].TLSSource = "mta-sts testing"
+					}
 					results[i].TLSPolicy += " (mta-sts testing"
 					if testing != "" {
 						results[i].TLSPolicy += ": would fail: " + testing
