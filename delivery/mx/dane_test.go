@@ -154,6 +154,42 @@ func TestDANE(t *testing.T) {
 	}
 }
 
+// TestExplainDANE: Explain (caddy smtp-tls check) shows the TLSA
+// records, the level per host, and with connect the handshake: the
+// certificate, and whether and by what it was authenticated.
+func TestExplainDANE(t *testing.T) {
+	ca := st.NewCA(t, "Explain CA")
+	cert := ca.Issue(t, "mx.ex.test", "mx.ex.test")
+	leaf, _ := x509.ParseCertificate(cert.Certificate[0])
+	up := st.NewUpstream(t, st.UpstreamOpts{TLS: st.TLSServerConfig(cert)})
+	_, portStr, _ := net.SplitHostPort(up.Addr)
+	var port int
+	fmt.Sscan(portStr, &port)
+	srv := dnssectest.Start(t, dnssectest.Zone{Name: "ex.test", Signed: true, Records: []string{
+		"ex.test. 300 IN MX 10 mx.ex.test.",
+		"mx.ex.test. 300 IN A 127.0.0.1",
+		tlsa(fmt.Sprintf("_%d._tcp.mx.ex.test", port), 3, 1, 1, leaf),
+	}})
+	m := &mx.MX{TLS: &delivery.ClientTLS{Level: "dane"}, Resolver: srv.Addr(), Port: port, MTASTS: &mx.MTASTS{Disabled: true}}
+	if err := m.Provision(st.CaddyContext(t)); err != nil {
+		t.Fatal(err)
+	}
+	defer m.Cleanup()
+	rep := m.Explain(context.Background(), "ex.test", "gw.sender.test", true)
+	if rep.Error != "" || !rep.MXSecure || len(rep.Hosts) != 1 {
+		t.Fatalf("report %+v", rep)
+	}
+	h := rep.Hosts[0]
+	if h.TLSPolicy != "dane dane" || len(h.TLSA) != 1 || !strings.HasPrefix(h.TLSA[0], "3 1 1 ") ||
+		h.Probe == nil || !h.Probe.Verified || !strings.HasPrefix(h.Probe.Match, "TLSA 3 1 1") ||
+		h.Probe.Subject != "CN=mx.ex.test" || h.Probe.SPKISHA256 == "" {
+		t.Fatalf("host %+v, probe %+v", h, h.Probe)
+	}
+	if len(up.Received()) != 0 {
+		t.Fatal("Explain sent mail")
+	}
+}
+
 // TestDANEResolverNotLoopback: the AD bit of a resolver that is not on
 // loopback is not believed: dane acts as may and dane-only defers, and
 // no query is sent to it to find that out.

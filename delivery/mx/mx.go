@@ -162,57 +162,24 @@ func (m *MX) Destination(domain string) string { return "mx:" + domain }
 func (m *MX) Deliver(ctx context.Context, job *delivery.Job) []delivery.Result {
 	n := len(job.Recipients)
 	domain := address.Domain(job.Recipients[0].Address)
-	hops, fail := m.hops(ctx, domain)
+	p, fail := m.lookup(ctx, domain)
 	if fail != nil {
 		return delivery.All(*fail, n)
 	}
-	mxSecure := false
-	if m.dane != nil && m.dane.Trusted() {
-		// RFC 7672 2.2.1: DANE for MX hosts needs a validated MX RRset
-		// (or a validated denial, for the implicit MX).
-		_, secure, _, err := m.dane.MX(ctx, domain)
-		if err != nil {
-			r := delivery.Temporary("4.4.3", fmt.Sprintf("DANE: MX lookup for %s: %v", domain, err))
-			r.TLSPolicy = string(m.TLS.EffectiveLevel()) + " route"
-			return delivery.All(r, n)
-		}
-		mxSecure = secure
-	}
-	var policy *sts.Entry
-	var policyHow string
-	if m.sts != nil && !strings.HasPrefix(domain, "[") {
-		var err error
-		if policy, policyHow, err = m.sts.Lookup(ctx, domain); err != nil {
-			r := delivery.Temporary("4.4.3", fmt.Sprintf("MTA-STS: %v", err))
-			return delivery.All(r, n)
-		}
-	}
 	var results []delivery.Result
 	used := 0
-	for _, hop := range hops {
+	for _, hop := range p.hops {
 		var tryNext bool
-		if fail := m.TLS.PrepareDANE(ctx, m.dane, mxSecure, &hop, m.Port); fail != nil {
+		fail, skip, testing := m.prepareHop(ctx, p, &hop)
+		switch {
+		case skip:
+			continue // RFC 8461 4.1: an MX the policy does not name is not used
+		case fail != nil:
 			results, tryNext = delivery.All(*fail, n), true
-		} else {
-			testing := ""
-			if policy != nil && !hop.DANEAuthenticated() {
-				// DANE, where usable, takes precedence (RFC 8461 2).
-				matched := policy.Policy.MatchesMX(hop.Host)
-				switch policy.Policy.Mode {
-				case sts.ModeEnforce:
-					if !matched {
-						continue // RFC 8461 4.1: an MX the policy does not name is not used
-					}
-					hop.RaiseToVerify("mta-sts enforce")
-				case sts.ModeTesting:
-					if !matched {
-						testing = "the MX host is not in the policy"
-					}
-				}
-			}
+		default:
 			used++
 			results, tryNext = delivery.SendSMTP(ctx, job, hop, m.TLS, nil, m.pool)
-			if policy != nil && policy.Policy.Mode == sts.ModeTesting && !hop.DANEAuthenticated() {
+			if p.testing(hop) {
 				if testing == "" && !results[0].TLSVerified && results[0].Status != delivery.Bounced {
 					testing = "the certificate was not verified for the MX host"
 				}
@@ -229,7 +196,7 @@ func (m *MX) Deliver(ctx context.Context, job *delivery.Job) []delivery.Result {
 				if testing != "" {
 					job.Logger.Info("mta-sts testing: enforce would have failed",
 						zap.String("queue_id", job.Envelope.ID), zap.String("domain", domain),
-						zap.String("mx", hop.Host), zap.String("reason", testing), zap.String("policy", policyHow))
+						zap.String("mx", hop.Host), zap.String("reason", testing), zap.String("policy", p.policyHow))
 				}
 			}
 		}
@@ -237,12 +204,86 @@ func (m *MX) Deliver(ctx context.Context, job *delivery.Job) []delivery.Result {
 			break
 		}
 	}
-	if used == 0 && policy != nil && policy.Policy.Mode == sts.ModeEnforce && results == nil {
-		r := delivery.Temporary("4.7.5", fmt.Sprintf("MTA-STS enforce: none of the MX hosts of %s is in its policy (%s)", domain, policyHow))
+	if used == 0 && results == nil && p.enforce() {
+		r := delivery.Temporary("4.7.5", fmt.Sprintf("MTA-STS enforce: none of the MX hosts of %s is in its policy (%s)", domain, p.policyHow))
 		r.TLSFailed, r.TLSPolicy = true, "verify mta-sts enforce"
 		return delivery.All(r, n)
 	}
 	return results
+}
+
+// plan is what the gateway knows of a domain before it connects: the
+// hops to try, whether its MX answer was DNSSEC-validated, and its
+// MTA-STS policy.
+type plan struct {
+	domain    string
+	hops      []delivery.Hop
+	mxSecure  bool
+	policy    *sts.Entry
+	policyHow string
+}
+
+func (p *plan) enforce() bool { return p.policy != nil && p.policy.Policy.Mode == sts.ModeEnforce }
+
+// testing reports whether a hop is delivered under an MTA-STS policy in
+// testing mode (DANE, where usable, takes precedence: RFC 8461 2).
+func (p *plan) testing(hop delivery.Hop) bool {
+	return p.policy != nil && p.policy.Policy.Mode == sts.ModeTesting && !hop.DANEAuthenticated()
+}
+
+// lookup resolves a domain's hops, the DNSSEC status of its MX answer
+// (under dane levels) and its MTA-STS policy; a result is a failure for
+// every recipient.
+func (m *MX) lookup(ctx context.Context, domain string) (*plan, *delivery.Result) {
+	hops, fail := m.hops(ctx, domain)
+	if fail != nil {
+		return nil, fail
+	}
+	p := &plan{domain: domain, hops: hops}
+	if m.dane != nil && m.dane.Trusted() {
+		// RFC 7672 2.2.1: DANE for MX hosts needs a validated MX RRset
+		// (or a validated denial, for the implicit MX).
+		_, secure, _, err := m.dane.MX(ctx, domain)
+		if err != nil {
+			r := delivery.Temporary("4.4.3", fmt.Sprintf("DANE: MX lookup for %s: %v", domain, err))
+			r.TLSPolicy = string(m.TLS.EffectiveLevel()) + " route"
+			return nil, &r
+		}
+		p.mxSecure = secure
+	}
+	if m.sts != nil && !strings.HasPrefix(domain, "[") {
+		var err error
+		if p.policy, p.policyHow, err = m.sts.Lookup(ctx, domain); err != nil {
+			r := delivery.Temporary("4.4.3", fmt.Sprintf("MTA-STS: %v", err))
+			return nil, &r
+		}
+	}
+	return p, nil
+}
+
+// prepareHop applies DANE and MTA-STS to a hop: a failure to defer it
+// with, whether an MTA-STS policy in enforce mode excludes it, and, in
+// testing mode, why enforce would fail for it.
+func (m *MX) prepareHop(ctx context.Context, p *plan, hop *delivery.Hop) (fail *delivery.Result, skip bool, testing string) {
+	if fail := m.TLS.PrepareDANE(ctx, m.dane, p.mxSecure, hop, m.Port); fail != nil {
+		return fail, false, ""
+	}
+	if p.policy == nil || hop.DANEAuthenticated() {
+		return nil, false, ""
+	}
+	matched := p.policy.Policy.MatchesMX(hop.Host)
+	switch p.policy.Policy.Mode {
+	case sts.ModeEnforce:
+		if !matched {
+			return nil, true, ""
+		}
+		hop.RaiseToVerify("mta-sts enforce")
+	case sts.ModeTesting:
+		if !matched {
+			testing = "the MX host is not in the policy"
+		}
+	}
+	return nil, false, testing
 }
 
 // hops resolves a domain into the addresses to try, best first.
