@@ -212,43 +212,104 @@ func (a *App) serverNames() []string {
 }
 
 // addAutomationPolicies makes sure every hostname we manage has a policy
-// that can get it a certificate. As in the http app, names that do not
-// qualify for a public certificate (localhost, *.internal, IP addresses
-// while no explicit policy exists) get a policy with Caddy's internal
-// CA, unless a policy of the user's already covers them; public names
-// are left to the user's or the tls app's default (ACME) policy.
+// that can get it a certificate, and that keeps the certificate's key
+// across renewals unless servers.*.tls.reuse_private_keys is false: a
+// published TLSA 3 1 1 record (caddy smtp-dns) names the key, and breaks
+// when it changes.
+//
+// As in the http app, names that do not qualify for a public certificate
+// (localhost, *.internal, IP addresses while no explicit policy exists)
+// get a policy with Caddy's internal CA, unless a policy of the user's
+// already covers them. Public names that no policy of the user's covers
+// get a policy of the tls app's default issuers (ACME), which is what
+// the tls app's default policy gives them, with the key reused; but when
+// the user has a catch-all policy (the Caddyfile's acme_ca, email or
+// acme_dns make one) they are left to it, as before: its issuers and
+// challenges are the user's, and Caddy keeps no JSON of a provisioned
+// policy to copy them from. Its own reuse_private_keys then applies.
 func (a *App) addAutomationPolicies(ctx caddy.Context) error {
 	if len(a.certNames) == 0 {
 		return nil
 	}
-	var internal []string
-	explicitPolicies := a.tlsApp.Automation != nil && len(a.tlsApp.Automation.Policies) > 0
+	reuse := make(map[string]bool) // by hostname
+	by := make(map[string]string)  // the server that set it
+	for _, name := range a.serverNames() {
+		s := a.Servers[name]
+		if !s.tls.manageName {
+			continue
+		}
+		want := s.TLS == nil || s.TLS.ReusePrivateKeys == nil || *s.TLS.ReusePrivateKeys
+		if other, seen := reuse[s.Hostname]; seen && other != want {
+			return fmt.Errorf("servers.%s.tls.reuse_private_keys: %t, but server %s of the same hostname %s has %t", name, want, by[s.Hostname], s.Hostname, other)
+		}
+		reuse[s.Hostname], by[s.Hostname] = want, name
+	}
+
+	type group struct{ internal, reuse bool }
+	groups := make(map[group][]string)
+	explicitPolicies, catchAll := false, false
+	if a.tlsApp.Automation != nil {
+		explicitPolicies = len(a.tlsApp.Automation.Policies) > 0
+		for _, ap := range a.tlsApp.Automation.Policies {
+			if len(ap.Subjects()) == 0 {
+				catchAll = true
+			}
+		}
+	}
+	// a user's policy for a name we would reuse the key of: say that
+	// its TLSA record breaks at renewals, unless the policy reuses it
+	userPolicy := func(name string, ap *caddytls.AutomationPolicy) {
+		if reuse[name] && !ap.ReusePrivateKeys {
+			a.logger.Warn("an automation policy of the tls app covers this hostname and does not reuse its private key: a published TLSA 3 1 1 record breaks at every renewal; set reuse_private_keys in that policy",
+				zap.String("hostname", name), zap.Strings("policy_subjects", ap.Subjects()))
+		}
+	}
 nameLoop:
 	for name := range a.certNames {
 		if a.tlsApp.Automation != nil {
 			for _, ap := range a.tlsApp.Automation.Policies {
 				for _, subj := range ap.Subjects() {
 					if certmagic.MatchWildcard(name, subj) {
+						userPolicy(name, ap)
 						continue nameLoop
 					}
 				}
 			}
 		}
-		if !certmagic.SubjectQualifiesForPublicCert(name) || (certmagic.SubjectIsIP(name) && !explicitPolicies) {
-			internal = append(internal, name)
+		if catchAll && certmagic.SubjectQualifiesForPublicCert(name) && !(certmagic.SubjectIsIP(name) && !explicitPolicies) {
+			for _, ap := range a.tlsApp.Automation.Policies {
+				if len(ap.Subjects()) == 0 {
+					userPolicy(name, ap)
+					break
+				}
+			}
+		}
+		switch {
+		case !certmagic.SubjectQualifiesForPublicCert(name) || (certmagic.SubjectIsIP(name) && !explicitPolicies):
+			groups[group{true, reuse[name]}] = append(groups[group{true, reuse[name]}], name)
+		case !catchAll && reuse[name]:
+			// without reuse, the tls app's default policy is this one
+			groups[group{false, true}] = append(groups[group{false, true}], name)
 		}
 	}
-	if len(internal) == 0 {
-		return nil
-	}
-	sort.Strings(internal)
-	issuer := new(caddytls.InternalIssuer)
-	if err := issuer.Provision(ctx); err != nil {
-		return fmt.Errorf("provisioning internal issuer: %w", err)
-	}
-	ap := &caddytls.AutomationPolicy{SubjectsRaw: internal, Issuers: []certmagic.Issuer{issuer}}
-	if err := a.tlsApp.AddAutomationPolicy(ap); err != nil {
-		return fmt.Errorf("adding automation policy for %v: %w", internal, err)
+	// internal names first, keys reused first: a stable order of policies
+	for _, g := range []group{{true, true}, {true, false}, {false, true}} {
+		names := groups[g]
+		if len(names) == 0 {
+			continue
+		}
+		sort.Strings(names)
+		ap := &caddytls.AutomationPolicy{SubjectsRaw: names, ReusePrivateKeys: g.reuse}
+		if g.internal {
+			issuer := new(caddytls.InternalIssuer)
+			if err := issuer.Provision(ctx); err != nil {
+				return fmt.Errorf("provisioning internal issuer: %w", err)
+			}
+			ap.Issuers = []certmagic.Issuer{issuer}
+		}
+		if err := a.tlsApp.AddAutomationPolicy(ap); err != nil {
+			return fmt.Errorf("adding automation policy for %v: %w", names, err)
+		}
 	}
 	return nil
 }

@@ -220,12 +220,13 @@ func (s *Server) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //
 //	tls [none|may|encrypt] {
 //		implicit
-//		client_auth     none|request|require
-//		client_ca       <pem_files...>
-//		certificate     <cert_file> <key_file>
-//		protocols       <min> [<max>]
-//		ciphers         <cipher_suites...>
-//		session_tickets on|off
+//		client_auth        none|request|require
+//		client_ca          <pem_files...>
+//		certificate        <cert_file> <key_file>
+//		protocols          <min> [<max>]
+//		ciphers            <cipher_suites...>
+//		session_tickets    on|off
+//		reuse_private_keys on|off
 //	}
 func (t *ServerTLS) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
@@ -275,6 +276,20 @@ func (t *ServerTLS) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 					t.SessionTickets = &off
 				default:
 					err = d.Errf("session_tickets: %q is not on or off", v)
+				}
+			}
+		case "reuse_private_keys":
+			var v string
+			if err = oneArg(d, &v); err == nil {
+				switch v {
+				case "on":
+					on := true
+					t.ReusePrivateKeys = &on
+				case "off":
+					off := false
+					t.ReusePrivateKeys = &off
+				default:
+					err = d.Errf("reuse_private_keys: %q is not on or off", v)
 				}
 			}
 		default:

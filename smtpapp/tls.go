@@ -62,6 +62,19 @@ type ServerTLS struct {
 	// off if Outlook/Exchange senders fail TLS 1.3 handshakes
 	// (golang/go#70232).
 	SessionTickets *bool `json:"session_tickets,omitempty"`
+
+	// Whether a managed certificate of the hostname keeps its private
+	// key when it is renewed (CertMagic's reuse_private_keys on the
+	// automation policy the smtp app adds for the name). Default true: a
+	// published TLSA record of the key (DANE-EE `3 1 1`, which `caddy
+	// smtp-dns` prints) would break at every renewal otherwise. Set it
+	// false to get a new key with each certificate, and publish the next
+	// key's TLSA before each renewal yourself. Servers that share a
+	// hostname must agree on it. It has no effect on `certificate`
+	// files, nor on names that an automation policy of your own in the
+	// tls app covers (a catch-all policy included): set
+	// `reuse_private_keys` there.
+	ReusePrivateKeys *bool `json:"reuse_private_keys,omitempty"`
 }
 
 // CertificateFiles names a PEM certificate chain and its private key.
