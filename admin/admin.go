@@ -126,6 +126,8 @@ func (a *API) handleAPIEndpoints(w http.ResponseWriter, r *http.Request) error {
 	uri := strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, endpointBase), "/")
 	parts := strings.Split(uri, "/")
 	switch {
+	case len(parts) == 2 && parts[0] == "tls-policy" && parts[1] != "":
+		return a.handleTLSPolicy(w, r, parts[1])
 	case len(parts) == 1 && parts[0] == "dns":
 		return a.handleDNS(w, r)
 	case len(parts) == 1 && parts[0] == "queue":

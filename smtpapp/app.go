@@ -481,6 +481,27 @@ func (a *App) isActive(id string) bool {
 	return r != nil && r.Active(id)
 }
 
+// RouteTarget finds the delivery target that mail for domain would take
+// from server (or, with server "", from the first server by name with a
+// route for it), for tools that explain deliveries: the target, its type
+// name, the server's name and hostname.
+func (a *App) RouteTarget(server, domain string) (target delivery.Deliverer, via, name, hostname string, err error) {
+	names := a.serverNames()
+	if server != "" {
+		if a.Servers[server] == nil {
+			return nil, "", "", "", fmt.Errorf("no server %q", server)
+		}
+		names = []string{server}
+	}
+	for _, n := range names {
+		s := a.Servers[n]
+		if i := s.routeFor("postmaster@" + domain); i >= 0 {
+			return s.Routes[i].deliverer, s.Routes[i].via, n, s.Hostname, nil
+		}
+	}
+	return nil, "", "", "", fmt.Errorf("no route for %s", domain)
+}
+
 // Server returns the server of that name, or nil.
 func (a *App) Server(name string) *Server { return a.Servers[name] }
 

@@ -2,6 +2,7 @@ package sts_test
 
 import (
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -11,9 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-smtp/caddy-smtp/admin"
 	"github.com/caddy-smtp/caddy-smtp/internal/dnssectest"
 	st "github.com/caddy-smtp/caddy-smtp/internal/smtptest"
 	_ "github.com/caddy-smtp/caddy-smtp/mtasts"
+	"github.com/caddy-smtp/caddy-smtp/smtpcmd"
 )
 
 // TestMTASTSDelivery: the mx target with MTA-STS against Caddy itself as
@@ -116,6 +119,28 @@ func TestMTASTSDelivery(t *testing.T) {
 	}
 	if len(e.LogLines("mta-sts testing: enforce would have failed")) == 0 {
 		t.Fatal("no log line for the testing-mode failure")
+	}
+	// caddy smtp-tls check's endpoint explains good.test without sending.
+	before := len(up.Received())
+	resp0, err := http.Get("http://" + e.Admin + "/smtp/tls-policy/good.test?connect=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep admin.TLSPolicyResponse
+	if err := json.NewDecoder(resp0.Body).Decode(&rep); err != nil || resp0.StatusCode != 200 {
+		t.Fatalf("tls-policy: %d %v", resp0.StatusCode, err)
+	}
+	resp0.Body.Close()
+	if rep.Server != "gw" || rep.Via != "mx" || rep.MTASTS == nil || rep.MTASTS.Mode != "enforce" || len(rep.Hosts) != 1 ||
+		rep.Hosts[0].TLSPolicy != "verify mta-sts enforce" || rep.Hosts[0].Probe == nil || !rep.Hosts[0].Probe.Verified ||
+		rep.Hosts[0].Probe.Match != "mx.good.test" {
+		t.Fatalf("tls-policy report %+v (host %+v)", rep, rep.Hosts)
+	}
+	var text strings.Builder
+	smtpcmd.WriteTLSReport(&text, rep)
+	t.Logf("caddy smtp-tls check good.test --connect:\n%s", text.String())
+	if len(up.Received()) != before {
+		t.Fatal("the check sent mail")
 	}
 	// Metrics count deliveries by policy and outcome.
 	resp, err := http.Get("http://" + e.Admin + "/metrics")
