@@ -141,3 +141,29 @@ func (r Resolver) MX(ctx context.Context, domain string) (hosts []*net.MX, secur
 	}
 	return hosts, a.secure, a.missing, nil
 }
+
+// ResolverAddr is the DNS server for DANE lookups: configured (host or
+// host:port; port 53 by default), else the first nameserver of
+// /etc/resolv.conf.
+func ResolverAddr(configured string) (string, error) {
+	server := configured
+	if server == "" {
+		conf, err := dns.ClientConfigFromFile("/etc/resolv.conf")
+		if err != nil || len(conf.Servers) == 0 {
+			return "", fmt.Errorf("no resolver: set resolver, or list one in /etc/resolv.conf (%v)", err)
+		}
+		server = conf.Servers[0]
+	}
+	if _, _, err := net.SplitHostPort(server); err != nil {
+		server = net.JoinHostPort(server, "53")
+	}
+	return server, nil
+}
+
+// NetResolver is a net.Resolver that asks server only.
+func NetResolver(server string) *net.Resolver {
+	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, server)
+	}}
+}

@@ -17,7 +17,6 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
 
-	"github.com/miekg/dns"
 	"go.uber.org/zap"
 
 	"github.com/caddy-smtp/caddy-smtp/address"
@@ -114,16 +113,9 @@ func (m *MX) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("mx: %w", err)
 	}
 	if m.TLS.EffectiveLevel().DANE() {
-		server := m.Resolver
-		if server == "" {
-			conf, err := dns.ClientConfigFromFile("/etc/resolv.conf")
-			if err != nil || len(conf.Servers) == 0 {
-				return fmt.Errorf("mx: tls level %s needs a resolver: set resolver, or list one in /etc/resolv.conf (%v)", m.TLS.EffectiveLevel(), err)
-			}
-			server = conf.Servers[0]
-		}
-		if _, _, err := net.SplitHostPort(server); err != nil {
-			server = net.JoinHostPort(server, "53")
+		server, err := dane.ResolverAddr(m.Resolver)
+		if err != nil {
+			return fmt.Errorf("mx: tls level %s: %w", m.TLS.EffectiveLevel(), err)
 		}
 		m.dane = &dane.Resolver{Server: server}
 	}

@@ -6,11 +6,13 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
+	"github.com/caddy-smtp/caddy-smtp/dane"
 	"github.com/caddy-smtp/caddy-smtp/delivery"
 )
 
@@ -37,7 +39,15 @@ type Relay struct {
 	// are replaced at provisioning.
 	Password string `json:"password,omitempty"`
 
+	// DNS server, `host:port`, for tls levels dane and dane-only: the
+	// smarthosts' address and TLSA records are looked up there, and its
+	// DNSSEC answers are believed only on a loopback address. Default:
+	// the first nameserver of /etc/resolv.conf.
+	Resolver string `json:"resolver,omitempty"`
+
 	hops  []delivery.Hop
+	dane  *dane.Resolver
+	net   *net.Resolver
 	creds *delivery.Credentials
 	pool  *delivery.Pool
 }
@@ -69,9 +79,13 @@ func (r *Relay) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("relay: %w", err)
 	}
 	if r.TLS.EffectiveLevel().DANE() {
-		// No TLSA lookups for smarthosts yet: refuse rather than send
-		// with less than the level says.
-		return fmt.Errorf("relay: tls level %s is for mx targets only (so far)", r.TLS.EffectiveLevel())
+		server, err := dane.ResolverAddr(r.Resolver)
+		if err != nil {
+			return fmt.Errorf("relay: tls level %s: %w", r.TLS.EffectiveLevel(), err)
+		}
+		r.dane, r.net = &dane.Resolver{Server: server}, dane.NetResolver(server)
+	} else if r.Resolver != "" {
+		return fmt.Errorf("relay: resolver is for tls levels dane and dane-only")
 	}
 	r.pool = delivery.NewPool()
 	if r.Username != "" || r.Password != "" {
@@ -114,7 +128,7 @@ func (r *Relay) Deliver(ctx context.Context, job *delivery.Job) []delivery.Resul
 	var results []delivery.Result
 	for _, hop := range r.hops {
 		var tryNext bool
-		results, tryNext = delivery.SendSMTP(ctx, job, hop, r.TLS, r.creds, r.pool)
+		results, tryNext = r.deliverHop(ctx, job, hop)
 		if !tryNext || ctx.Err() != nil {
 			break
 		}
@@ -122,11 +136,51 @@ func (r *Relay) Deliver(ctx context.Context, job *delivery.Job) []delivery.Resul
 	return results
 }
 
+// deliverHop sends through one smarthost. Under the dane levels its
+// name is resolved through the DANE resolver, each address tried in
+// turn, and its TLSA records decide (RFC 7672: the configured name is
+// the TLSA base domain; no MX is involved, so mxSecure is true).
+func (r *Relay) deliverHop(ctx context.Context, job *delivery.Job, hop delivery.Hop) ([]delivery.Result, bool) {
+	if r.dane == nil {
+		return delivery.SendSMTP(ctx, job, hop, r.TLS, r.creds, r.pool)
+	}
+	n := len(job.Recipients)
+	host, portStr, _ := net.SplitHostPort(hop.Addr)
+	port, _ := strconv.Atoi(portStr)
+	if fail := r.TLS.PrepareDANE(ctx, r.dane, true, &hop, port); fail != nil {
+		return delivery.All(*fail, n), true
+	}
+	addrs := []string{host}
+	if _, err := netip.ParseAddr(host); err != nil {
+		ips, err := r.net.LookupIPAddr(ctx, host)
+		if err != nil || len(ips) == 0 {
+			res := delivery.Temporary("4.4.3", fmt.Sprintf("address lookup for smarthost %s: %v", host, err))
+			return delivery.All(res, n), true
+		}
+		addrs = addrs[:0]
+		for _, ip := range ips {
+			addrs = append(addrs, ip.IP.String())
+		}
+	}
+	var results []delivery.Result
+	tryNext := true
+	for _, a := range addrs {
+		h := hop
+		h.Addr = net.JoinHostPort(a, portStr)
+		results, tryNext = delivery.SendSMTP(ctx, job, h, r.TLS, r.creds, r.pool)
+		if !tryNext || ctx.Err() != nil {
+			break
+		}
+	}
+	return results, tryNext
+}
+
 // UnmarshalCaddyfile parses:
 //
 //	relay <host[:port]...> {
-//		tls [none|may|encrypt|verify] { ... }
-//		auth <username> <password>
+//		tls      [<level>] { ... }
+//		auth     <username> <password>
+//		resolver <host:port>           # for tls dane, dane-only
 //	}
 func (r *Relay) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // "relay"
@@ -147,6 +201,10 @@ func (r *Relay) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "auth":
 			if !d.AllArgs(&r.Username, &r.Password) {
 				return d.Err("auth needs two arguments: <username> <password>")
+			}
+		case "resolver":
+			if !d.AllArgs(&r.Resolver) {
+				return d.Err("resolver needs one argument: <host:port>")
 			}
 		default:
 			return d.Errf("unknown relay directive %q", d.Val())
