@@ -60,6 +60,11 @@ func storageKey(domain string) string { return "smtp/mta-sts/" + domain + ".json
 // policy: the delivery is deferred, never sent as if it had none.
 func (c *Cache) Lookup(ctx context.Context, domain string) (*Entry, string, error) {
 	domain = strings.ToLower(strings.TrimSuffix(domain, "."))
+	if !validPattern(domain) {
+		// The domain names a storage key: nothing but a host name here
+		// (a single label, an address: no MTA-STS either).
+		return nil, "no policy (not a domain name)", nil
+	}
 	now := time.Now()
 	c.mu.Lock()
 	recheck := c.Recheck

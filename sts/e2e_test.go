@@ -52,13 +52,23 @@ func TestMTASTSDelivery(t *testing.T) {
 	var zones []dnssectest.Zone
 	var routes []any
 	var subjects []string
+	// trunc.test: a better MX outside the policy with five addresses
+	// must not crowd out the one the policy names.
+	doms = append(doms, dom{"trunc.test", "b.trunc.test", "enforce", "b.trunc.test"})
 	for _, d := range doms {
-		zones = append(zones, dnssectest.Zone{Name: d.name, Records: []string{
-			d.name + ". 300 IN MX 10 " + d.mx + ".",
+		recs := []string{
+			d.name + ". 300 IN MX 20 " + d.mx + ".",
 			d.mx + ". 300 IN A 127.0.0.1",
 			"mta-sts." + d.name + ". 300 IN A 127.0.0.1",
 			"_mta-sts." + d.name + `. 300 IN TXT "v=STSv1; id=` + strings.ReplaceAll(d.name, ".", "") + `"`,
-		}})
+		}
+		if d.name == "trunc.test" {
+			recs = append(recs, "trunc.test. 300 IN MX 10 a.trunc.test.")
+			for i := 11; i <= 15; i++ {
+				recs = append(recs, fmt.Sprintf("a.trunc.test. 300 IN A 127.0.0.%d", i))
+			}
+		}
+		zones = append(zones, dnssectest.Zone{Name: d.name, Records: recs})
 		routes = append(routes, map[string]any{
 			"match":  []any{map[string]any{"host": []string{"mta-sts." + d.name}}},
 			"handle": []any{map[string]any{"handler": "mta_sts", "mode": d.mode, "mx": []string{d.policyMX}}},
@@ -104,9 +114,11 @@ func TestMTASTSDelivery(t *testing.T) {
 		verified                      bool
 	}{
 		{"good.test", "sent", "verify mta-sts enforce", "", true},
-		{"outside.test", "deferred", "verify mta-sts enforce", "none of the MX hosts", false},
+		{"outside.test", "deferred", "verify mta-sts enforce", "no MX host is in the policy", false},
 		{"badcert.test", "deferred", "verify mta-sts enforce", "certificate not verified", false},
 		{"testing.test", "sent", "may route (mta-sts testing: would fail: the certificate was not verified", "", false},
+		// b.trunc.test was tried (its certificate is mx.good.test's).
+		{"trunc.test", "deferred", "verify mta-sts enforce", "b.trunc.test", false},
 	} {
 		t.Run(tc.domain, func(t *testing.T) {
 			id := st.Submit(t, addr, "sender@example.test", "rcpt@"+tc.domain, "Subject: "+tc.domain+"\r\n\r\nbody\r\n.\r\n")

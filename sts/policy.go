@@ -163,7 +163,8 @@ func (p *Policy) MatchesMX(host string) bool {
 func ParseTXT(records []string) (id string, ok bool) {
 	var sts []string
 	for _, r := range records {
-		if strings.HasPrefix(r, "v=STSv1;") || r == "v=STSv1" {
+		// RFC 8461 3.1: "v=STSv1", optional whitespace, then ";".
+		if rest, ok := strings.CutPrefix(r, "v=STSv1"); ok && (rest == "" || strings.HasPrefix(strings.TrimLeft(rest, " \t"), ";")) {
 			sts = append(sts, r)
 		}
 	}

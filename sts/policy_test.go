@@ -61,6 +61,8 @@ func TestParseTXT(t *testing.T) {
 	}{
 		{[]string{"v=STSv1; id=20260101T000000"}, "20260101T000000", true},
 		{[]string{"v=STSv1;id=abc"}, "abc", true},
+		{[]string{"v=STSv1 ; id=abc"}, "abc", true},
+		{[]string{"v=STSv10; id=abc"}, "", false},
 		{[]string{"v=spf1 -all", "v=STSv1; id=abc"}, "abc", true},
 		{[]string{"v=STSv1; id=abc", "v=STSv1; id=def"}, "", false}, // two: no policy
 		{[]string{"v=STSv1; id="}, "", false},

@@ -98,13 +98,7 @@ func (m *MX) Provision(ctx caddy.Context) error {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			addr = net.JoinHostPort(addr, "53")
 		}
-		m.resolver = &net.Resolver{
-			PreferGo: true,
-			Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-				var d net.Dialer
-				return d.DialContext(ctx, network, addr)
-			},
-		}
+		m.resolver = dane.NetResolver(addr)
 	}
 	if m.TLS == nil {
 		m.TLS = new(delivery.ClientTLS)
@@ -118,6 +112,10 @@ func (m *MX) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("mx: tls level %s: %w", m.TLS.EffectiveLevel(), err)
 		}
 		m.dane = &dane.Resolver{Server: server}
+		// The MX hosts and addresses used must come from the resolver
+		// whose DNSSEC answers are judged, not from the system's list of
+		// nameservers, whose second entry a slow first one hands over to.
+		m.resolver = dane.NetResolver(server)
 	}
 	if m.MTASTS == nil || !m.MTASTS.Disabled {
 		if m.MTASTS == nil {
@@ -172,7 +170,11 @@ func (m *MX) Deliver(ctx context.Context, job *delivery.Job) []delivery.Result {
 			used++
 			results, tryNext = delivery.SendSMTP(ctx, job, hop, m.TLS, nil, m.pool)
 			if p.testing(hop) {
-				if testing == "" && !results[0].TLSVerified && results[0].Status != delivery.Bounced {
+				switch {
+				case testing != "" || results[0].TLSVerified || results[0].Status == delivery.Bounced:
+				case results[0].TLSVersion == "":
+					testing = "no TLS session with the MX host"
+				default:
 					testing = "the certificate was not verified for the MX host"
 				}
 				for i := range results {
@@ -227,11 +229,26 @@ func (p *plan) testing(hop delivery.Hop) bool {
 // (under dane levels) and its MTA-STS policy; a result is a failure for
 // every recipient.
 func (m *MX) lookup(ctx context.Context, domain string) (*plan, *delivery.Result) {
-	hops, fail := m.hops(ctx, domain)
+	p := &plan{domain: domain}
+	if m.sts != nil && !strings.HasPrefix(domain, "[") {
+		var err error
+		if p.policy, p.policyHow, err = m.sts.Lookup(ctx, domain); err != nil {
+			r := delivery.Temporary("4.4.3", fmt.Sprintf("MTA-STS: %v", err))
+			return nil, &r
+		}
+	}
+	// Under an enforced policy, MX hosts it does not name are left out
+	// before the address limit, not after (an old MX with many
+	// addresses would crowd out the ones the policy names).
+	var keep func(host string) bool
+	if p.enforce() {
+		keep = p.policy.Policy.MatchesMX
+	}
+	hops, fail := m.hops(ctx, domain, keep)
 	if fail != nil {
 		return nil, fail
 	}
-	p := &plan{domain: domain, hops: hops}
+	p.hops = hops
 	if m.dane != nil && m.dane.Trusted() {
 		// RFC 7672 2.2.1: DANE for MX hosts needs a validated MX RRset
 		// (or a validated denial, for the implicit MX).
@@ -242,13 +259,6 @@ func (m *MX) lookup(ctx context.Context, domain string) (*plan, *delivery.Result
 			return nil, &r
 		}
 		p.mxSecure = secure
-	}
-	if m.sts != nil && !strings.HasPrefix(domain, "[") {
-		var err error
-		if p.policy, p.policyHow, err = m.sts.Lookup(ctx, domain); err != nil {
-			r := delivery.Temporary("4.4.3", fmt.Sprintf("MTA-STS: %v", err))
-			return nil, &r
-		}
 	}
 	return p, nil
 }
@@ -279,7 +289,8 @@ func (m *MX) prepareHop(ctx context.Context, p *plan, hop *delivery.Hop) (fail *
 }
 
 // hops resolves a domain into the addresses to try, best first.
-func (m *MX) hops(ctx context.Context, domain string) ([]delivery.Hop, *delivery.Result) {
+// With keep, only the MX hosts it accepts are used (MTA-STS enforce).
+func (m *MX) hops(ctx context.Context, domain string, keep func(host string) bool) ([]delivery.Hop, *delivery.Result) {
 	port := strconv.Itoa(m.Port)
 	if lit, ok := strings.CutPrefix(domain, "["); ok {
 		// An address literal: user@[192.0.2.1] or user@[IPv6:...].
@@ -305,6 +316,20 @@ func (m *MX) hops(ctx context.Context, domain string) ([]delivery.Hop, *delivery
 	case err != nil && !isNotFound(err):
 		r := delivery.Temporary("4.4.3", fmt.Sprintf("MX lookup for %s: %v", domain, err))
 		return nil, &r
+	}
+	if keep != nil {
+		kept := hosts[:0:0]
+		for _, h := range hosts {
+			if keep(h) {
+				kept = append(kept, h)
+			}
+		}
+		if len(kept) == 0 {
+			r := delivery.Temporary("4.7.5", fmt.Sprintf("MTA-STS enforce: no MX host is in the policy of %s (%s)", domain, strings.Join(hosts, " ")))
+			r.TLSFailed, r.TLSPolicy, r.TLSSource = true, "verify mta-sts enforce", "mta-sts enforce"
+			return nil, &r
+		}
+		hosts = kept
 	}
 	var hops []delivery.Hop
 	var lastErr error
