@@ -75,6 +75,30 @@ func TestMTASTSDelivery(t *testing.T) {
 		})
 		subjects = append(subjects, "mta-sts."+d.name)
 	}
+	// Policy hosts that Caddy answers wrongly on purpose: a redirect, and
+	// text/html; both mean no policy.
+	for _, bad := range []struct {
+		name    string
+		handler map[string]any
+	}{
+		{"redirect.test", map[string]any{"handler": "static_response", "status_code": 302,
+			"headers": map[string]any{"Location": []string{"https://mta-sts.good.test/.well-known/mta-sts.txt"}}}},
+		{"html.test", map[string]any{"handler": "static_response", "status_code": 200,
+			"headers": map[string]any{"Content-Type": []string{"text/html"}},
+			"body":    "version: STSv1\r\nmode: enforce\r\nmx: nothing.html.test\r\nmax_age: 86400\r\n"}},
+	} {
+		zones = append(zones, dnssectest.Zone{Name: bad.name, Records: []string{
+			bad.name + ". 300 IN MX 10 mx." + bad.name + ".",
+			"mx." + bad.name + ". 300 IN A 127.0.0.1",
+			"mta-sts." + bad.name + ". 300 IN A 127.0.0.1",
+			"_mta-sts." + bad.name + `. 300 IN TXT "v=STSv1; id=bad"`,
+		}})
+		routes = append(routes, map[string]any{
+			"match":  []any{map[string]any{"host": []string{"mta-sts." + bad.name}}},
+			"handle": []any{bad.handler},
+		})
+		subjects = append(subjects, "mta-sts."+bad.name)
+	}
 	dnsSrv := dnssectest.Start(t, zones...)
 
 	e := st.NewEnv(t)
@@ -119,6 +143,9 @@ func TestMTASTSDelivery(t *testing.T) {
 		{"testing.test", "sent", "may route (mta-sts testing: would fail: the certificate was not verified", "", false},
 		// b.trunc.test was tried (its certificate is mx.good.test's).
 		{"trunc.test", "deferred", "verify mta-sts enforce", "b.trunc.test", false},
+		// No policy from a redirect or from text/html: the route's level.
+		{"redirect.test", "sent", "may route", "", false},
+		{"html.test", "sent", "may route", "", false},
 	} {
 		t.Run(tc.domain, func(t *testing.T) {
 			id := st.Submit(t, addr, "sender@example.test", "rcpt@"+tc.domain, "Subject: "+tc.domain+"\r\n\r\nbody\r\n.\r\n")
@@ -131,6 +158,12 @@ func TestMTASTSDelivery(t *testing.T) {
 	}
 	if len(e.LogLines("mta-sts testing: enforce would have failed")) == 0 {
 		t.Fatal("no log line for the testing-mode failure")
+	}
+	for _, l := range e.LogLines("mta-sts policy fetch failed") {
+		t.Logf("fetch failed: %v: %v", l["domain"], l["error"])
+	}
+	if n := len(e.LogLines("mta-sts policy fetch failed")); n < 2 {
+		t.Fatalf("%d fetch failures logged, want the redirect's and text/html's", n)
 	}
 	// caddy smtp-tls check's endpoint explains good.test without sending.
 	before := len(up.Received())
@@ -168,6 +201,25 @@ func TestMTASTSDelivery(t *testing.T) {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("no %s in /metrics", want)
 		}
+	}
+	// The policy host goes away (a config without the http app: also a
+	// new smtp app, with nothing in memory) and good.test's TXT id
+	// changes: the refetch fails, and the policy cached in Caddy's
+	// storage is kept and enforced.
+	zs := zones[0]
+	zs.Records[3] = `_mta-sts.good.test. 300 IN TXT "v=STSv1; id=changed"`
+	dnsSrv.Update(t, zs)
+	e.PostLoad(e.DeliveringApp(map[string]any{"gw": s}, nil), map[string]any{"tls": map[string]any{}})
+	id := st.Submit(t, addr, "sender@example.test", "rcpt@good.test", "Subject: host down\r\n\r\nbody\r\n.\r\n")
+	if l := e.DeliveryLine(t, id); l["status"] != "sent" || l["tls_policy"] != "verify mta-sts enforce" {
+		t.Fatalf("with the policy host down: %v", l)
+	}
+	kept := false
+	for _, l := range e.LogLines("mta-sts policy fetch failed") {
+		kept = kept || (l["domain"] == "good.test" && l["cached_policy_kept"] == true)
+	}
+	if !kept {
+		t.Fatal("no log line of the failed refetch that kept the cached policy")
 	}
 }
 
