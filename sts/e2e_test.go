@@ -111,15 +111,18 @@ func TestMTASTSDelivery(t *testing.T) {
 			"mta_sts": map[string]any{"trust_pool": map[string]any{"provider": "pki_root", "authority": []string{"local"}}},
 		}}},
 	})
-	e.Load(e.DeliveringApp(map[string]any{"gw": s}, nil), map[string]any{
-		"http": map[string]any{"servers": map[string]any{"sts": map[string]any{
-			"listen": []string{"127.0.0.1:443"}, "routes": routes,
-			"automatic_https": map[string]any{"disable_redirects": true},
-		}}},
-		"tls": map[string]any{"automation": map[string]any{"policies": []any{
-			map[string]any{"subjects": subjects, "issuers": []any{map[string]any{"module": "internal"}}},
-		}}},
-	})
+	extra := func(routes []any) map[string]any {
+		return map[string]any{
+			"http": map[string]any{"servers": map[string]any{"sts": map[string]any{
+				"listen": []string{"127.0.0.1:443"}, "routes": routes,
+				"automatic_https": map[string]any{"disable_redirects": true},
+			}}},
+			"tls": map[string]any{"automation": map[string]any{"policies": []any{
+				map[string]any{"subjects": subjects, "issuers": []any{map[string]any{"module": "internal"}}},
+			}}},
+		}
+	}
+	e.Load(e.DeliveringApp(map[string]any{"gw": s}, nil), extra(routes))
 	// The policy host serves once its certificates are issued.
 	roots := e.LocalCARoot()
 	if !st.Eventually(30*time.Second, func() bool {
@@ -201,6 +204,22 @@ func TestMTASTSDelivery(t *testing.T) {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("no %s in /metrics", want)
 		}
+	}
+	// testing.test's policy becomes enforce and its TXT id changes; a
+	// reload (a new smtp app: nothing in memory) refetches it from
+	// Caddy, and the new mode applies (mx.testing.test's certificate is
+	// not valid for it: deferred).
+	routes[3] = map[string]any{
+		"match":  []any{map[string]any{"host": []string{"mta-sts.testing.test"}}},
+		"handle": []any{map[string]any{"handler": "mta_sts", "mode": "enforce", "mx": []string{"mx.testing.test"}}},
+	}
+	zt := zones[3]
+	zt.Records[3] = `_mta-sts.testing.test. 300 IN TXT "v=STSv1; id=enforcednow"`
+	dnsSrv.Update(t, zt)
+	e.PostLoad(e.DeliveringApp(map[string]any{"gw": s}, nil), extra(routes))
+	idt := st.Submit(t, addr, "sender@example.test", "rcpt@testing.test", "Subject: refetch\r\n\r\nbody\r\n.\r\n")
+	if l := e.DeliveryLine(t, idt); l["status"] != "deferred" || l["tls_policy"] != "verify mta-sts enforce" {
+		t.Fatalf("after the TXT id changed: %v", l)
 	}
 	// The policy host goes away (a config without the http app: also a
 	// new smtp app, with nothing in memory) and good.test's TXT id
