@@ -260,8 +260,11 @@ func (e *verifyError) Error() string { return e.reason }
 // may and encrypt the result is only recorded, for the log.
 func (t *ClientTLS) config(hop Hop, level Level, v *Verification) *tls.Config {
 	sni := hop.Host
-	if t != nil && t.ServerName != "" && level != levelTLSA {
-		sni = t.ServerName // under DANE the SNI is the TLSA base domain (RFC 7672 8.1)
+	// Under DANE the SNI is the TLSA base domain (RFC 7672 8.1); under a
+	// policy's verify floor (MTA-STS) the certificate must be the MX
+	// host's (RFC 8461 4.2), whatever server_name says.
+	if t != nil && t.ServerName != "" && level != levelTLSA && !hop.floorApplies(level) {
+		sni = t.ServerName
 	}
 	cfg := &tls.Config{ServerName: sni, MinVersion: tls.VersionTLS12, MaxVersion: tls.VersionTLS13, InsecureSkipVerify: true}
 	var roots *x509.CertPool
@@ -317,6 +320,8 @@ func (t *ClientTLS) check(certs []*x509.Certificate, roots *x509.CertPool, sni s
 	}
 	names := []string{MatchHostname}
 	switch {
+	case hop.floorApplies(level):
+		// MTA-STS enforce: the MX host name, as the policy names it.
 	case t != nil && len(t.Match) > 0:
 		names = t.Match
 	case level == LevelSecure:

@@ -190,3 +190,22 @@ func TestLevelConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestPolicyFloorChecksMXHost: a level raised to verify by a policy
+// (MTA-STS enforce) checks the MX host name, not the route's
+// server_name (RFC 8461 4.2).
+func TestPolicyFloorChecksMXHost(t *testing.T) {
+	ca := st.NewCA(t, "Floor CA")
+	addr := st.NewUpstream(t, st.UpstreamOpts{TLS: st.TLSServerConfig(ca.Issue(t, "mx.example.test", "mx.example.test"))}).Addr
+	p := &delivery.ClientTLS{Level: "may", ServerName: "relay.elsewhere.test"}
+	p.TrustPoolRaw, _ = json.Marshal(map[string]any{"provider": "file", "pem_files": []string{ca.PEMFile}})
+	if err := p.Provision(st.CaddyContext(t)); err != nil {
+		t.Fatal(err)
+	}
+	hop := delivery.Hop{Host: "mx.example.test", Addr: addr, NextHop: "example.test"}
+	hop.RaiseToVerify("mta-sts enforce")
+	res, _ := delivery.SendSMTP(context.Background(), poolJob("floor", false), hop, p, nil, nil)
+	if res[0].Status != delivery.Sent || res[0].TLSPolicy != "verify mta-sts enforce" || res[0].TLSMatch != "mx.example.test" {
+		t.Fatalf("%+v", res[0])
+	}
+}

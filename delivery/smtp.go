@@ -57,6 +57,10 @@ type Hop struct {
 // level of the route, or a hop authenticated by DANE, stays as it is.
 func (h *Hop) RaiseToVerify(source string) { h.floor, h.floorSource = LevelVerify, source }
 
+// floorApplies reports whether level is the verify floor a policy set
+// (RaiseToVerify): the check is then the policy's, for the MX host.
+func (h Hop) floorApplies(level Level) bool { return h.floor != "" && level == h.floor }
+
 // DANEAuthenticated reports whether PrepareDANE found usable TLSA
 // records for the hop: DANE, which takes precedence over MTA-STS
 // (RFC 8461 2), authenticates it.
