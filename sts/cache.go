@@ -98,6 +98,10 @@ func (c *Cache) Lookup(ctx context.Context, domain string) (*Entry, string, erro
 	default:
 		p, ferr := c.Fetcher.Fetch(ctx, domain)
 		switch {
+		case ferr == nil && p.MaxAge == 0:
+			// Expired as soon as fetched: no policy, and not fetched
+			// again for every message (the memo below).
+			how = "no policy (max_age 0)"
 		case ferr == nil:
 			entry, how = &Entry{Policy: p, ID: id, Fetched: now.UTC()}, "fetched"
 			c.store(ctx, domain, entry)
