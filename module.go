@@ -17,6 +17,8 @@ import (
 	_ "github.com/caddy-smtp/caddy-smtp/delivery/maildir"
 	_ "github.com/caddy-smtp/caddy-smtp/delivery/mx"
 	_ "github.com/caddy-smtp/caddy-smtp/delivery/relay"
+	// content checks
+	_ "github.com/caddy-smtp/caddy-smtp/checks/clamav"
 	// the layer4 handler
 	_ "github.com/caddy-smtp/caddy-smtp/l4smtp"
 	// the MTA-STS policy as an http handler (http.handlers.mta_sts)

@@ -87,6 +87,13 @@ func (m Log) Refused(what string, remote netip.Addr, fields ...zap.Field) {
 	m.Logger().Info(what, append([]zap.Field{zap.String(FieldRemoteIP, remote.String())}, fields...)...)
 }
 
+// Check is one content check's line for a message: "check accept",
+// "check reject", "check skipped", "check error" (then on_error says
+// what applied).
+func (m Log) Check(verdict string, remote netip.Addr, fields ...zap.Field) {
+	m.Logger().Info("check "+verdict, append([]zap.Field{zap.String(FieldRemoteIP, remote.String())}, fields...)...)
+}
+
 // ConnectionRefused is a connection refused at the greeting because of
 // a limit (a warning: the administrator may want to raise it).
 func (m Log) ConnectionRefused(reason string, remote netip.Addr, fields ...zap.Field) {

@@ -20,6 +20,8 @@ type Metrics struct {
 	Bytes         *prometheus.CounterVec   // server
 	Deliveries    *prometheus.CounterVec   // server, via, result, tls
 	TLSPolicies   *prometheus.CounterVec   // server, policy, tls
+	Checks        *prometheus.CounterVec   // server, check, verdict
+	CheckLatency  *prometheus.HistogramVec // server, check
 	AcceptLatency *prometheus.HistogramVec // server
 	DeliveryDelay *prometheus.HistogramVec // server, result
 }
@@ -49,6 +51,12 @@ func New(reg prometheus.Registerer, queueStats func() (int, time.Duration)) (*Me
 		TLSPolicies: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "tls_policy_attempts_total", Help: "Delivery attempts per recipient by where the client TLS level in force came from (route, requiretls, dane, mta-sts enforce, mta-sts testing) and the TLS outcome."},
 			[]string{"server", "policy", "tls"}),
+		Checks: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "checks_total", Help: "Content checks per message, by check and verdict (accept, reject, tempfail, discard, skipped, error)."},
+			[]string{"server", "check", "verdict"}),
+		CheckLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
+			Name: "check_latency_seconds", Help: "How long a content check took for a message.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, []string{"server", "check"}),
 		AcceptLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
 			Name: "accept_latency_seconds", Help: "From the end of DATA to the 250: the durable write of the message.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{"server"}),
@@ -63,7 +71,7 @@ func New(reg prometheus.Registerer, queueStats func() (int, time.Duration)) (*Me
 		Name: "queue_oldest_age_seconds", Help: "Age of the oldest message in the queue (0 when empty)."},
 		func() float64 { _, age := queueStats(); return age.Seconds() })
 	for _, c := range []prometheus.Collector{m.Connections, m.Handshakes, m.Messages, m.Bytes,
-		m.Deliveries, m.TLSPolicies, m.AcceptLatency, m.DeliveryDelay, queueSize, queueAge} {
+		m.Deliveries, m.TLSPolicies, m.Checks, m.CheckLatency, m.AcceptLatency, m.DeliveryDelay, queueSize, queueAge} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

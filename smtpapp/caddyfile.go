@@ -4,6 +4,7 @@ import (
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/caddy-smtp/caddy-smtp/delivery"
@@ -140,6 +141,8 @@ func (q *QueueConfig) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		data_timeout     <duration>
 //		bare_newlines    reject|normalize
 //		requiretls
+//		check <module> <args...> { ... }  # smtp.checks.<module>, in order
+//		skip_relay_networks
 //		route <domains...> {
 //			<relay|mx|maildir> ...
 //		}
@@ -202,6 +205,21 @@ func (s *Server) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			s.RequireTLS = true
+		case "check":
+			if !d.NextArg() {
+				return d.Err("check needs a module: clamav, ...")
+			}
+			name := d.Val()
+			mod, merr := caddyfile.UnmarshalModule(d, "smtp.checks."+name)
+			if merr != nil {
+				return merr
+			}
+			s.ChecksRaw = append(s.ChecksRaw, caddyconfig.JSONModuleObject(mod, "check", name, nil))
+		case "skip_relay_networks":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			s.SkipRelayNetworks = true
 		case "route":
 			r := new(Route)
 			err = r.UnmarshalCaddyfile(d)

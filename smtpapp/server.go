@@ -2,6 +2,7 @@ package smtpapp
 
 import (
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -17,6 +18,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"go.uber.org/zap"
 
+	"github.com/caddy-smtp/caddy-smtp/checks"
 	"github.com/caddy-smtp/caddy-smtp/limits"
 	"github.com/caddy-smtp/caddy-smtp/maillog"
 )
@@ -128,6 +130,15 @@ type Server struct {
 	// REQUIRETLS on a plaintext session is refused either way.
 	RequireTLS bool `json:"requiretls,omitempty"`
 
+	// Content checks, run in order at the end of each message's data,
+	// before the 250, so that a refusal is a reply and never a bounce:
+	// modules in the namespace `smtp.checks` (`clamav`, ...), each with
+	// its timeout, on_error, max_size and max_concurrent.
+	ChecksRaw []json.RawMessage `json:"checks,omitempty" caddy:"namespace=smtp.checks inline_key=check"`
+
+	// Do not run the checks on mail from clients in relay_networks.
+	SkipRelayNetworks bool `json:"skip_relay_networks,omitempty"`
+
 	// Where accepted mail goes, by recipient domain: the first route
 	// whose domains match wins. A recipient no route matches is refused
 	// at RCPT with `550 5.1.2`. Routes belong to the server that
@@ -150,6 +161,9 @@ type Server struct {
 	smtpTLS    *smtp.Server
 	handoff    *handoffListener
 	handoffTLS *handoffListener
+
+	checks     []checks.Check
+	checkNames []string
 
 	maxLineLength   int
 	maxJunkCommands int
@@ -246,6 +260,20 @@ func (s *Server) provision(ctx caddy.Context, app *App, name string) error {
 
 	if s.tls, err = s.provisionTLS(ctx); err != nil {
 		return err
+	}
+	if len(s.ChecksRaw) > 0 {
+		mods, err := ctx.LoadModule(s, "ChecksRaw")
+		if err != nil {
+			return fmt.Errorf("%s.checks: %w", field, err)
+		}
+		for i, m := range mods.([]any) {
+			c, ok := m.(checks.Check)
+			if !ok {
+				return fmt.Errorf("%s.checks[%d]: module %T is not a check", field, i, m)
+			}
+			s.checks = append(s.checks, c)
+			s.checkNames = append(s.checkNames, m.(caddy.Module).CaddyModule().ID.Name())
+		}
 	}
 	for i, r := range s.Routes {
 		if r == nil {

@@ -290,6 +290,9 @@ func (ss *session) Data(r io.Reader) error {
 		return io.ErrUnexpectedEOF
 	}
 
+	if err := ss.runChecks(draft, addrs); err != nil {
+		return err // the draft is aborted: nothing is queued
+	}
 	env := &spool.Envelope{
 		Server:     ss.srv.name,
 		From:       ss.from,

@@ -286,6 +286,18 @@ func (s *Spool) create(id string) (*Draft, error) {
 // ID returns the queue id the record will have.
 func (d *Draft) ID() string { return d.id }
 
+// Size returns the number of message bytes written so far.
+func (d *Draft) Size() int64 { return d.size }
+
+// Reader returns what has been written so far, from the first byte
+// (content checks read the message before it is committed).
+func (d *Draft) Reader() (io.Reader, error) {
+	if err := d.buf.Flush(); err != nil {
+		return nil, fmt.Errorf("writing record file: %w", err)
+	}
+	return io.NewSectionReader(d.file, 0, d.size), nil
+}
+
 // Write appends message bytes.
 func (d *Draft) Write(p []byte) (int, error) {
 	n, err := d.buf.Write(p)

@@ -1,0 +1,259 @@
+// Package checks is the contract of content checks: Caddy modules in the
+// namespace smtp.checks that look at a message at the end of its data,
+// before the gateway answers 250, so that a refusal is a reply to the
+// sender and never a bounce of ours. A server runs its checks in order
+// (Run); each says what its engine being down means (on_error), and the
+// default never waives the check silently.
+package checks
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/dustin/go-humanize"
+)
+
+// Check is a content check.
+type Check interface {
+	// Check looks at a message and returns its verdict. An error means
+	// the engine could not answer (down, slow, garbage): Run applies the
+	// check's on_error.
+	Check(ctx context.Context, m *Message) (Verdict, error)
+	// CheckOptions returns the check's common options (embed Options).
+	CheckOptions() *Options
+}
+
+// Message is what a check sees of a message.
+type Message struct {
+	QueueID    string
+	Server     string // the smtp server's name
+	Hostname   string // our hostname
+	ClientIP   netip.Addr
+	ClientPort uint16
+	Helo       string
+	From       string
+	Rcpts      []string
+	TLS        *tls.ConnectionState
+	Auth       string
+	Size       int64
+	// Open returns the message as it will be spooled (our Received:
+	// header first, CRLF line ends), from its first byte; each call
+	// reads it again.
+	Open func() (io.Reader, error)
+}
+
+// Action is what a verdict does with a message.
+type Action int
+
+// Actions.
+const (
+	Accept   Action = iota // go on: the next check, then 250
+	Reject                 // 550 5.7.1, with the engine's text
+	Tempfail               // 451 4.7.1
+	Discard                // 250, nothing queued, logged
+)
+
+func (a Action) String() string {
+	switch a {
+	case Reject:
+		return "reject"
+	case Tempfail:
+		return "tempfail"
+	case Discard:
+		return "discard"
+	}
+	return "accept"
+}
+
+// Verdict is a check's answer.
+type Verdict struct {
+	Action Action
+	// Reply is the engine's text for a refusal ("" for ours).
+	Reply string
+	// Reason names what was found (a virus signature, rspamd symbols).
+	Reason string
+	// Score, for engines that score.
+	Score float64
+}
+
+// On-error choices.
+const (
+	OnErrorTempfail = "tempfail"
+	OnErrorAccept   = "accept"
+)
+
+// Defaults of Options.
+const (
+	DefaultTimeout       = 30 * time.Second
+	DefaultMaxSize       = 25 << 20
+	DefaultMaxConcurrent = 16
+)
+
+// Options are what every check has.
+type Options struct {
+	// How long the engine may take for one message. Default: 30s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// What a down, slow or garbled engine means: `tempfail` (default:
+	// 451 4.7.1, the sender tries again; losing scanning silently is the
+	// worse failure) or `accept` (the message goes on unchecked, and
+	// the log and metrics say so).
+	OnError string `json:"on_error,omitempty"`
+
+	// Messages larger than this skip the check (logged and counted),
+	// and never time out the sender. Default: 25 MiB.
+	MaxSize int64 `json:"max_size,omitempty"`
+
+	// How many messages this check looks at at once; more wait.
+	// Default: 16.
+	MaxConcurrent int `json:"max_concurrent,omitempty"`
+
+	sem chan struct{}
+}
+
+// CheckOptions returns o, so that a check that embeds Options has the
+// method.
+func (o *Options) CheckOptions() *Options { return o }
+
+// Provision validates the options and fills in the defaults; field
+// names the check in errors.
+func (o *Options) Provision(field string) error {
+	switch o.OnError {
+	case "":
+		o.OnError = OnErrorTempfail
+	case OnErrorTempfail, OnErrorAccept:
+	default:
+		return fmt.Errorf("%s.on_error: %q is not one of tempfail, accept", field, o.OnError)
+	}
+	if o.Timeout < 0 || o.MaxSize < 0 || o.MaxConcurrent < 0 {
+		return fmt.Errorf("%s: timeout, max_size and max_concurrent must not be negative", field)
+	}
+	if o.Timeout == 0 {
+		o.Timeout = caddy.Duration(DefaultTimeout)
+	}
+	if o.MaxSize == 0 {
+		o.MaxSize = DefaultMaxSize
+	}
+	if o.MaxConcurrent == 0 {
+		o.MaxConcurrent = DefaultMaxConcurrent
+	}
+	o.sem = make(chan struct{}, o.MaxConcurrent)
+	return nil
+}
+
+// Outcome is one check's part in Run, for its log line and metrics.
+type Outcome struct {
+	Name    string        // the check's module name
+	Verdict Verdict       // what applied
+	Skipped string        // why the check did not run (too large)
+	Err     error         // the engine's failure, when on_error applied
+	Took    time.Duration // time taken
+}
+
+// ErrBusy is a check whose concurrency bound did not free up in time.
+var ErrBusy = errors.New("too many messages being checked")
+
+// Run runs checks in order until one refuses or discards the message,
+// and returns the verdict that applies and each check's outcome.
+func Run(ctx context.Context, list []Check, names []string, m *Message) (Verdict, []Outcome) {
+	var outs []Outcome
+	for i, c := range list {
+		o := c.CheckOptions()
+		out := Outcome{Name: names[i]}
+		start := time.Now()
+		if m.Size > o.MaxSize {
+			out.Skipped = fmt.Sprintf("message of %d bytes is over max_size %d", m.Size, o.MaxSize)
+			outs = append(outs, out)
+			continue
+		}
+		v, err := runOne(ctx, c, o, m)
+		out.Took = time.Since(start)
+		if err != nil {
+			out.Err = err
+			if o.OnError == OnErrorAccept {
+				v = Verdict{Action: Accept}
+			} else {
+				v = Verdict{Action: Tempfail, Reason: "check unavailable"}
+			}
+		}
+		out.Verdict = v
+		outs = append(outs, out)
+		if v.Action != Accept {
+			return v, outs
+		}
+	}
+	return Verdict{Action: Accept}, outs
+}
+
+func runOne(ctx context.Context, c Check, o *Options, m *Message) (Verdict, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(o.Timeout))
+	defer cancel()
+	select {
+	case o.sem <- struct{}{}:
+		defer func() { <-o.sem }()
+	case <-ctx.Done():
+		return Verdict{}, ErrBusy
+	}
+	type answer struct {
+		v   Verdict
+		err error
+	}
+	done := make(chan answer, 1)
+	go func() {
+		v, err := c.Check(ctx, m)
+		done <- answer{v, err}
+	}()
+	select {
+	case a := <-done:
+		return a.v, a.err
+	case <-ctx.Done():
+		// The check must honour ctx; its goroutine ends when it does.
+		return Verdict{}, fmt.Errorf("no answer within %s", time.Duration(o.Timeout))
+	}
+}
+
+// ParseOption parses one of the options every check has, in a check's
+// Caddyfile block: timeout, on_error, max_size, max_concurrent.
+func ParseOption(d *caddyfile.Dispenser, o *Options) error {
+	name := d.Val()
+	var arg string
+	if !d.AllArgs(&arg) {
+		return d.ArgErr()
+	}
+	switch name {
+	case "timeout":
+		dur, err := caddy.ParseDuration(arg)
+		if err != nil {
+			return d.Errf("timeout: %v", err)
+		}
+		o.Timeout = caddy.Duration(dur)
+	case "on_error":
+		if arg != OnErrorTempfail && arg != OnErrorAccept {
+			return d.Errf("on_error: %q is not one of tempfail, accept", arg)
+		}
+		o.OnError = arg
+	case "max_size":
+		n, err := humanize.ParseBytes(arg)
+		if err != nil || n > 1<<40 {
+			return d.Errf("max_size: %q is not a size", arg)
+		}
+		o.MaxSize = int64(n)
+	case "max_concurrent":
+		n, err := strconv.Atoi(arg)
+		if err != nil || n < 1 {
+			return d.Errf("max_concurrent: %q is not a positive number", arg)
+		}
+		o.MaxConcurrent = n
+	default:
+		return d.Errf("unknown check directive %q", name)
+	}
+	return nil
+}

@@ -1,0 +1,76 @@
+package smtpapp
+
+import (
+	"encoding/base64"
+	"fmt"
+	"strings"
+	"testing"
+
+	st "github.com/caddy-smtp/caddy-smtp/internal/smtptest"
+
+	_ "github.com/caddy-smtp/caddy-smtp/checks/clamav"
+)
+
+// TestChecksClamAV: a server with a clamav check (a real clamd) refuses
+// a message with EICAR in an attachment at the end of data, 550 5.7.1
+// with the signature, and queues nothing; a clean one is queued; clamd
+// down is 451 4.7.1 under on_error tempfail and 250 under accept; a
+// message over max_size skips the check; relay_networks clients skip it
+// with skip_relay_networks. Each check leaves a log line.
+func TestChecksClamAV(t *testing.T) {
+	clamd := st.StartClamd(t)
+	down := fmt.Sprintf("tcp/127.0.0.1:%d", st.FreePort(t))
+	server := func(check map[string]any, extra map[string]any) (map[string]any, string) {
+		fields := map[string]any{"tls": map[string]any{"level": "none"}, "checks": []any{check}}
+		for k, v := range extra {
+			fields[k] = v
+		}
+		return st.ServerConfig(t, fields)
+	}
+	scan, scanAddr := server(map[string]any{"check": "clamav", "address": "tcp/" + clamd}, nil)
+	tf, tfAddr := server(map[string]any{"check": "clamav", "address": down, "timeout": "1s"}, nil)
+	acc, accAddr := server(map[string]any{"check": "clamav", "address": down, "on_error": "accept"}, nil)
+	small, smallAddr := server(map[string]any{"check": "clamav", "address": "tcp/" + clamd, "max_size": 100}, nil)
+	skip, skipAddr := server(map[string]any{"check": "clamav", "address": down},
+		map[string]any{"relay_networks": []string{"127.0.0.1"}, "skip_relay_networks": true})
+	e := st.NewEnv(t)
+	e.Load(st.App(map[string]any{"scan": scan, "tf": tf, "acc": acc, "small": small, "skip": skip}), nil)
+
+	mail := func(payload string) string {
+		return "From: a@remote.test\r\nSubject: scan\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n" +
+			"--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n--b\r\nContent-Type: application/octet-stream\r\n" +
+			"Content-Transfer-Encoding: base64\r\n\r\n" + base64.StdEncoding.EncodeToString([]byte(payload)) + "\r\n--b--\r\n.\r\n"
+	}
+	send := func(addr, body string) string {
+		c := st.Dial(t, addr)
+		c.Expect("250", "EHLO client.test")
+		return c.Send("a@remote.test", "b@example.test", body)
+	}
+	before := len(e.SpoolIDs())
+	if got := send(scanAddr, mail(st.EICAR)); !strings.HasPrefix(got, "550 5.7.1 Virus found: Eicar-Test-Signature") {
+		t.Fatalf("EICAR: %s", got)
+	}
+	if n := len(e.SpoolIDs()); n != before {
+		t.Fatalf("a refused message was queued (%d records, %d before)", n, before)
+	}
+	if got := send(scanAddr, mail("harmless")); !strings.HasPrefix(got, "250 2.0.0 OK: queued as") {
+		t.Fatalf("clean: %s", got)
+	}
+	if got := send(tfAddr, mail("harmless")); !strings.HasPrefix(got, "451 4.7.1") {
+		t.Fatalf("clamd down, on_error tempfail: %s", got)
+	}
+	if got := send(accAddr, mail("harmless")); !strings.HasPrefix(got, "250") {
+		t.Fatalf("clamd down, on_error accept: %s", got)
+	}
+	if got := send(smallAddr, mail(st.EICAR)); !strings.HasPrefix(got, "250") {
+		t.Fatalf("over max_size: %s", got)
+	}
+	if got := send(skipAddr, mail("harmless")); !strings.HasPrefix(got, "250") {
+		t.Fatalf("skip_relay_networks: %s", got)
+	}
+	for msg, want := range map[string]int{"check reject": 1, "check accept": 1, "check error": 2, "check skipped": 1} {
+		if n := len(e.LogLines(msg)); n != want {
+			t.Errorf("%d %q lines, want %d", n, msg, want)
+		}
+	}
+}
