@@ -158,6 +158,13 @@ type Outcome struct {
 	Took    time.Duration // time taken
 }
 
+// SkipError is a check that could not look at this message for a reason
+// that is the message's, not the engine's being down (clamd's stream
+// limit): Run logs and counts it as skipped, as a message over max_size.
+type SkipError struct{ Reason string }
+
+func (e *SkipError) Error() string { return e.Reason }
+
 // ErrBusy is a check whose concurrency bound did not free up in time.
 var ErrBusy = errors.New("too many messages being checked")
 
@@ -176,6 +183,12 @@ func Run(ctx context.Context, list []Check, names []string, m *Message) (Verdict
 		}
 		v, err := runOne(ctx, c, o, m)
 		out.Took = time.Since(start)
+		var skip *SkipError
+		if errors.As(err, &skip) {
+			out.Skipped = skip.Reason
+			outs = append(outs, out)
+			continue
+		}
 		if err != nil {
 			out.Err = err
 			if o.OnError == OnErrorAccept {

@@ -2,6 +2,7 @@ package smtpapp
 
 import (
 	"context"
+	"io"
 
 	"go.uber.org/zap"
 
@@ -26,11 +27,17 @@ func (ss *session) runChecks(draft *spool.Draft, rcpts []string) error {
 	if len(srv.checks) == 0 || (srv.SkipRelayNetworks && srv.relay.MayRelay(remote.Addr())) {
 		return nil
 	}
+	// Flushed here, on the session's goroutine: a check's goroutine
+	// that outlives its timeout must never touch the draft's writer
+	// (Commit uses it next).
+	if err := draft.Flush(); err != nil {
+		return ss.spoolFailed(err)
+	}
 	msg := &checks.Message{
 		QueueID: draft.ID(), Server: srv.name, Hostname: srv.Hostname,
 		ClientIP: remote.Addr(), ClientPort: remote.Port(), Helo: ss.helo,
 		From: ss.from, Rcpts: rcpts, TLS: ss.tlsState(), Auth: ss.authID,
-		Size: draft.Size(), Open: draft.Reader,
+		Size: draft.Size(), Open: func() (io.Reader, error) { return draft.Reader(), nil },
 	}
 	v, outs := checks.Run(context.Background(), srv.checks, srv.checkNames, msg)
 	m := srv.app.metrics

@@ -289,13 +289,20 @@ func (d *Draft) ID() string { return d.id }
 // Size returns the number of message bytes written so far.
 func (d *Draft) Size() int64 { return d.size }
 
-// Reader returns what has been written so far, from the first byte
-// (content checks read the message before it is committed).
-func (d *Draft) Reader() (io.Reader, error) {
+// Flush writes out what is buffered, so that Reader sees it all. Only
+// the writer of the draft may call it.
+func (d *Draft) Flush() error {
 	if err := d.buf.Flush(); err != nil {
-		return nil, fmt.Errorf("writing record file: %w", err)
+		return fmt.Errorf("writing record file: %w", err)
 	}
-	return io.NewSectionReader(d.file, 0, d.size), nil
+	return nil
+}
+
+// Reader returns the message as written up to the last Flush, from its
+// first byte; safe to use from other goroutines, also while the draft
+// is committed (it reads with pread, within the size it had).
+func (d *Draft) Reader() io.Reader {
+	return io.NewSectionReader(d.file, 0, d.size)
 }
 
 // Write appends message bytes.

@@ -106,7 +106,7 @@ func (c *ClamAV) Check(ctx context.Context, m *checks.Message) (checks.Verdict, 
 			binary.BigEndian.PutUint32(size[:], uint32(n))
 			w.Write(size[:])
 			if _, err := w.Write(buf[:n]); err != nil {
-				return checks.Verdict{}, fmt.Errorf("clamd at %s: %w", c.Address, err)
+				return c.afterWriteError(conn, err)
 			}
 		}
 		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
@@ -118,13 +118,24 @@ func (c *ClamAV) Check(ctx context.Context, m *checks.Message) (checks.Verdict, 
 	}
 	w.Write([]byte{0, 0, 0, 0})
 	if err := w.Flush(); err != nil {
-		return checks.Verdict{}, fmt.Errorf("clamd at %s: %w", c.Address, err)
+		return c.afterWriteError(conn, err)
 	}
 	reply, err := bufio.NewReader(io.LimitReader(conn, maxReply)).ReadString(0)
 	if err != nil {
 		return checks.Verdict{}, fmt.Errorf("clamd at %s: no answer: %v", c.Address, err)
 	}
 	return verdict(strings.TrimSuffix(reply, "\x00"))
+}
+
+// afterWriteError reads what clamd said before it closed the stream: a
+// stream over its StreamMaxLength is answered and then cut off, which
+// is the message's size, not clamd being down.
+func (c *ClamAV) afterWriteError(conn net.Conn, werr error) (checks.Verdict, error) {
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if reply, err := bufio.NewReader(io.LimitReader(conn, maxReply)).ReadString(0); err == nil {
+		return verdict(strings.TrimSuffix(reply, "\x00"))
+	}
+	return checks.Verdict{}, fmt.Errorf("clamd at %s: %w", c.Address, werr)
 }
 
 // verdict reads clamd's answer to INSTREAM: "stream: OK",
@@ -140,6 +151,9 @@ func verdict(reply string) (checks.Verdict, error) {
 			return checks.Verdict{}, fmt.Errorf("clamd: malformed answer %q", truncate(reply))
 		}
 		return checks.Verdict{Action: checks.Reject, Reason: sig, Reply: "Virus found: " + sig}, nil
+	}
+	if strings.Contains(r, "size limit exceeded") {
+		return checks.Verdict{}, &checks.SkipError{Reason: "the message is over clamd's StreamMaxLength (set max_size no larger)"}
 	}
 	return checks.Verdict{}, fmt.Errorf("clamd: %q", truncate(reply))
 }

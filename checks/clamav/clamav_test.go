@@ -97,3 +97,17 @@ func TestClamAVMaxSize(t *testing.T) {
 		t.Fatalf("%+v %+v", v, outs)
 	}
 }
+
+// TestClamAVStreamLimit: a message over clamd's StreamMaxLength (clamd
+// answers "INSTREAM size limit exceeded", or cuts the stream) is skipped
+// as too large, not taken for clamd being down.
+func TestClamAVStreamLimit(t *testing.T) {
+	addr := st.StartClamdLimit(t, "1M")
+	c := provision(t, &clamav.ClamAV{Address: "tcp/" + addr})
+	for _, size := range []int{2 << 20, 24 << 20} {
+		v, outs := checks.Run(context.Background(), []checks.Check{c}, []string{"clamav"}, message("Subject: big\r\n\r\n"+strings.Repeat("x", size)))
+		if v.Action != checks.Accept || outs[0].Skipped == "" || outs[0].Err != nil {
+			t.Fatalf("%d bytes: %+v %+v", size, v, outs)
+		}
+	}
+}

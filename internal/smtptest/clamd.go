@@ -21,7 +21,10 @@ var EICAR = "X5O!P%@AP[4\\PZX54(P^)7CC)7}$" + "EICAR-STANDARD-ANTIVIRUS-TEST-FIL
 // are no downloaded signatures offline), on a free loopback port; it
 // returns its address. It fails under CI=true without clamd, and skips
 // otherwise.
-func StartClamd(t testing.TB) string {
+func StartClamd(t testing.TB) string { return StartClamdLimit(t, "30M") }
+
+// StartClamdLimit is StartClamd with clamd's StreamMaxLength.
+func StartClamdLimit(t testing.TB, limit string) string {
 	t.Helper()
 	bin, err := exec.LookPath("clamd")
 	if err != nil {
@@ -52,8 +55,8 @@ TCPAddr 127.0.0.1
 DatabaseDirectory %s
 LogFile %s
 PidFile %s
-StreamMaxLength 30M
-`, port, db, filepath.Join(dir, "clamd.log"), filepath.Join(dir, "clamd.pid"))), 0o644)
+StreamMaxLength %s
+`, port, db, filepath.Join(dir, "clamd.log"), filepath.Join(dir, "clamd.pid"), limit)), 0o644)
 	cmd := exec.Command(bin, "-c", conf)
 	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
 	if err := cmd.Start(); err != nil {
