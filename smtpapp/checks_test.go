@@ -9,6 +9,7 @@ import (
 	st "github.com/caddy-smtp/caddy-smtp/internal/smtptest"
 
 	_ "github.com/caddy-smtp/caddy-smtp/checks/clamav"
+	_ "github.com/caddy-smtp/caddy-smtp/checks/rspamd"
 )
 
 // TestChecksClamAV: a server with a clamav check (a real clamd) refuses
@@ -72,5 +73,43 @@ func TestChecksClamAV(t *testing.T) {
 		if n := len(e.LogLines(msg)); n != want {
 			t.Errorf("%d %q lines, want %d", n, msg, want)
 		}
+	}
+}
+
+// TestChecksRspamd: a server with a clamav check then an rspamd check
+// (both real) refuses GTUBE with rspamd's message, 550 5.7.1 Gtube
+// pattern, and queues nothing; rspamd's soft reject is 451 4.7.1 with
+// its text; a plain message passes both checks and is queued; the log
+// line of the refusal has rspamd's action and score.
+func TestChecksRspamd(t *testing.T) {
+	clamd, rspamd := st.StartClamd(t), st.StartRspamd(t)
+	srv, addr := st.ServerConfig(t, map[string]any{"tls": map[string]any{"level": "none"}, "checks": []any{
+		map[string]any{"check": "clamav", "address": "tcp/" + clamd},
+		map[string]any{"check": "rspamd", "url": rspamd},
+	}})
+	e := st.NewEnv(t)
+	e.Load(st.App(map[string]any{"mx": srv}), nil)
+	send := func(subject, body string) string {
+		c := st.Dial(t, addr)
+		c.Expect("250", "EHLO client.test")
+		return c.Send("a@remote.test", "b@example.test", "From: a@remote.test\r\nTo: b@example.test\r\nSubject: "+subject+
+			"\r\nMessage-ID: <"+subject+"@remote.test>\r\nDate: Tue, 01 Dec 2026 00:00:00 +0000\r\n\r\n"+body+"\r\n.\r\n")
+	}
+	before := len(e.SpoolIDs())
+	if got := send("offer", st.GTUBE); !strings.HasPrefix(got, "550 5.7.1 Gtube pattern") {
+		t.Fatalf("GTUBE: %s", got)
+	}
+	if got := send("SOFTREJECT", "hello"); !strings.HasPrefix(got, "451 4.7.1 Test soft reject") {
+		t.Fatalf("soft reject: %s", got)
+	}
+	if n := len(e.SpoolIDs()); n != before {
+		t.Fatalf("a refused message was queued (%d records, %d before)", n, before)
+	}
+	if got := send("lunch", "Lunch tomorrow at noon?"); !strings.HasPrefix(got, "250 2.0.0 OK: queued as") {
+		t.Fatalf("plain: %s", got)
+	}
+	rej := e.LogLines("check reject")
+	if len(rej) != 1 || rej[0]["check"] != "rspamd" || !strings.HasPrefix(fmt.Sprint(rej[0]["reason"]), "reject 15.00/15.00") {
+		t.Fatalf("check reject lines: %q", rej)
 	}
 }

@@ -1,0 +1,124 @@
+package rspamd_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddy-smtp/caddy-smtp/checks"
+	"github.com/caddy-smtp/caddy-smtp/checks/rspamd"
+	st "github.com/caddy-smtp/caddy-smtp/internal/smtptest"
+)
+
+func message(subject, body string) *checks.Message {
+	data := "Received: from client.test ([127.0.0.1])\r\n\tby mx.test (caddy-smtp) with ESMTP id X;\r\n\tTue, 1 Dec 2026 00:00:00 +0000\r\n" +
+		"From: a@remote.test\r\nTo: b@example.test\r\nSubject: " + subject + "\r\nMessage-ID: <x@remote.test>\r\n" +
+		"Date: Tue, 01 Dec 2026 00:00:00 +0000\r\n\r\n" + body + "\r\n"
+	return &checks.Message{QueueID: "X", ClientIP: netip.MustParseAddr("127.0.0.1"), Helo: "client.test",
+		From: "a@remote.test", Rcpts: []string{"b@example.test"}, Size: int64(len(data)),
+		Open: func() (io.Reader, error) { return strings.NewReader(data), nil }}
+}
+
+func provision(t *testing.T, r *rspamd.Rspamd) *rspamd.Rspamd {
+	t.Helper()
+	if err := r.Provision(st.CaddyContext(t)); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// TestRspamd: against a real rspamd, GTUBE is refused with rspamd's
+// SMTP message, a plain message goes on, and rspamd's soft reject and
+// greylist actions are tempfails (greylist accept lets the latter on).
+func TestRspamd(t *testing.T) {
+	url := st.StartRspamd(t)
+	r := provision(t, &rspamd.Rspamd{URL: url})
+	ctx := context.Background()
+	v, err := r.Check(ctx, message("offer", st.GTUBE))
+	if err != nil || v.Action != checks.Reject || v.Reply != "Gtube pattern" || !strings.HasPrefix(v.Reason, "reject ") {
+		t.Fatalf("GTUBE: %+v %v", v, err)
+	}
+	v, err = r.Check(ctx, message("lunch", "Lunch tomorrow at noon?"))
+	if err != nil || v.Action != checks.Accept {
+		t.Fatalf("plain message: %+v %v", v, err)
+	}
+	v, err = r.Check(ctx, message("SOFTREJECT", "hello"))
+	if err != nil || v.Action != checks.Tempfail || v.Reply != "Test soft reject" {
+		t.Fatalf("soft reject: %+v %v", v, err)
+	}
+	v, err = r.Check(ctx, message("GREYLISTME", "hello"))
+	if err != nil || v.Action != checks.Tempfail {
+		t.Fatalf("greylist: %+v %v", v, err)
+	}
+	g := provision(t, &rspamd.Rspamd{URL: url, Greylist: "accept"})
+	v, err = g.Check(ctx, message("GREYLISTME", "hello"))
+	if err != nil || v.Action != checks.Accept {
+		t.Fatalf("greylist accept: %+v %v", v, err)
+	}
+}
+
+// TestRspamdHostile: a down rspamd, one that never answers, an HTTP
+// error, garbage, an unknown action and an endless answer are all
+// engine errors (so on_error decides), within the timeout and a bounded
+// read.
+func TestRspamdHostile(t *testing.T) {
+	down := provision(t, &rspamd.Rspamd{URL: fmt.Sprintf("http://127.0.0.1:%d", st.FreePort(t))})
+	if _, err := down.Check(context.Background(), message("x", "x")); err == nil {
+		t.Fatal("rspamd down: no error")
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/stall/checkv2", func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() })
+	mux.HandleFunc("/500/checkv2", func(w http.ResponseWriter, r *http.Request) { http.Error(w, "oops", 500) })
+	mux.HandleFunc("/garbage/checkv2", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "<html>") })
+	mux.HandleFunc("/unknown/checkv2", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, `{"action":"explode"}`) })
+	mux.HandleFunc("/endless/checkv2", func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, `{"action":"no action","x":"`)
+		chunk := strings.Repeat("a", 64<<10)
+		for i := 0; i < 64; i++ { // 4 MiB
+			if _, err := io.WriteString(w, chunk); err != nil {
+				return
+			}
+		}
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	for _, path := range []string{"stall", "500", "garbage", "unknown", "endless"} {
+		r := provision(t, &rspamd.Rspamd{URL: "http://" + ln.Addr().String() + "/" + path + "/checkv2"})
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		start := time.Now()
+		v, err := r.Check(ctx, message("x", "x"))
+		cancel()
+		if err == nil {
+			t.Errorf("%s: no error, verdict %+v", path, v)
+		}
+		if d := time.Since(start); d > 10*time.Second {
+			t.Errorf("%s: took %v", path, d)
+		}
+	}
+}
+
+// TestRspamdConfig: bad URLs and choices are config errors.
+func TestRspamdConfig(t *testing.T) {
+	for _, r := range []*rspamd.Rspamd{
+		{URL: "127.0.0.1:11333"},
+		{URL: "ftp://127.0.0.1/"},
+		{Greylist: "maybe"},
+		{Password: "a\r\nb"},
+		{Options: checks.Options{OnError: "sometimes"}},
+	} {
+		if err := r.Provision(st.CaddyContext(t)); err == nil {
+			t.Errorf("%+v: no error", r)
+		}
+	}
+}
