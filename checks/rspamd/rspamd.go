@@ -3,7 +3,9 @@
 // rspamc and rspamd's own proxy speak), with the envelope in headers,
 // and rspamd's action decides: reject (550 5.7.1 with rspamd's SMTP
 // message), soft reject and greylist (451 4.7.1, as rspamd's own milter
-// proxy does), anything else goes on.
+// proxy does), quarantine (refused until the gateway has a quarantine),
+// no action, add header and rewrite subject go on; an action it does
+// not know is an engine error (on_error decides).
 //
 // Written here: the protocol is one HTTP POST and a JSON answer; there
 // is no maintained Go client, and net/http plus encoding/json do it.
@@ -15,14 +17,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/caddy-smtp/caddy-smtp/checks"
 )
@@ -51,7 +56,14 @@ type Rspamd struct {
 	// rspamd's own milter proxy does) or `accept`.
 	Greylist string `json:"greylist,omitempty"`
 
+	// What rspamd's `quarantine` action (forced by its DMARC module for
+	// p=quarantine, or by force_actions) gets: `reject` (default: 550
+	// 5.7.1; the gateway has no quarantine yet) or `accept` (goes on,
+	// logged with the action).
+	Quarantine string `json:"quarantine,omitempty"`
+
 	endpoint string
+	name     string // the URL without its password, for errors
 	client   *http.Client
 }
 
@@ -76,6 +88,7 @@ func (r *Rspamd) Provision(caddy.Context) error {
 		u.Path = "/checkv2"
 	}
 	r.endpoint = u.String()
+	r.name = u.Redacted()
 	switch r.Greylist {
 	case "":
 		r.Greylist = checks.OnErrorTempfail
@@ -83,15 +96,33 @@ func (r *Rspamd) Provision(caddy.Context) error {
 	default:
 		return fmt.Errorf("checks.rspamd.greylist: %q is not one of tempfail, accept", r.Greylist)
 	}
-	if strings.ContainsAny(r.Password+r.SettingsID, "\r\n") {
-		return errors.New("checks.rspamd: password and settings_id must be one line")
+	switch r.Quarantine {
+	case "":
+		r.Quarantine = "reject"
+	case "reject", checks.OnErrorAccept:
+	default:
+		return fmt.Errorf("checks.rspamd.quarantine: %q is not one of reject, accept", r.Quarantine)
 	}
-	// The timeout comes from the check's context; no redirects: a
-	// scanner that redirects is misconfigured, not to be followed.
-	r.client = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error {
-		return http.ErrUseLastResponse
-	}}
-	return r.Options.Provision("checks.rspamd")
+	if !httpguts.ValidHeaderFieldValue(r.Password) || !httpguts.ValidHeaderFieldValue(r.SettingsID) {
+		return errors.New("checks.rspamd: password and settings_id must be one line of printable characters")
+	}
+	if err := r.Options.Provision("checks.rspamd"); err != nil {
+		return err
+	}
+	// The timeout comes from the check's context. No proxy from the
+	// environment (the message and the password go to rspamd only),
+	// idle connections for as many messages as are checked at once, and
+	// no redirects: a scanner that redirects is misconfigured.
+	r.client = &http.Client{
+		Transport: &http.Transport{
+			Proxy:               nil,
+			DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			MaxIdleConnsPerHost: r.MaxConcurrent,
+			IdleConnTimeout:     60 * time.Second,
+		},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	return nil
 }
 
 // maxReply bounds what is read of rspamd's answer: it lists every
@@ -123,8 +154,10 @@ func (r *Rspamd) Check(ctx context.Context, m *checks.Message) (checks.Verdict, 
 	}
 	req.ContentLength = m.Size
 	h := req.Header
+	// Values that are not valid header values are left out (the
+	// message is still checked, rspamd sees less of its envelope).
 	set := func(k, v string) {
-		if v != "" && !strings.ContainsAny(v, "\r\n") {
+		if v != "" && httpguts.ValidHeaderFieldValue(v) {
 			h.Set(k, v)
 		}
 	}
@@ -132,9 +165,13 @@ func (r *Rspamd) Check(ctx context.Context, m *checks.Message) (checks.Verdict, 
 		set("IP", m.ClientIP.Unmap().String())
 	}
 	set("Helo", m.Helo)
-	set("From", m.From)
+	from := m.From
+	if from == "" {
+		from = "<>" // the null sender, not a missing one
+	}
+	set("From", from)
 	for _, rc := range m.Rcpts {
-		if !strings.ContainsAny(rc, "\r\n") {
+		if httpguts.ValidHeaderFieldValue(rc) {
 			h.Add("Rcpt", rc)
 		}
 	}
@@ -148,22 +185,22 @@ func (r *Rspamd) Check(ctx context.Context, m *checks.Message) (checks.Verdict, 
 	}
 	resp, err := r.client.Do(req)
 	if err != nil {
-		return checks.Verdict{}, fmt.Errorf("rspamd at %s: %w", r.URL, err)
+		return checks.Verdict{}, fmt.Errorf("rspamd at %s: %w", r.name, err)
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxReply+1))
 	if err != nil {
-		return checks.Verdict{}, fmt.Errorf("rspamd at %s: reading the answer: %w", r.URL, err)
+		return checks.Verdict{}, fmt.Errorf("rspamd at %s: reading the answer: %w", r.name, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return checks.Verdict{}, fmt.Errorf("rspamd at %s: HTTP %d: %q", r.URL, resp.StatusCode, truncate(string(raw)))
+		return checks.Verdict{}, fmt.Errorf("rspamd at %s: HTTP %d: %q", r.name, resp.StatusCode, truncate(string(raw)))
 	}
 	if len(raw) > maxReply {
-		return checks.Verdict{}, fmt.Errorf("rspamd at %s: answer over %d bytes", r.URL, maxReply)
+		return checks.Verdict{}, fmt.Errorf("rspamd at %s: answer over %d bytes", r.name, maxReply)
 	}
 	var a answer
 	if err := json.Unmarshal(raw, &a); err != nil {
-		return checks.Verdict{}, fmt.Errorf("rspamd at %s: garbled answer: %v", r.URL, err)
+		return checks.Verdict{}, fmt.Errorf("rspamd at %s: garbled answer: %v", r.name, err)
 	}
 	return r.verdict(&a)
 }
@@ -195,6 +232,15 @@ func (r *Rspamd) verdict(a *answer) (checks.Verdict, error) {
 		v.Action, v.Reply = checks.Tempfail, reply
 		if v.Reply == "" {
 			v.Reply = "Try again later"
+		}
+	case "quarantine":
+		if r.Quarantine == checks.OnErrorAccept {
+			v.Action = checks.Accept
+			break
+		}
+		v.Action, v.Reply = checks.Reject, reply
+		if v.Reply == "" {
+			v.Reply = "Message rejected by policy"
 		}
 	case "discard":
 		v.Action = checks.Discard
@@ -280,6 +326,7 @@ func tlsVersion(v uint16) string {
 //		password       <password>
 //		settings_id    <id>
 //		greylist       tempfail|accept
+//		quarantine     reject|accept
 //		timeout        <duration>
 //		on_error       tempfail|accept
 //		max_size       <size>
@@ -306,6 +353,10 @@ func (r *Rspamd) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "greylist":
 			if !d.AllArgs(&r.Greylist) {
+				return d.ArgErr()
+			}
+		case "quarantine":
+			if !d.AllArgs(&r.Quarantine) {
 				return d.ArgErr()
 			}
 		default:

@@ -61,6 +61,13 @@ func TestRspamd(t *testing.T) {
 	if err != nil || v.Action != checks.Accept {
 		t.Fatalf("greylist accept: %+v %v", v, err)
 	}
+	// A bounce (null sender) and odd envelope values are still checked.
+	m := message("bounce", st.GTUBE)
+	m.From, m.Auth = "", "user\x01name"
+	v, err = r.Check(ctx, m)
+	if err != nil || v.Action != checks.Reject {
+		t.Fatalf("null sender: %+v %v", v, err)
+	}
 }
 
 // TestRspamdHostile: a down rspamd, one that never answers, an HTTP
@@ -78,13 +85,15 @@ func TestRspamdHostile(t *testing.T) {
 	mux.HandleFunc("/garbage/checkv2", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "<html>") })
 	mux.HandleFunc("/unknown/checkv2", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, `{"action":"explode"}`) })
 	mux.HandleFunc("/endless/checkv2", func(w http.ResponseWriter, r *http.Request) {
+		// Valid JSON, 4 MiB: refused for its size, not its syntax.
 		io.WriteString(w, `{"action":"no action","x":"`)
 		chunk := strings.Repeat("a", 64<<10)
-		for i := 0; i < 64; i++ { // 4 MiB
+		for i := 0; i < 64; i++ {
 			if _, err := io.WriteString(w, chunk); err != nil {
 				return
 			}
 		}
+		io.WriteString(w, `"}`)
 	})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -101,10 +110,39 @@ func TestRspamdHostile(t *testing.T) {
 		cancel()
 		if err == nil {
 			t.Errorf("%s: no error, verdict %+v", path, v)
+		} else if path == "endless" && !strings.Contains(err.Error(), "over") {
+			t.Errorf("endless: %v, want an error about the size", err)
 		}
 		if d := time.Since(start); d > 10*time.Second {
 			t.Errorf("%s: took %v", path, d)
 		}
+	}
+}
+
+// TestRspamdQuarantine: rspamd's quarantine action (its DMARC module
+// forces it for p=quarantine; rspamd 3.4's set_pre_result cannot be made
+// to give it on demand, so an HTTP server answers as rspamd does) is a
+// refusal by default and goes on with quarantine accept.
+func TestRspamdQuarantine(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, `{"action":"quarantine","score":3,"required_score":15,"symbols":{"DMARC_POLICY_QUARANTINE":{"score":1.5}},"messages":{"smtp_message":"Quarantined by DMARC"}}`)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	url := "http://" + ln.Addr().String()
+	v, err := provision(t, &rspamd.Rspamd{URL: url}).Check(context.Background(), message("x", "x"))
+	if err != nil || v.Action != checks.Reject || v.Reply != "Quarantined by DMARC" ||
+		v.Reason != "quarantine 3.00/15.00 DMARC_POLICY_QUARANTINE(1.50)" {
+		t.Fatalf("quarantine: %+v %v", v, err)
+	}
+	v, err = provision(t, &rspamd.Rspamd{URL: url, Quarantine: "accept"}).Check(context.Background(), message("x", "x"))
+	if err != nil || v.Action != checks.Accept {
+		t.Fatalf("quarantine accept: %+v %v", v, err)
 	}
 }
 
@@ -115,6 +153,8 @@ func TestRspamdConfig(t *testing.T) {
 		{URL: "ftp://127.0.0.1/"},
 		{Greylist: "maybe"},
 		{Password: "a\r\nb"},
+		{SettingsID: "a\x01b"},
+		{Quarantine: "hold"},
 		{Options: checks.Options{OnError: "sometimes"}},
 	} {
 		if err := r.Provision(st.CaddyContext(t)); err == nil {
