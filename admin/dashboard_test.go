@@ -2,6 +2,7 @@ package admin_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"regexp"
 	"strings"
@@ -9,6 +10,8 @@ import (
 	"time"
 
 	st "github.com/caddy-smtp/caddy-smtp/internal/smtptest"
+
+	_ "github.com/caddy-smtp/caddy-smtp/checks/clamav"
 )
 
 // TestGrafanaDashboard checks examples/grafana-dashboard.json against a
@@ -44,9 +47,13 @@ func TestGrafanaDashboard(t *testing.T) {
 	// a message accepted and delivered.
 	e := st.NewEnv(t)
 	sink := st.NewUpstream(t, st.UpstreamOpts{})
+	// A check whose clamd is down, on_error accept: the message goes
+	// on and the check families are in /metrics (verdict error).
+	down := fmt.Sprintf("tcp/127.0.0.1:%d", st.FreePort(t))
 	s, addr := st.ServerConfig(t, map[string]any{
 		"relay_networks": []string{"127.0.0.1"},
 		"routes":         []any{st.DomainRelayRoute("*", sink.Addr)},
+		"checks":         []any{map[string]any{"check": "clamav", "address": down, "on_error": "accept"}},
 	})
 	e.Load(e.DeliveringApp(map[string]any{"mx": s}, nil), nil)
 	st.WaitTLS(t, addr, st.TLSConfig(nil, "localhost"))
@@ -121,13 +128,17 @@ func TestGrafanaDashboard(t *testing.T) {
 			}
 		}
 	}
-	for _, want := range []string{"caddy_smtp_tls_handshakes_total", "caddy_smtp_accept_latency_seconds", "caddy_smtp_delivery_delay_seconds"} {
+	for _, want := range []string{"caddy_smtp_tls_handshakes_total", "caddy_smtp_accept_latency_seconds", "caddy_smtp_delivery_delay_seconds",
+		"caddy_smtp_checks_total", "caddy_smtp_check_latency_seconds"} {
 		if !strings.Contains(string(data), want) {
 			t.Errorf("the dashboard does not use %s", want)
 		}
 	}
 	if n < 10 {
 		t.Errorf("%d queries", n)
+	}
+	if v := value(fams, "caddy_smtp_checks_total", labels{"check": "clamav", "verdict": "error"}); v != 1 {
+		t.Errorf("checks_total{clamav, error}: %v", v)
 	}
 	if v := value(fams, "caddy_smtp_tls_handshakes_total", labels{"direction": "in", "result": "ok", "version": "TLS 1.3"}); v < 1 {
 		t.Errorf("inbound TLS 1.3 handshakes: %v", v)
