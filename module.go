@@ -19,6 +19,7 @@ import (
 	_ "github.com/caddy-smtp/caddy-smtp/delivery/relay"
 	// content checks
 	_ "github.com/caddy-smtp/caddy-smtp/checks/clamav"
+	_ "github.com/caddy-smtp/caddy-smtp/checks/milter"
 	_ "github.com/caddy-smtp/caddy-smtp/checks/rspamd"
 	// the layer4 handler
 	_ "github.com/caddy-smtp/caddy-smtp/l4smtp"

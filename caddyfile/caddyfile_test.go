@@ -27,6 +27,7 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/filestorage" // the `storage file_system` global option
 
 	_ "github.com/caddy-smtp/caddy-smtp/checks/clamav" // the checks
+	_ "github.com/caddy-smtp/caddy-smtp/checks/milter"
 	_ "github.com/caddy-smtp/caddy-smtp/checks/rspamd"
 	_ "github.com/caddy-smtp/caddy-smtp/delivery/maildir" // the route targets
 	_ "github.com/caddy-smtp/caddy-smtp/delivery/mx"

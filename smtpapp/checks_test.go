@@ -9,6 +9,7 @@ import (
 	st "github.com/caddy-smtp/caddy-smtp/internal/smtptest"
 
 	_ "github.com/caddy-smtp/caddy-smtp/checks/clamav"
+	_ "github.com/caddy-smtp/caddy-smtp/checks/milter"
 	_ "github.com/caddy-smtp/caddy-smtp/checks/rspamd"
 )
 
@@ -111,5 +112,35 @@ func TestChecksRspamd(t *testing.T) {
 	rej := e.LogLines("check reject")
 	if len(rej) != 1 || rej[0]["check"] != "rspamd" || !strings.HasPrefix(fmt.Sprint(rej[0]["reason"]), "reject 15.00/15.00") {
 		t.Fatalf("check reject lines: %q", rej)
+	}
+}
+
+// TestChecksMilter: a server with a milter check, a real clamav-milter
+// in front of a real clamd, refuses EICAR with clamav-milter's reply
+// (550 5.7.1) and queues nothing; a clean message is queued.
+func TestChecksMilter(t *testing.T) {
+	milter := st.StartClamavMilter(t, st.StartClamd(t))
+	srv, addr := st.ServerConfig(t, map[string]any{"tls": map[string]any{"level": "none"}, "checks": []any{
+		map[string]any{"check": "milter", "address": "tcp/" + milter},
+	}})
+	e := st.NewEnv(t)
+	e.Load(st.App(map[string]any{"mx": srv}), nil)
+	send := func(payload string) string {
+		c := st.Dial(t, addr)
+		c.Expect("250", "EHLO client.test")
+		return c.Send("a@remote.test", "b@example.test", "From: a@remote.test\r\nSubject: scan\r\nMIME-Version: 1.0\r\n"+
+			"Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n"+
+			"--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"+
+			base64.StdEncoding.EncodeToString([]byte(payload))+"\r\n--b--\r\n.\r\n")
+	}
+	before := len(e.SpoolIDs())
+	if got := send(st.EICAR); !strings.HasPrefix(got, "550 5.7.1 Virus found: Eicar-Test-Signature") {
+		t.Fatalf("EICAR: %s", got)
+	}
+	if n := len(e.SpoolIDs()); n != before {
+		t.Fatalf("a refused message was queued (%d records, %d before)", n, before)
+	}
+	if got := send("harmless"); !strings.HasPrefix(got, "250 2.0.0 OK: queued as") {
+		t.Fatalf("clean: %s", got)
 	}
 }

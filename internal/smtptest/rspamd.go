@@ -3,6 +3,7 @@ package smtptest
 import (
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -35,6 +36,14 @@ const rspamdTestLua = `rspamd_config:register_symbol({
 // without rspamd, and skips otherwise.
 func StartRspamd(t testing.TB) string {
 	t.Helper()
+	url, _ := StartRspamdMilter(t)
+	return url
+}
+
+// StartRspamdMilter is StartRspamd that also returns the address of its
+// proxy worker in milter mode, scanning itself (self_scan).
+func StartRspamdMilter(t testing.TB) (url, milter string) {
+	t.Helper()
 	bin, err := exec.LookPath("rspamd")
 	if err != nil {
 		if os.Getenv("CI") == "true" {
@@ -50,10 +59,11 @@ func StartRspamd(t testing.TB) string {
 	files := map[string]string{
 		"local.d/worker-normal.inc":     fmt.Sprintf("bind_socket = \"127.0.0.1:%d\";\ncount = 1;\n", normal),
 		"local.d/worker-controller.inc": fmt.Sprintf("bind_socket = \"127.0.0.1:%d\";\ncount = 1;\n", controller),
-		"local.d/worker-proxy.inc":      fmt.Sprintf("bind_socket = \"127.0.0.1:%d\";\ncount = 1;\n", proxy),
-		"local.d/logging.inc":           "type = \"file\";\nfilename = \"" + filepath.Join(dir, "rspamd.log") + "\";\nlevel = \"error\";\n",
-		"local.d/options.inc":           fmt.Sprintf("dns { nameserver = [\"127.0.0.1:%d\"]; timeout = 0.5s; retransmits = 1; }\n", FreePort(t)),
-		"rspamd.local.lua":              rspamdTestLua,
+		"local.d/worker-proxy.inc": fmt.Sprintf("bind_socket = \"127.0.0.1:%d\";\ncount = 1;\nmilter = yes;\n"+
+			"upstream \"local\" {\n  default = yes;\n  self_scan = yes;\n}\n", proxy),
+		"local.d/logging.inc": "type = \"file\";\nfilename = \"" + filepath.Join(dir, "rspamd.log") + "\";\nlevel = \"error\";\n",
+		"local.d/options.inc": fmt.Sprintf("dns { nameserver = [\"127.0.0.1:%d\"]; timeout = 0.5s; retransmits = 1; }\n", FreePort(t)),
+		"rspamd.local.lua":    rspamdTestLua,
 	}
 	for name, text := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
@@ -73,7 +83,8 @@ func StartRspamd(t testing.TB) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() })
-	url := fmt.Sprintf("http://127.0.0.1:%d", normal)
+	url = fmt.Sprintf("http://127.0.0.1:%d", normal)
+	milter = fmt.Sprintf("127.0.0.1:%d", proxy)
 	client := &http.Client{Timeout: time.Second}
 	if !Eventually(60*time.Second, func() bool {
 		resp, err := client.Get(url + "/ping")
@@ -86,5 +97,14 @@ func StartRspamd(t testing.TB) string {
 		log, _ := os.ReadFile(filepath.Join(dir, "rspamd.log"))
 		t.Fatalf("rspamd did not answer /ping within 60s:\n%s", log)
 	}
-	return url
+	if !Eventually(30*time.Second, func() bool {
+		c, err := net.DialTimeout("tcp", milter, time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}) {
+		t.Fatal("rspamd's proxy worker did not listen within 30s")
+	}
+	return url, milter
 }
