@@ -14,6 +14,7 @@ import (
 	"io"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -269,4 +270,21 @@ func ParseOption(d *caddyfile.Dispenser, o *Options) error {
 		return d.Errf("unknown check directive %q", name)
 	}
 	return nil
+}
+
+// OneLine makes an engine's text fit an SMTP reply or a log field:
+// printable ASCII (anything else becomes a space), one line, at most
+// 200 bytes, trimmed. Engines' text is untrusted input.
+func OneLine(s string) string {
+	var b strings.Builder
+	for _, c := range s {
+		if c < 0x20 || c > 0x7e {
+			c = ' '
+		}
+		if b.Len() >= 200 {
+			break
+		}
+		b.WriteRune(c)
+	}
+	return strings.TrimSpace(b.String())
 }

@@ -12,18 +12,18 @@ package milter
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	gomilter "github.com/d--j/go-milter"
-	"github.com/emersion/go-message/textproto"
 
 	"github.com/caddy-smtp/caddy-smtp/checks"
 )
@@ -82,7 +82,7 @@ func (m *Milter) Check(ctx context.Context, msg *checks.Message) (checks.Verdict
 	if err != nil {
 		return checks.Verdict{}, fmt.Errorf("milter at %s: %w", m.Address, err)
 	}
-	lc := &limitedConn{Conn: conn, left: maxRead + 2*msg.Size}
+	lc := &limitedConn{Conn: conn, left: maxRead + 2*msg.Size, hdrOff: 4}
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()); conn.Close() })
 	defer stop()
 	// Every action go-milter handles is offered: milters refuse to
@@ -157,18 +157,27 @@ func (m *Milter) run(s *gomilter.ClientSession, macros *gomilter.MacroBag, msg *
 		return checks.Verdict{}, fmt.Errorf("reading the message: %w", err)
 	}
 	br := bufio.NewReader(r)
-	hdr, err := textproto.ReadHeader(br)
+	fields, first, err := readHeader(br)
 	if err != nil {
 		return checks.Verdict{}, fmt.Errorf("reading the message's header: %w", err)
 	}
-	act, err := s.Header(hdr)
+	for _, f := range fields {
+		act, err := s.HeaderField(f.key, f.value, nil)
+		if err != nil {
+			return checks.Verdict{}, err
+		}
+		if v, done := verdict(act); done {
+			return v, nil
+		}
+	}
+	act, err := s.HeaderEnd()
 	if err != nil {
 		return checks.Verdict{}, err
 	}
 	if v, done := verdict(act); done {
 		return v, nil
 	}
-	mods, act, err := s.BodyReadFrom(br)
+	mods, act, err := s.BodyReadFrom(io.MultiReader(strings.NewReader(first), br))
 	if err != nil {
 		return checks.Verdict{}, err
 	}
@@ -177,6 +186,57 @@ func (m *Milter) run(s *gomilter.ClientSession, macros *gomilter.MacroBag, msg *
 		v.Reason = strings.TrimSpace(v.Reason + " " + strconv.Itoa(len(mods)) + " changes asked for, not applied")
 	}
 	return v, nil
+}
+
+// field is a header field as a milter gets it: the name, and the value
+// as it stands (folding kept), without the one space after the colon.
+type field struct{ key, value string }
+
+// readHeader reads the message's header fields, as Postfix and Sendmail
+// do for their milters: the header ends at the empty line, or at the
+// first line that is neither a field nor a continuation, which then
+// starts the body (returned as first) so that the milter still sees
+// all of the message. A sender's malformed header line can thus
+// neither skip the check nor make it fail. Written here: mail header
+// parsers (net/textproto, go-message) refuse such a line instead.
+func readHeader(br *bufio.Reader) (fields []field, first string, err error) {
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil && err != io.EOF {
+			return nil, "", err
+		}
+		if line == "" {
+			return fields, "", nil
+		}
+		if line == "\r\n" || line == "\n" {
+			return fields, "", nil // the empty line is not part of the body
+		}
+		if (line[0] == ' ' || line[0] == '\t') && len(fields) > 0 {
+			fields[len(fields)-1].value += line
+		} else if key, value, ok := strings.Cut(line, ":"); ok && validKey(key) {
+			value = strings.TrimPrefix(value, " ")
+			fields = append(fields, field{key, value})
+		} else {
+			return fields, line, nil
+		}
+		if err == io.EOF {
+			return fields, "", nil
+		}
+	}
+}
+
+// validKey is a header field name: printable ASCII but the colon
+// (RFC 5322 2.2).
+func validKey(k string) bool {
+	if k == "" {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		if k[i] <= ' ' || k[i] > '~' {
+			return false
+		}
+	}
+	return true
 }
 
 // verdict maps a milter's answer; done is false for "continue".
@@ -212,23 +272,14 @@ func verdict(act *gomilter.Action) (v checks.Verdict, done bool) {
 func replyText(reply string) string {
 	line, _, _ := strings.Cut(reply, "\n")
 	line = strings.TrimRight(line, "\r")
-	f := strings.SplitN(line, " ", 3)
-	if len(f) == 3 && len(f[0]) == 3 && strings.Count(f[1], ".") == 2 {
-		line = f[2]
-	} else if len(f) >= 2 && len(f[0]) == 3 {
-		line = strings.Join(f[1:], " ")
-	}
-	var b strings.Builder
-	for _, c := range line {
-		if c < 0x20 || c > 0x7e {
-			c = ' '
+	// "550 5.7.1 text" or, the first line of several, "550-5.7.1 text".
+	if len(line) >= 4 && (line[3] == ' ' || line[3] == '-') {
+		line = line[4:]
+		if code, rest, ok := strings.Cut(line, " "); ok && strings.Count(code, ".") == 2 {
+			line = rest
 		}
-		if b.Len() >= 200 {
-			break
-		}
-		b.WriteRune(c)
 	}
-	return strings.TrimSpace(b.String())
+	return checks.OneLine(line)
 }
 
 // wrap names the milter in an error and says when it was the check's
@@ -249,28 +300,58 @@ type oneConn struct{ c net.Conn }
 // Dial returns the connection once.
 func (o oneConn) Dial(string, string) (net.Conn, error) { return o.c, nil }
 
-// limitedConn fails reads past a byte budget: go-milter itself accepts
-// packets of up to 512 MiB from a milter.
+// limitedConn bounds what a milter may send: go-milter allocates a
+// packet's announced length (up to 512 MiB) before reading it, and
+// panics on an empty packet, so the length prefix of each packet is
+// read here first and refused when it is zero or over what is left of
+// the budget. go-milter reads each packet's 4-byte length, then its
+// body; the framing is followed whatever sizes it reads in.
 type limitedConn struct {
 	net.Conn
-	left int64
-	used atomic.Int64
+	left   int64 // budget left
+	hdr    [4]byte
+	hdrOff int   // bytes of hdr handed over (4: none pending)
+	body   int64 // bytes of the current packet's body still to read
 }
 
-// errTooMuch is a milter that sent more than its budget.
-var errTooMuch = errors.New("the milter sent more than its read budget")
+// Errors of a milter's packets.
+var (
+	errTooMuch     = errors.New("the milter sent more than its read budget")
+	errEmptyPacket = errors.New("the milter sent an empty packet")
+)
 
-// Read reads within the budget.
+// Read reads within the framing and the budget.
 func (c *limitedConn) Read(p []byte) (int, error) {
-	left := c.left - c.used.Load()
-	if left <= 0 {
-		return 0, errTooMuch
+	if len(p) == 0 {
+		return 0, nil
 	}
-	if int64(len(p)) > left {
-		p = p[:left]
+	if c.hdrOff < len(c.hdr) {
+		n := copy(p, c.hdr[c.hdrOff:])
+		c.hdrOff += n
+		return n, nil
+	}
+	if c.body == 0 {
+		if _, err := io.ReadFull(c.Conn, c.hdr[:]); err != nil {
+			return 0, err
+		}
+		n := int64(binary.BigEndian.Uint32(c.hdr[:]))
+		switch {
+		case n == 0:
+			return 0, errEmptyPacket
+		case n > c.left:
+			return 0, errTooMuch
+		}
+		c.left -= n
+		c.body = n
+		k := copy(p, c.hdr[:])
+		c.hdrOff = k
+		return k, nil
+	}
+	if int64(len(p)) > c.body {
+		p = p[:c.body]
 	}
 	n, err := c.Conn.Read(p)
-	c.used.Add(int64(n))
+	c.body -= int64(n)
 	return n, err
 }
 

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -51,6 +52,15 @@ func TestClamavMilter(t *testing.T) {
 	v, err = m.Check(ctx, message("clean", "a harmless file"))
 	if err != nil || v.Action != checks.Accept {
 		t.Fatalf("clean: %+v %v", v, err)
+	}
+	// A header line that is no header field (a sender's choice) ends the
+	// header; the rest still reaches the milter and is scanned.
+	bad := message("virus", st.EICAR)
+	data := strings.Replace(mustRead(t, bad), "MIME-Version: 1.0\r\n", "MIME-Version: 1.0\r\nthis is no header field\r\n", 1)
+	bad.Size, bad.Open = int64(len(data)), func() (io.Reader, error) { return strings.NewReader(data), nil }
+	v, err = m.Check(ctx, bad)
+	if err != nil || v.Action != checks.Reject {
+		t.Fatalf("EICAR after a malformed header line: %+v %v", v, err)
 	}
 	down := st.StartClamavMilter(t, fmt.Sprintf("127.0.0.1:%d", st.FreePort(t)))
 	v, err = provision(t, &milter.Milter{Address: "tcp/" + down}).Check(ctx, message("clean", "a harmless file"))
@@ -100,6 +110,11 @@ func TestMilterHostile(t *testing.T) {
 		"silent":  func(c net.Conn) { io.Copy(io.Discard, c) },
 		"garbage": func(c net.Conn) { c.Read(make([]byte, 1024)); c.Write([]byte("HTTP/1.0 400 Bad Request\r\n\r\n")) },
 		"close":   func(c net.Conn) { c.Read(make([]byte, 1024)) },
+		"empty": func(c net.Conn) {
+			c.Read(make([]byte, 1024))
+			c.Write([]byte{0, 0, 0, 0}) // go-milter would index data[0] and panic
+			time.Sleep(3 * time.Second)
+		},
 		"huge": func(c net.Conn) {
 			c.Read(make([]byte, 1024))
 			c.Write([]byte{0x10, 0, 0, 0, 'O'}) // a 256 MiB packet announced (go-milter allows 512)
@@ -123,13 +138,21 @@ func TestMilterHostile(t *testing.T) {
 		m := provision(t, &milter.Milter{Address: "tcp/" + ln.Addr().String()})
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		start := time.Now()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
 		v, err := m.Check(ctx, message("x", "x"))
+		runtime.ReadMemStats(&after)
 		cancel()
 		ln.Close()
+		if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 64<<20 {
+			t.Errorf("%s: %d MiB allocated for one check", name, alloc>>20)
+		}
 		if err == nil {
 			t.Errorf("%s: no error, verdict %+v", name, v)
 		} else if name == "huge" && !strings.Contains(err.Error(), "read budget") {
 			t.Errorf("huge: %v, want the read budget's error", err)
+		} else if name == "empty" && !strings.Contains(err.Error(), "empty packet") {
+			t.Errorf("empty: %v, want the empty packet's error", err)
 		}
 		if d := time.Since(start); d > 10*time.Second {
 			t.Errorf("%s: took %v", name, d)

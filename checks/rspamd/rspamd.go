@@ -208,7 +208,7 @@ func (r *Rspamd) Check(ctx context.Context, m *checks.Message) (checks.Verdict, 
 // verdict maps rspamd's action.
 func (r *Rspamd) verdict(a *answer) (checks.Verdict, error) {
 	v := checks.Verdict{Score: a.Score, Reason: reason(a)}
-	reply := oneLine(a.Messages.SMTP)
+	reply := checks.OneLine(a.Messages.SMTP)
 	switch a.Action {
 	case "no action", "add header", "rewrite subject":
 		// Header changes before the commit are not built yet: the
@@ -277,25 +277,9 @@ func reason(a *answer) string {
 			b.WriteString(" ...")
 			break
 		}
-		b.WriteString(" " + oneLine(s.name) + "(" + strconv.FormatFloat(s.score, 'f', 2, 64) + ")")
+		b.WriteString(" " + checks.OneLine(s.name) + "(" + strconv.FormatFloat(s.score, 'f', 2, 64) + ")")
 	}
 	return b.String()
-}
-
-// oneLine makes rspamd's text fit an SMTP reply: printable ASCII, one
-// line, at most 200 bytes.
-func oneLine(s string) string {
-	var b strings.Builder
-	for _, c := range s {
-		if c < 0x20 || c > 0x7e {
-			c = ' '
-		}
-		if b.Len() >= 200 {
-			break
-		}
-		b.WriteRune(c)
-	}
-	return strings.TrimSpace(b.String())
 }
 
 func truncate(s string) string {
