@@ -208,39 +208,33 @@ func (r *Rspamd) Check(ctx context.Context, m *checks.Message) (checks.Verdict, 
 // verdict maps rspamd's action.
 func (r *Rspamd) verdict(a *answer) (checks.Verdict, error) {
 	v := checks.Verdict{Score: a.Score, Reason: reason(a)}
-	reply := checks.OneLine(a.Messages.SMTP)
+	// refuse is a refusal with rspamd's text, or def without one.
+	refuse := func(action checks.Action, def string) {
+		v.Action, v.Reply = action, checks.OneLine(a.Messages.SMTP)
+		if v.Reply == "" {
+			v.Reply = def
+		}
+	}
 	switch a.Action {
 	case "no action", "add header", "rewrite subject":
 		// Header changes before the commit are not built yet: the
 		// message goes on as it is; the log line has the action.
 		v.Action = checks.Accept
 	case "reject":
-		v.Action, v.Reply = checks.Reject, reply
-		if v.Reply == "" {
-			v.Reply = "Spam message rejected"
-		}
+		refuse(checks.Reject, "Spam message rejected")
 	case "soft reject":
-		v.Action, v.Reply = checks.Tempfail, reply
-		if v.Reply == "" {
-			v.Reply = "Try again later"
-		}
+		refuse(checks.Tempfail, "Try again later")
 	case "greylist":
 		if r.Greylist == checks.OnErrorAccept {
 			v.Action = checks.Accept
-			break
-		}
-		v.Action, v.Reply = checks.Tempfail, reply
-		if v.Reply == "" {
-			v.Reply = "Try again later"
+		} else {
+			refuse(checks.Tempfail, "Try again later")
 		}
 	case "quarantine":
 		if r.Quarantine == checks.OnErrorAccept {
 			v.Action = checks.Accept
-			break
-		}
-		v.Action, v.Reply = checks.Reject, reply
-		if v.Reply == "" {
-			v.Reply = "Message rejected by policy"
+		} else {
+			refuse(checks.Reject, "Message rejected by policy")
 		}
 	case "discard":
 		v.Action = checks.Discard
