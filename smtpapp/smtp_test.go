@@ -1,6 +1,7 @@
 package smtpapp
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -358,7 +360,7 @@ func TestReload(t *testing.T) {
 	open.Expect("250", "RCPT TO:<b@example.test>")
 
 	var stop atomic.Bool
-	var dials, refused atomic.Int64
+	var dials, refused, resetAtConnect atomic.Int64
 	var wg sync.WaitGroup
 	for w := 0; w < 4; w++ {
 		wg.Add(1)
@@ -367,13 +369,24 @@ func TestReload(t *testing.T) {
 			for i := 0; i < 2000 && !stop.Load(); i++ {
 				c, err := st.NetDial(addr)
 				dials.Add(1)
-				if err != nil {
+				var dialErr *net.OpError
+				switch {
+				case err != nil && errors.As(err, &dialErr) && dialErr.Op == "dial" && errors.Is(err, syscall.ECONNRESET):
+					// The SYN met the old socket in the instant it closed:
+					// a race of SO_REUSEPORT that tcp_migrate_req does not
+					// cover (see TestReloadUnderLoad). A client retries.
+					resetAtConnect.Add(1)
+					t.Logf("dial: %v", err)
+					continue
+				case err != nil:
 					refused.Add(1)
+					t.Logf("dial: %v", err)
 					continue
 				}
 				cl := &st.Client{T: t, Conn: c, Text: st.NewText(c)}
-				if code, _ := cl.Read(); code != 220 {
+				if code, msg := cl.Read(); code != 220 {
 					refused.Add(1)
+					t.Logf("greeting: %d %s", code, msg)
 				}
 				c.Close()
 			}
@@ -405,7 +418,10 @@ func TestReload(t *testing.T) {
 			t.Logf("net.ipv4.tcp_migrate_req is off: %d of %d connections refused during reloads", n, dials.Load())
 		}
 	}
-	t.Logf("%d connections during two reloads, %d refused", dials.Load(), refused.Load())
+	if n := resetAtConnect.Load(); n > 2 {
+		t.Errorf("%d connections reset at connect during two reloads (up to 2 are the kernel's race)", n)
+	}
+	t.Logf("%d connections during two reloads, %d refused, %d reset at connect", dials.Load(), refused.Load(), resetAtConnect.Load())
 	fresh := st.Dial(t, addr)
 	if ehlo := fresh.Expect("250", "EHLO client.test"); !strings.Contains(ehlo, fmt.Sprintf("RCPTMAX=%d", 7)) {
 		t.Fatalf("new session does not see the new config: %q", ehlo)
