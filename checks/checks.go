@@ -20,6 +20,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/dustin/go-humanize"
+
+	"github.com/caddy-smtp/caddy-smtp/message"
 )
 
 // Check is a content check.
@@ -56,10 +58,11 @@ type Action int
 
 // Actions.
 const (
-	Accept   Action = iota // go on: the next check, then 250
-	Reject                 // 550 5.7.1, with the engine's text
-	Tempfail               // 451 4.7.1
-	Discard                // 250, nothing queued, logged
+	Accept     Action = iota // go on: the next check, then 250
+	Reject                   // 550 5.7.1, with the engine's text
+	Tempfail                 // 451 4.7.1
+	Discard                  // 250, nothing queued, logged
+	Quarantine               // 250, kept in the quarantine, not delivered
 )
 
 func (a Action) String() string {
@@ -70,6 +73,8 @@ func (a Action) String() string {
 		return "tempfail"
 	case Discard:
 		return "discard"
+	case Quarantine:
+		return "quarantine"
 	}
 	return "accept"
 }
@@ -83,6 +88,29 @@ type Verdict struct {
 	Reason string
 	// Score, for engines that score.
 	Score float64
+
+	// Changes asked for, applied before the next check and before the
+	// message is committed (so what is spooled is what is delivered),
+	// for an accepted or quarantined message.
+	Changes
+}
+
+// Changes are what a check asks to change in a message: its header,
+// its body, its envelope (the milter protocol's modification actions).
+type Changes struct {
+	// Edits of the header, in order.
+	Edits []message.HeaderEdit
+	// Body, when not nil, replaces the body.
+	Body []byte
+	// From, when not nil, replaces the envelope sender ("" for <>).
+	From *string
+	// AddRcpts and DelRcpts add and remove envelope recipients.
+	AddRcpts, DelRcpts []string
+}
+
+// Empty reports whether c changes nothing.
+func (c *Changes) Empty() bool {
+	return len(c.Edits) == 0 && c.Body == nil && c.From == nil && len(c.AddRcpts) == 0 && len(c.DelRcpts) == 0
 }
 
 // On-error choices.
@@ -169,9 +197,13 @@ func (e *SkipError) Error() string { return e.Reason }
 // ErrBusy is a check whose concurrency bound did not free up in time.
 var ErrBusy = errors.New("too many messages being checked")
 
-// Run runs checks in order until one refuses or discards the message,
-// and returns the verdict that applies and each check's outcome.
-func Run(ctx context.Context, list []Check, names []string, m *Message) (Verdict, []Outcome) {
+// Run runs checks in order until one refuses, discards or quarantines
+// the message, and returns the verdict that applies and each check's
+// outcome. A check's changes are handed to apply as soon as it answers,
+// so that the next check sees the message changed; apply updates m. A
+// change that would break the message is the engine's error (on_error
+// applies); apply's own failure (the spool) is a tempfail.
+func Run(ctx context.Context, list []Check, names []string, m *Message, apply func(*Changes) error) (Verdict, []Outcome) {
 	var outs []Outcome
 	for i, c := range list {
 		o := c.CheckOptions()
@@ -190,12 +222,21 @@ func Run(ctx context.Context, list []Check, names []string, m *Message) (Verdict
 			outs = append(outs, out)
 			continue
 		}
+		if err == nil && (v.Action == Accept || v.Action == Quarantine) && !v.Changes.Empty() {
+			err = checkChanges(&v.Changes)
+		}
 		if err != nil {
 			out.Err = err
 			if o.OnError == OnErrorAccept {
 				v = Verdict{Action: Accept}
 			} else {
 				v = Verdict{Action: Tempfail, Reason: "check unavailable"}
+			}
+		}
+		if (v.Action == Accept || v.Action == Quarantine) && !v.Changes.Empty() {
+			if err := apply(&v.Changes); err != nil {
+				out.Err = fmt.Errorf("applying the check's changes: %w", err)
+				v = Verdict{Action: Tempfail, Reason: "changes could not be applied"}
 			}
 		}
 		out.Verdict = v
@@ -205,6 +246,25 @@ func Run(ctx context.Context, list []Check, names []string, m *Message) (Verdict
 		}
 	}
 	return Verdict{Action: Accept}, outs
+}
+
+// Bounds of a check's changes: engines' answers are untrusted input.
+const (
+	maxBody       = 64 << 20
+	maxRcptChange = 1000
+)
+
+func checkChanges(c *Changes) error {
+	if err := message.CheckEdits(c.Edits); err != nil {
+		return err
+	}
+	if len(c.Body) > maxBody {
+		return fmt.Errorf("a new body of %d bytes", len(c.Body))
+	}
+	if len(c.AddRcpts)+len(c.DelRcpts) > maxRcptChange {
+		return fmt.Errorf("%d recipient changes", len(c.AddRcpts)+len(c.DelRcpts))
+	}
+	return nil
 }
 
 func runOne(ctx context.Context, c Check, o *Options, m *Message) (Verdict, error) {

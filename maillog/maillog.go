@@ -131,6 +131,24 @@ func (m Log) MessageAccepted(a Accepted) {
 	m.Logger().Info("message accepted", fields...)
 }
 
+// Quarantined is the line of a message acknowledged with 250 and kept
+// in the quarantine by a check.
+func (m Log) Quarantined(env *spool.Envelope, remote netip.Addr, took time.Duration) {
+	to := make([]string, len(env.Recipients))
+	for i, r := range env.Recipients {
+		to[i] = r.Address
+	}
+	m.Logger().Warn("message quarantined",
+		zap.String(FieldQueueID, env.ID),
+		zap.String(FieldRemoteIP, remote.String()),
+		zap.String(FieldFrom, env.From),
+		zap.Strings(FieldTo, to),
+		zap.Int64("size", env.Size),
+		zap.String("check", env.Quarantine.Check),
+		zap.String("reason", env.Quarantine.Reason),
+		zap.Duration("duration", took))
+}
+
 // Delivery is the line of one recipient's delivery attempt, with the
 // facts of Postfix's "to=<...>, relay=..., delay=..., status=..." line:
 // "delivery sent", "delivery deferred" or "delivery bounced".

@@ -22,16 +22,18 @@ type Metrics struct {
 	TLSPolicies   *prometheus.CounterVec   // server, policy, tls
 	Checks        *prometheus.CounterVec   // server, check, verdict
 	CheckLatency  *prometheus.HistogramVec // server, check
+	Quarantined   *prometheus.CounterVec   // server, check
 	AcceptLatency *prometheus.HistogramVec // server
 	DeliveryDelay *prometheus.HistogramVec // server, result
 }
 
 const ns, sub = "caddy", "smtp"
 
-// New makes the collectors and registers them in reg, with two gauges
-// that call queueStats when scraped: the number of queued messages and
-// the age of the oldest.
-func New(reg prometheus.Registerer, queueStats func() (int, time.Duration)) (*Metrics, error) {
+// New makes the collectors and registers them in reg, with three gauges
+// that call queueStats and quarantineSize when scraped: the number of
+// queued messages, the age of the oldest, and the number of messages
+// in the quarantine.
+func New(reg prometheus.Registerer, queueStats func() (int, time.Duration), quarantineSize func() int) (*Metrics, error) {
 	m := &Metrics{
 		Connections: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "connections_total", Help: "SMTP connections, by server and result (accepted, or refused and why)."},
@@ -57,6 +59,9 @@ func New(reg prometheus.Registerer, queueStats func() (int, time.Duration)) (*Me
 		CheckLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
 			Name: "check_latency_seconds", Help: "How long a content check took for a message.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, []string{"server", "check"}),
+		Quarantined: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "quarantined_total", Help: "Messages quarantined, by the check that quarantined them."},
+			[]string{"server", "check"}),
 		AcceptLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
 			Name: "accept_latency_seconds", Help: "From the end of DATA to the 250: the durable write of the message.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{"server"}),
@@ -70,8 +75,12 @@ func New(reg prometheus.Registerer, queueStats func() (int, time.Duration)) (*Me
 	queueAge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
 		Name: "queue_oldest_age_seconds", Help: "Age of the oldest message in the queue (0 when empty)."},
 		func() float64 { _, age := queueStats(); return age.Seconds() })
+	quarantine := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
+		Name: "quarantine_messages", Help: "Messages in the quarantine."},
+		func() float64 { return float64(quarantineSize()) })
 	for _, c := range []prometheus.Collector{m.Connections, m.Handshakes, m.Messages, m.Bytes,
-		m.Deliveries, m.TLSPolicies, m.Checks, m.CheckLatency, m.AcceptLatency, m.DeliveryDelay, queueSize, queueAge} {
+		m.Deliveries, m.TLSPolicies, m.Checks, m.CheckLatency, m.Quarantined, m.AcceptLatency, m.DeliveryDelay,
+		queueSize, queueAge, quarantine} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

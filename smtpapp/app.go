@@ -30,6 +30,9 @@ func init() {
 // DefaultMaxAge is how long a message may stay queued before it bounces.
 const DefaultMaxAge = caddy.Duration(queue.DefaultMaxAge)
 
+// DefaultQuarantineMaxAge is how long a quarantined message is kept.
+const DefaultQuarantineMaxAge = caddy.Duration(30 * 24 * time.Hour)
+
 // App is the smtp app: a durable queue and named SMTP servers.
 type App struct {
 	// The queue (spool) that accepted messages are stored in.
@@ -43,6 +46,11 @@ type App struct {
 	ctx    caddy.Context
 	logger *zap.Logger
 	spool  *spool.Spool // opened in Start
+	// quarantine holds quarantined messages: a spool in the queue's
+	// directory, opened by Start. stopSweep ends its expiry.
+	quarantine *spool.Spool
+	stopSweep  func()
+
 	// spoolPath is the spool's directory, known from Provision on
 	spoolPath string
 	tlsApp    *caddytls.TLS
@@ -86,6 +94,11 @@ type QueueConfig struct {
 	// that had received it. Default: 30s.
 	StopGrace caddy.Duration `json:"stop_grace,omitempty"`
 
+	// How long a quarantined message is kept before it is removed,
+	// unless an administrator releases or deletes it first.
+	// Default: 30d.
+	QuarantineMaxAge caddy.Duration `json:"quarantine_max_age,omitempty"`
+
 	// Keep accepted mail queued without delivering any of it, like
 	// Postfix's hold queue: for maintenance, or a spool that another
 	// Caddy delivers from. Turn it off (and reload) to deliver.
@@ -107,7 +120,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
 	a.logger = ctx.Logger()
 	a.runner = new(atomic.Pointer[queue.Runner])
-	m, err := metrics.New(ctx.GetMetricsRegistry(), a.queueStats)
+	m, err := metrics.New(ctx.GetMetricsRegistry(), a.queueStats, a.quarantineSize)
 	if err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
@@ -120,6 +133,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		"max_age": int64(q.MaxAge), "min_retry_interval": int64(q.MinRetryInterval),
 		"max_retry_interval": int64(q.MaxRetryInterval), "workers": int64(q.Workers),
 		"max_per_destination": int64(q.MaxPerDestination), "stop_grace": int64(q.StopGrace),
+		"quarantine_max_age": int64(q.QuarantineMaxAge),
 	} {
 		if v < 0 {
 			return fmt.Errorf("queue.%s: must not be negative", name)
@@ -127,6 +141,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	if q.MaxAge == 0 {
 		q.MaxAge = DefaultMaxAge
+	}
+	if q.QuarantineMaxAge == 0 {
+		q.QuarantineMaxAge = DefaultQuarantineMaxAge
 	}
 	if q.Workers == 0 {
 		q.Workers = queue.DefaultWorkers
@@ -323,6 +340,13 @@ func (a *App) Start() error {
 		return fmt.Errorf("queue.path: %w", err)
 	}
 	a.spool = sp
+	qs, err := spool.Open(a.quarantinePath())
+	if err != nil {
+		sp.Close()
+		return fmt.Errorf("queue.path: the quarantine: %w", err)
+	}
+	a.quarantine = qs
+	a.stopSweep = a.sweepQuarantine(time.Duration(a.Queue.QuarantineMaxAge))
 	for _, name := range a.serverNames() {
 		if err := a.Servers[name].start(a.ctx); err != nil {
 			return errors.Join(err, a.Stop())
@@ -366,6 +390,9 @@ func (a *App) Stop() error {
 	if r := a.runner.Swap(nil); r != nil {
 		r.Stop(a.successor())
 	}
+	if a.stopSweep != nil {
+		a.stopSweep()
+	}
 	return errors.Join(errs...)
 }
 
@@ -387,10 +414,14 @@ func (a *App) successor() *queue.Runner {
 // Cleanup releases the spool's files once the app is gone (after Stop;
 // in a reload, after the new config started).
 func (a *App) Cleanup() error {
+	var errs []error
 	if a.spool != nil {
-		return a.spool.Close()
+		errs = append(errs, a.spool.Close())
 	}
-	return nil
+	if a.quarantine != nil {
+		errs = append(errs, a.quarantine.Close())
+	}
+	return errors.Join(errs...)
 }
 
 // queued tells the delivering runner about a new record: ours while we

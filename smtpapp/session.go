@@ -226,10 +226,7 @@ func (ss *session) Data(r io.Reader) error {
 	}
 	defer draft.Abort()
 
-	addrs := make([]string, len(ss.rcpts))
-	for i, rc := range ss.rcpts {
-		addrs[i] = rc.Address
-	}
+	addrs := addresses(ss.rcpts)
 	proto := message.Protocol(ss.conn.esmtp.Load(), ss.isTLS(), ss.authID != "")
 	remote := ss.conn.remote.Addr()
 	if _, err := draft.WriteString(message.Received(ss.srv.Hostname, ss.helo, remote, proto,
@@ -290,13 +287,14 @@ func (ss *session) Data(r io.Reader) error {
 		return io.ErrUnexpectedEOF
 	}
 
-	if err := ss.runChecks(draft, addrs); err != nil {
+	res, err := ss.runChecks(draft, ss.rcpts)
+	if err != nil {
 		return err // the draft is aborted: nothing is queued
 	}
 	env := &spool.Envelope{
 		Server:     ss.srv.name,
-		From:       ss.from,
-		Recipients: ss.rcpts,
+		From:       res.from,
+		Recipients: res.rcpts,
 		Body:       string(ss.mailOpts.Body),
 		SMTPUTF8:   ss.mailOpts.UTF8,
 		RequireTLS: ss.mailOpts.RequireTLS,
@@ -309,7 +307,11 @@ func (ss *session) Data(r io.Reader) error {
 			Auth:     ss.authID,
 			TLS:      ss.tlsInfo(),
 		},
-		Received: start.UTC(),
+		Received:   start.UTC(),
+		Quarantine: res.quarantine,
+	}
+	if res.quarantine != nil {
+		return ss.quarantine(draft, env, start)
 	}
 	committing := time.Now()
 	if err := draft.Commit(env); err != nil {
@@ -321,8 +323,27 @@ func (ss *session) Data(r io.Reader) error {
 	m.Bytes.WithLabelValues(ss.srv.name).Add(float64(env.Size))
 	ss.conn.countMessage()
 	ss.srv.app.queued(env.ID)
-	ss.srv.maillog.MessageAccepted(maillog.Accepted{ID: env.ID, Remote: remote, From: env.From, To: addrs,
+	ss.srv.maillog.MessageAccepted(maillog.Accepted{ID: env.ID, Remote: remote, From: env.From, To: addresses(env.Recipients),
 		Size: env.Size, Protocol: proto, Took: time.Since(start), TLS: ss.tlsState()})
+	return reply(250, 2, 0, 0, "OK: queued as "+env.ID)
+}
+
+// quarantine commits a message a check quarantined into the
+// quarantine: to the sender it is accepted (250), and it is not
+// delivered until an administrator releases it.
+func (ss *session) quarantine(draft *spool.Draft, env *spool.Envelope, start time.Time) error {
+	q := ss.srv.app.quarantine
+	if q == nil {
+		return ss.spoolFailed(errors.New("the quarantine is not open"))
+	}
+	if err := draft.CommitTo(q, env); err != nil {
+		return ss.spoolFailed(err)
+	}
+	m := ss.srv.app.metrics
+	m.Messages.WithLabelValues(ss.srv.name, "quarantined", "").Inc()
+	m.Quarantined.WithLabelValues(ss.srv.name, env.Quarantine.Check).Inc()
+	ss.conn.countMessage()
+	ss.srv.maillog.Quarantined(env, ss.conn.remote.Addr(), time.Since(start))
 	return reply(250, 2, 0, 0, "OK: queued as "+env.ID)
 }
 

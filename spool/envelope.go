@@ -38,6 +38,25 @@ type Envelope struct {
 	Client Client `json:"client"`
 	// Received is when the message was accepted.
 	Received time.Time `json:"received"`
+	// Quarantine is set on a message a content check quarantined; it
+	// is kept undelivered until an administrator releases or deletes
+	// it.
+	Quarantine *Quarantine `json:"quarantine,omitempty"`
+}
+
+// Quarantine is why a message was quarantined.
+type Quarantine struct {
+	// Check is the module name of the check that quarantined it
+	// (clamav, rspamd, milter).
+	Check string `json:"check"`
+	// Reason is what the engine found: a virus signature, rspamd's
+	// symbols, a milter's reason.
+	Reason string `json:"reason,omitempty"`
+	// Reasons are the other checks' findings on the message, one line
+	// each, in the order they ran.
+	Reasons []string `json:"reasons,omitempty"`
+	// At is when the message was quarantined.
+	At time.Time `json:"at"`
 }
 
 // Client describes the SMTP client that submitted a message.

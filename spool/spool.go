@@ -265,6 +265,8 @@ type Draft struct {
 	buf   *bufio.Writer
 	size  int64
 	done  bool
+
+	rewrites int // temp files made by Rewrite, for their names
 }
 
 // Create starts a new record with a fresh queue id.
@@ -319,12 +321,50 @@ func (d *Draft) WriteString(s string) (int, error) {
 	return n, err
 }
 
+// Rewrite replaces the message written so far with what fn writes,
+// given the message as it is: a content check's header changes. The
+// new text goes to a new temp file, which takes the old one's place
+// only when fn succeeds; on failure the draft is as it was. A reader
+// from Reader before the call keeps reading the old text until the old
+// file is closed here, then gets an error.
+func (d *Draft) Rewrite(fn func(w io.Writer, old io.Reader) error) error {
+	if d.done {
+		return errors.New("spool: draft already finished")
+	}
+	if err := d.Flush(); err != nil {
+		return err
+	}
+	d.rewrites++
+	name := filepath.Join(d.spool.dir, fmt.Sprintf("%s%s-%d%s", tempPrefix, d.id, d.rewrites, recordExt))
+	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("creating record file: %w", err)
+	}
+	nd := &Draft{file: f, buf: bufio.NewWriterSize(f, 64<<10)}
+	if err := fn(nd, d.Reader()); err != nil {
+		f.Close()
+		os.Remove(name)
+		return err
+	}
+	old := d.file
+	d.file, d.buf, d.size = f, nd.buf, nd.size
+	old.Close()
+	os.Remove(old.Name())
+	return nil
+}
+
 // Commit makes the record durable: the envelope and the trailer are
 // appended to the message, the file is flushed, fsynced and renamed
 // into place, and the directory is fsynced. Only after Commit returns
 // nil may the server acknowledge the message. env.ID and env.Size are
 // set by Commit.
 func (d *Draft) Commit(env *Envelope) error {
+	return d.CommitTo(d.spool, env)
+}
+
+// CommitTo commits the record, as Commit does, into another spool on
+// the same file system (a subdirectory of the draft's: the quarantine).
+func (d *Draft) CommitTo(s *Spool, env *Envelope) error {
 	if d.done {
 		return errors.New("spool: draft already finished")
 	}
@@ -355,14 +395,14 @@ func (d *Draft) Commit(env *Envelope) error {
 	if err := d.file.Close(); err != nil {
 		return fail(fmt.Errorf("closing record file: %w", err))
 	}
-	if err := os.Rename(tmpName, d.spool.recordPath(d.id)); err != nil {
+	if err := os.Rename(tmpName, s.recordPath(d.id)); err != nil {
 		os.Remove(tmpName)
 		return fmt.Errorf("renaming record file: %w", err)
 	}
-	if err := d.spool.syncDir(); err != nil {
+	if err := s.syncDir(); err != nil {
 		// The rename may or may not survive a crash: the message must
 		// not be acknowledged, and must not be delivered either.
-		os.Remove(d.spool.recordPath(d.id))
+		os.Remove(s.recordPath(d.id))
 		return err
 	}
 	return nil
@@ -537,6 +577,44 @@ func (s *Spool) Modify(id string, fn func(env *Envelope) (remove bool, err error
 		return s.removeLocked(id)
 	}
 	return s.writeEnvelope(env)
+}
+
+// MoveTo moves a record into another spool on the same file system
+// (out of the quarantine), under both spools' records locks, letting fn
+// change its envelope on the way. The new envelope is written first,
+// durably, beside where the record goes, then the record file is
+// renamed: a crash in between leaves the record where it was, and an
+// envelope without a record in dst, which is debris.
+func (s *Spool) MoveTo(id string, dst *Spool, fn func(env *Envelope) error) error {
+	if !validID(id) {
+		return ErrNotFound
+	}
+	defer s.lockRecords()()
+	defer dst.lockRecords()()
+	env, err := s.Load(id)
+	if err != nil {
+		return err
+	}
+	if err := fn(env); err != nil {
+		return err
+	}
+	if err := dst.writeEnvelope(env); err != nil {
+		return err
+	}
+	if err := os.Rename(s.recordPath(id), dst.recordPath(id)); err != nil {
+		os.Remove(dst.envelopePath(id))
+		return fmt.Errorf("moving record %s: %w", id, err)
+	}
+	if err := dst.syncDir(); err != nil {
+		return err
+	}
+	if err := s.syncDir(); err != nil {
+		return err
+	}
+	if err := os.Remove(s.envelopePath(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("removing envelope %s: %w", id, err)
+	}
+	return nil
 }
 
 // Remove deletes a record: the record file first, durably, then its

@@ -82,7 +82,7 @@ func TestClamAVDownOrStalled(t *testing.T) {
 		{stalled, "", checks.Tempfail}, {stalled, "accept", checks.Accept},
 	} {
 		c := provision(t, &clamav.ClamAV{Address: tc.addr, Options: checks.Options{OnError: tc.onError, Timeout: 300 * 1e6}})
-		v, outs := checks.Run(context.Background(), []checks.Check{c}, []string{"clamav"}, message("Subject: x\r\n\r\nbody\r\n"))
+		v, outs := checks.Run(context.Background(), []checks.Check{c}, []string{"clamav"}, message("Subject: x\r\n\r\nbody\r\n"), nil)
 		if v.Action != tc.want || outs[0].Err == nil {
 			t.Fatalf("%s on_error %q: %+v %+v", tc.addr, tc.onError, v, outs)
 		}
@@ -92,7 +92,7 @@ func TestClamAVDownOrStalled(t *testing.T) {
 // TestClamAVMaxSize: a message over max_size skips the check, and says so.
 func TestClamAVMaxSize(t *testing.T) {
 	c := provision(t, &clamav.ClamAV{Address: "tcp/127.0.0.1:1", Options: checks.Options{MaxSize: 10}})
-	v, outs := checks.Run(context.Background(), []checks.Check{c}, []string{"clamav"}, message("Subject: big\r\n\r\n"+strings.Repeat("x", 100)))
+	v, outs := checks.Run(context.Background(), []checks.Check{c}, []string{"clamav"}, message("Subject: big\r\n\r\n"+strings.Repeat("x", 100)), nil)
 	if v.Action != checks.Accept || outs[0].Skipped == "" {
 		t.Fatalf("%+v %+v", v, outs)
 	}
@@ -105,7 +105,7 @@ func TestClamAVStreamLimit(t *testing.T) {
 	addr := st.StartClamdLimit(t, "1M")
 	c := provision(t, &clamav.ClamAV{Address: "tcp/" + addr})
 	for _, size := range []int{2 << 20, 24 << 20} {
-		v, outs := checks.Run(context.Background(), []checks.Check{c}, []string{"clamav"}, message("Subject: big\r\n\r\n"+strings.Repeat("x", size)))
+		v, outs := checks.Run(context.Background(), []checks.Check{c}, []string{"clamav"}, message("Subject: big\r\n\r\n"+strings.Repeat("x", size)), nil)
 		if v.Action != checks.Accept || outs[0].Skipped == "" || outs[0].Err != nil {
 			t.Fatalf("%d bytes: %+v %+v", size, v, outs)
 		}
