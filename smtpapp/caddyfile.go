@@ -73,6 +73,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		workers             <n>
 //		max_per_destination <n>
 //		stop_grace          <duration>
+//		quarantine_max_age  <duration>
 //		hold
 //	}
 func (q *QueueConfig) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -107,6 +108,10 @@ func (q *QueueConfig) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "stop_grace":
 			if err := durationArg(d, &q.StopGrace); err != nil {
+				return err
+			}
+		case "quarantine_max_age":
+			if err := durationArg(d, &q.QuarantineMaxAge); err != nil {
 				return err
 			}
 		case "hold":

@@ -37,7 +37,8 @@ type ClamAV struct {
 	Address string `json:"address,omitempty"`
 
 	// What a message with a virus gets: `reject` (default: 550 5.7.1
-	// with the signature's name).
+	// with the signature's name) or `quarantine` (250 to the sender;
+	// kept undelivered in the quarantine with the signature's name).
 	Action string `json:"action,omitempty"`
 
 	addr caddy.NetworkAddress
@@ -67,8 +68,9 @@ func (c *ClamAV) Provision(caddy.Context) error {
 	switch c.Action {
 	case "", "reject":
 		c.Action = "reject"
+	case "quarantine":
 	default:
-		return fmt.Errorf("checks.clamav.action: %q is not reject (quarantine is not built yet)", c.Action)
+		return fmt.Errorf("checks.clamav.action: %q is not one of reject, quarantine", c.Action)
 	}
 	return c.Options.Provision("checks.clamav")
 }
@@ -124,7 +126,11 @@ func (c *ClamAV) Check(ctx context.Context, m *checks.Message) (checks.Verdict, 
 	if err != nil {
 		return checks.Verdict{}, fmt.Errorf("clamd at %s: no answer: %v", c.Address, err)
 	}
-	return verdict(strings.TrimSuffix(reply, "\x00"))
+	v, err := verdict(strings.TrimSuffix(reply, "\x00"))
+	if err == nil && v.Action == checks.Reject && c.Action == "quarantine" {
+		v.Action, v.Reply = checks.Quarantine, ""
+	}
+	return v, err
 }
 
 // afterWriteError reads what clamd said before it closed the stream: a
@@ -169,7 +175,7 @@ func truncate(s string) string {
 // read by the server's `check` directive):
 //
 //	check clamav <address> {
-//		action         reject
+//		action         reject|quarantine
 //		timeout        <duration>
 //		on_error       tempfail|accept
 //		max_size       <size>
