@@ -1,6 +1,7 @@
 // Package admin is the smtp app's endpoint on Caddy's admin API
 // (admin.api.smtp): queue administration over HTTP, what Postfix's
-// mailq, postqueue -f / -i, postsuper -d and "bounce now" do.
+// mailq, postqueue -f / -i, postsuper -d and "bounce now" do, and the
+// quarantine's (list, show, release, delete).
 //
 // The routes, under the admin listener (localhost:2019 by default):
 //
@@ -11,11 +12,16 @@
 //	DELETE /smtp/queue/{id}
 //	POST   /smtp/queue/delete          {"ids": ["...", ...]}
 //	POST   /smtp/queue/{id}/bounce
+//	GET    /smtp/quarantine?sender=&recipient=&domain=&offset=&limit=
+//	GET    /smtp/quarantine/{id}
+//	POST   /smtp/quarantine/{id}/release
+//	DELETE /smtp/quarantine/{id}
 //
 // Responses are JSON. Errors are JSON too, {"error": "..."}, with the
 // status Caddy's admin API uses: 400 for bad input, 404 for an unknown
-// queue id or path, 405 for a wrong method, 409 for a bounce of a
-// message with nothing left to bounce, 503 when no smtp app is running.
+// queue id, quarantined id or path, 405 for a wrong method, 409 for a
+// bounce of a message with nothing left to bounce, 503 when no smtp app
+// is running.
 package admin
 
 import (
@@ -142,6 +148,8 @@ func (a *API) handleAPIEndpoints(w http.ResponseWriter, r *http.Request) error {
 		return a.handleFlush(w, r, parts[1])
 	case len(parts) == 3 && parts[0] == "queue" && parts[1] != "" && parts[2] == "bounce":
 		return a.handleBounce(w, r, parts[1])
+	case parts[0] == "quarantine":
+		return a.handleQuarantine(w, r, parts[1:])
 	}
 	return caddy.APIError{
 		HTTPStatus: http.StatusNotFound,

@@ -1,8 +1,8 @@
 package queue
 
 import (
-	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"time"
@@ -128,18 +128,32 @@ func Show(sp *spool.Spool, id string, active func(id string) bool) (Entry, strin
 	if err != nil {
 		return Entry{}, "", err
 	}
-	f, err := sp.OpenMessage(id)
+	hdr, err := readHeader(sp, id, maxShownHeader)
 	if err != nil {
-		return Entry{}, "", ErrNoSuchMessage
-	}
-	defer f.Close()
-	var hdr strings.Builder
-	if err := copyHeaders(&hdr, bufio.NewReader(f)); err != nil && !errors.Is(err, io.EOF) {
 		return Entry{}, "", err
 	}
 	e := entryOf(env)
 	e.Active = active(id)
-	return e, hdr.String(), nil
+	return e, hdr, nil
+}
+
+// maxShownHeader bounds the header section Show returns.
+const maxShownHeader = 1 << 20
+
+// readHeader returns the header section of a stored message as it is
+// (copyHeaders), from the first limit bytes of the message; a record
+// that cannot be opened is ErrNoSuchMessage (removed meanwhile).
+func readHeader(sp *spool.Spool, id string, limit int64) (string, error) {
+	f, err := sp.OpenMessage(id)
+	if err != nil {
+		return "", ErrNoSuchMessage
+	}
+	defer f.Close()
+	var hdr strings.Builder
+	if err := copyHeaders(&hdr, io.LimitReader(f, limit)); err != nil {
+		return "", fmt.Errorf("reading the header of %s: %w", id, err)
+	}
+	return hdr.String(), nil
 }
 
 // Flush makes deferred recipients due now, for one message or (id "")

@@ -8,6 +8,7 @@
 //	caddy smtp-queue flush [<id>...]
 //	caddy smtp-queue delete <id>...
 //	caddy smtp-queue bounce <id>...
+//	caddy smtp-queue quarantine list|show|release|delete [<id>...]
 //
 // Every subcommand takes --address (else the admin address of --config,
 // else CADDY_ADMIN or localhost:2019, as `caddy stop` finds it) and
@@ -38,7 +39,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "smtp-queue",
-		Usage: "list|show|flush|delete|bounce [--address <interface>] [--json]",
+		Usage: "list|show|flush|delete|bounce|quarantine [--address <interface>] [--json]",
 		Short: "Lists and manages the smtp app's mail queue (like mailq, postqueue, postsuper)",
 		Long: `
 Lists and manages the mail queue of the smtp app in a running Caddy, through
@@ -53,6 +54,9 @@ its admin API (the /smtp/ endpoints of admin.api.smtp).
   delete   remove messages from the queue without notice (postsuper -d)
   bounce   return messages to their senders now, with a delivery status
            notification
+  quarantine list|show|release|delete
+           the messages content checks quarantined: list them, show one,
+           release them into the queue for delivery, or delete them
 
 The admin API is reached at --address if given; otherwise at the admin
 address of the --config file; otherwise at the default (CADDY_ADMIN, or
@@ -87,11 +91,7 @@ case-insensitively: --sender the envelope sender, --recipient any recipient,
 				Args: cobra.NoArgs,
 				RunE: wrap(cmdList),
 			}
-			list.Flags().String("sender", "", "Only messages from this envelope sender")
-			list.Flags().String("recipient", "", "Only messages with this recipient")
-			list.Flags().String("domain", "", "Only messages with a recipient in this domain")
-			list.Flags().Int("offset", 0, "Skip this many matching messages")
-			list.Flags().Int("limit", 0, "List at most this many messages (0: all)")
+			listFlags(list)
 			cmd.AddCommand(list)
 
 			cmd.AddCommand(&cobra.Command{
@@ -118,6 +118,7 @@ case-insensitively: --sender the envelope sender, --recipient any recipient,
 				Args:  cobra.MinimumNArgs(1),
 				RunE:  wrap(cmdBounce),
 			})
+			cmd.AddCommand(quarantineCommand())
 		},
 	})
 }
@@ -173,11 +174,23 @@ func printJSON(out io.Writer, body []byte) error {
 	return err
 }
 
-func cmdList(fl caddycmd.Flags, _ []string, out io.Writer) error {
+// listFlags adds a listing's filter and page flags to a subcommand.
+func listFlags(c *cobra.Command) {
+	c.Flags().String("sender", "", "Only messages from this envelope sender")
+	c.Flags().String("recipient", "", "Only messages with this recipient")
+	c.Flags().String("domain", "", "Only messages with a recipient in this domain")
+	c.Flags().Int("offset", 0, "Skip this many matching messages")
+	c.Flags().Int("limit", 0, "List at most this many messages (0: all)")
+}
+
+// listURI is a listing's API path with the query of its flags
+// (listFlags), and whether a filter is set.
+func listURI(fl caddycmd.Flags, path string) (uri string, filtered bool) {
 	q := url.Values{}
 	for _, name := range []string{"sender", "recipient", "domain"} {
 		if v := fl.String(name); v != "" {
 			q.Set(name, v)
+			filtered = true
 		}
 	}
 	for _, name := range []string{"offset", "limit"} {
@@ -185,10 +198,14 @@ func cmdList(fl caddycmd.Flags, _ []string, out io.Writer) error {
 			q.Set(name, strconv.Itoa(v))
 		}
 	}
-	uri := "/smtp/queue"
 	if len(q) > 0 {
-		uri += "?" + q.Encode()
+		path += "?" + q.Encode()
 	}
+	return path, filtered
+}
+
+func cmdList(fl caddycmd.Flags, _ []string, out io.Writer) error {
+	uri, filtered := listURI(fl, "/smtp/queue")
 	body, err := request(fl, http.MethodGet, uri, nil)
 	if err != nil {
 		return err
@@ -200,7 +217,6 @@ func cmdList(fl caddycmd.Flags, _ []string, out io.Writer) error {
 	if err := json.Unmarshal(body, &list); err != nil {
 		return fmt.Errorf("decoding response: %v", err)
 	}
-	filtered := fl.String("sender") != "" || fl.String("recipient") != "" || fl.String("domain") != ""
 	return WriteMailq(out, list, filtered)
 }
 
@@ -254,20 +270,23 @@ func WriteMailq(w io.Writer, list admin.QueueListResponse, filtered bool) error 
 		}
 		b.WriteString("\n")
 	}
-	if shown := len(list.Messages); shown < list.Total {
-		next := ""
-		if list.Offset+shown < list.Total {
-			next = fmt.Sprintf("; more with --offset %d", list.Offset+shown)
-		}
-		fmt.Fprintf(&b, "-- %d of %d Requests shown (offset %d)%s\n", shown, list.Total, list.Offset, next)
-	}
-	plural := "s"
-	if len(list.Messages) == 1 {
-		plural = ""
-	}
-	fmt.Fprintf(&b, "-- %d Kbytes in %d Request%s.\n", size/1024, len(list.Messages), plural)
+	writeTotals(&b, len(list.Messages), list.Total, list.Offset, size)
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// writeTotals ends a listing as mailq does, "-- N Kbytes in M
+// Requests.", over the shown messages of size bytes in all, after a
+// line on the page when not all matches are shown.
+func writeTotals(b *strings.Builder, shown, total, offset int, size int64) {
+	if shown < total {
+		next := ""
+		if offset+shown < total {
+			next = fmt.Sprintf("; more with --offset %d", offset+shown)
+		}
+		fmt.Fprintf(b, "-- %d of %d Requests shown (offset %d)%s\n", shown, total, offset, next)
+	}
+	fmt.Fprintf(b, "-- %d Kbytes in %d Request%s.\n", size/1024, shown, plural(shown))
 }
 
 func cmdShow(fl caddycmd.Flags, args []string, out io.Writer) error {
@@ -300,20 +319,7 @@ func WriteMessage(w io.Writer, m admin.MessageResponse, now time.Time) error {
 	field("Sender", "%s", sender)
 	field("Arrival time", "%s (%s ago)", m.Received.Local().Format(time.RFC1123Z), duration(time.Duration(m.AgeSeconds*float64(time.Second))))
 	field("Size", "%d bytes", m.Size)
-	client := m.Client.IP
-	if m.Client.Helo != "" {
-		client += " (helo " + m.Client.Helo + ")"
-	}
-	if m.Client.Protocol != "" {
-		client += " " + m.Client.Protocol
-	}
-	if m.Client.Auth != "" {
-		client += ", authenticated as " + m.Client.Auth
-	}
-	field("Client", "%s", client)
-	if t := m.Client.TLS; t != nil {
-		field("TLS", "%s", tlsText(t))
-	}
+	clientFields(field, m.Client)
 	field("Attempts", "%d", m.Attempts)
 	if m.NextAttempt != nil {
 		field("Next attempt", "%s (in %s)", m.NextAttempt.Local().Format(time.RFC1123Z), duration(m.NextAttempt.Sub(now)))
@@ -342,6 +348,24 @@ func WriteMessage(w io.Writer, m admin.MessageResponse, now time.Time) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// clientFields writes the Client: and TLS: fields of a message shown.
+func clientFields(field func(name, format string, args ...any), c spool.Client) {
+	client := c.IP
+	if c.Helo != "" {
+		client += " (helo " + c.Helo + ")"
+	}
+	if c.Protocol != "" {
+		client += " " + c.Protocol
+	}
+	if c.Auth != "" {
+		client += ", authenticated as " + c.Auth
+	}
+	field("Client", "%s", client)
+	if t := c.TLS; t != nil {
+		field("TLS", "%s", tlsText(t))
+	}
 }
 
 func tlsText(t *spool.TLSInfo) string {
@@ -376,19 +400,25 @@ func cmdFlush(fl caddycmd.Flags, args []string, out io.Writer) error {
 		_, err = fmt.Fprintf(out, "Flushed: %d message%s\n", r.Flushed, plural(r.Flushed))
 		return err
 	}
-	return eachID(fl, args, out, "flush", "Flushed")
+	return eachID(fl, args, out, http.MethodPost, queueAction("flush"), "Flushed")
 }
 
 func cmdBounce(fl caddycmd.Flags, args []string, out io.Writer) error {
-	return eachID(fl, args, out, "bounce", "Bounced")
+	return eachID(fl, args, out, http.MethodPost, queueAction("bounce"), "Bounced")
 }
 
-// eachID POSTs /smtp/queue/{id}/{action} for every id, reporting each;
-// it goes on past a failure and fails at the end.
-func eachID(fl caddycmd.Flags, ids []string, out io.Writer, action, done string) error {
+// queueAction is the API path of an action on a queued message,
+// /smtp/queue/{id}/{action}.
+func queueAction(action string) func(id string) string {
+	return func(id string) string { return "/smtp/queue/" + url.PathEscape(id) + "/" + action }
+}
+
+// eachID sends method to the API path uri gives for every id, reporting
+// each as done; it goes on past a failure and fails at the end.
+func eachID(fl caddycmd.Flags, ids []string, out io.Writer, method string, uri func(id string) string, done string) error {
 	var errs []error
 	for _, id := range ids {
-		body, err := request(fl, http.MethodPost, "/smtp/queue/"+url.PathEscape(id)+"/"+action, nil)
+		body, err := request(fl, method, uri(id), nil)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s: %v", id, err))
 			continue
