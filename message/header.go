@@ -143,7 +143,11 @@ func CheckEdits(edits []HeaderEdit) error {
 
 // field makes the text of a field, CRLF line ends.
 func (e HeaderEdit) field() string {
-	return e.Name + ": " + strings.ReplaceAll(strings.ReplaceAll(e.Value, "\r\n", "\n"), "\n", "\r\n") + "\r\n"
+	sep := ": "
+	if e.Value != "" && (e.Value[0] == ' ' || e.Value[0] == '\t') {
+		sep = ":" // the value brings its own (Postfix does the same)
+	}
+	return e.Name + sep + strings.ReplaceAll(strings.ReplaceAll(e.Value, "\r\n", "\n"), "\n", "\r\n") + "\r\n"
 }
 
 // EditHeader writes src to dst with the edits applied in order (checked

@@ -1,8 +1,6 @@
 package milter
 
 import (
-	"bufio"
-	"io"
 	"strings"
 	"testing"
 )
@@ -19,31 +17,5 @@ func TestReplyText(t *testing.T) {
 		if got := replyText(in); got != want {
 			t.Errorf("replyText(%q) = %q, want %q", in, got, want)
 		}
-	}
-}
-
-func TestReadHeader(t *testing.T) {
-	msg := "Received: from a\r\n\tby b\r\nSubject:  two spaces\r\nX-Empty:\r\nnot a field\r\nTo: c\r\n\r\nbody\r\n"
-	br := bufio.NewReader(strings.NewReader(msg))
-	fields, first, err := readHeader(br)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []field{{"Received", "from a\r\n\tby b\r\n"}, {"Subject", " two spaces\r\n"}, {"X-Empty", "\r\n"}}
-	if len(fields) != len(want) {
-		t.Fatalf("fields %q", fields)
-	}
-	for i := range want {
-		if fields[i] != want[i] {
-			t.Errorf("field %d: %q, want %q", i, fields[i], want[i])
-		}
-	}
-	rest, _ := io.ReadAll(br)
-	if body := first + string(rest); body != "not a field\r\nTo: c\r\n\r\nbody\r\n" {
-		t.Errorf("body %q", body)
-	}
-	fields, first, err = readHeader(bufio.NewReader(strings.NewReader("A: b\r\n\r\nbody\r\n")))
-	if err != nil || len(fields) != 1 || first != "" {
-		t.Errorf("plain: %q %q %v", fields, first, err)
 	}
 }

@@ -5,8 +5,9 @@
 // reject and tempfail (with the milter's reply when it gives one),
 // discard, or accept. The protocol is github.com/d--j/go-milter's client.
 //
-// Changes a milter asks for (headers added or changed, recipients, a
-// new body) are not applied yet: they are counted in the log line.
+// Changes a milter asks for (headers added, inserted, changed or
+// deleted; a new body; the sender and recipients) and its quarantine
+// action are applied by the server before the message is committed.
 package milter
 
 import (
@@ -17,7 +18,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strconv"
 	"strings"
 	"time"
 
@@ -26,6 +26,7 @@ import (
 	gomilter "github.com/d--j/go-milter"
 
 	"github.com/caddy-smtp/caddy-smtp/checks"
+	"github.com/caddy-smtp/caddy-smtp/message"
 )
 
 func init() {
@@ -87,7 +88,7 @@ func (m *Milter) Check(ctx context.Context, msg *checks.Message) (checks.Verdict
 	defer stop()
 	// Every action go-milter handles is offered: milters refuse to
 	// negotiate without the ones they may use (rspamd asks for all of
-	// them); what they ask for is counted, not applied (package doc).
+	// them), and the server applies each (package doc).
 	client := gomilter.NewClient(m.addr.Network, m.addr.JoinHostPort(0),
 		gomilter.WithActions(gomilter.AllClientSupportedActionMasks),
 		gomilter.WithReadTimeout(time.Duration(m.Timeout)),
@@ -157,12 +158,12 @@ func (m *Milter) run(s *gomilter.ClientSession, macros *gomilter.MacroBag, msg *
 		return checks.Verdict{}, fmt.Errorf("reading the message: %w", err)
 	}
 	br := bufio.NewReader(r)
-	fields, first, err := readHeader(br)
+	fields, first, err := message.ReadHeader(br)
 	if err != nil {
 		return checks.Verdict{}, fmt.Errorf("reading the message's header: %w", err)
 	}
 	for _, f := range fields {
-		act, err := s.HeaderField(f.key, f.value, nil)
+		act, err := s.HeaderField(f.Name, f.Value(), nil)
 		if err != nil {
 			return checks.Verdict{}, err
 		}
@@ -182,61 +183,68 @@ func (m *Milter) run(s *gomilter.ClientSession, macros *gomilter.MacroBag, msg *
 		return checks.Verdict{}, err
 	}
 	v, _ := verdict(act)
-	if len(mods) > 0 {
-		v.Reason = strings.TrimSpace(v.Reason + " " + strconv.Itoa(len(mods)) + " changes asked for, not applied")
+	if v.Action == checks.Accept && len(mods) > 0 {
+		if err := changes(&v, mods); err != nil {
+			return checks.Verdict{}, err
+		}
 	}
 	return v, nil
 }
 
-// field is a header field as a milter gets it: the name, and the value
-// as it stands (folding kept), without the one space after the colon.
-type field struct{ key, value string }
-
-// readHeader reads the message's header fields, as Postfix and Sendmail
-// do for their milters: the header ends at the empty line, or at the
-// first line that is neither a field nor a continuation, which then
-// starts the body (returned as first) so that the milter still sees
-// all of the message. A sender's malformed header line can thus
-// neither skip the check nor make it fail. Written here: mail header
-// parsers (net/textproto, go-message) refuse such a line instead.
-func readHeader(br *bufio.Reader) (fields []field, first string, err error) {
-	for {
-		line, err := br.ReadString('\n')
-		if err != nil && err != io.EOF {
-			return nil, "", err
-		}
-		if line == "" {
-			return fields, "", nil
-		}
-		if line == "\r\n" || line == "\n" {
-			return fields, "", nil // the empty line is not part of the body
-		}
-		if (line[0] == ' ' || line[0] == '\t') && len(fields) > 0 {
-			fields[len(fields)-1].value += line
-		} else if key, value, ok := strings.Cut(line, ":"); ok && validKey(key) {
-			value = strings.TrimPrefix(value, " ")
-			fields = append(fields, field{key, value})
-		} else {
-			return fields, line, nil
-		}
-		if err == io.EOF {
-			return fields, "", nil
+// changes turns a milter's modification actions into the verdict's
+// changes (applied by the server before the commit), and its
+// quarantine action into the verdict. go-milter hands over what the
+// milter sent, within the connection's read budget.
+func changes(v *checks.Verdict, mods []gomilter.ModifyAction) error {
+	var body []byte
+	replaced := false
+	for _, m := range mods {
+		switch m.Type {
+		case gomilter.ActionAddHeader:
+			v.Edits = append(v.Edits, message.HeaderEdit{Op: message.AddHeader, Name: m.HeaderName, Value: m.HeaderValue})
+		case gomilter.ActionInsertHeader:
+			v.Edits = append(v.Edits, message.HeaderEdit{Op: message.InsertHeader, Name: m.HeaderName,
+				Value: m.HeaderValue, Index: int(min(m.HeaderIndex, 1<<20))})
+		case gomilter.ActionChangeHeader:
+			// libmilter counts from 1; Sendmail takes 0 for 1.
+			v.Edits = append(v.Edits, message.HeaderEdit{Op: message.ChangeHeader, Name: m.HeaderName,
+				Value: m.HeaderValue, Index: int(max(min(m.HeaderIndex, 1<<20), 1))})
+		case gomilter.ActionReplaceBody:
+			replaced = true
+			body = append(body, m.Body...)
+		case gomilter.ActionChangeFrom:
+			from := unbracket(m.From)
+			v.From = &from
+		case gomilter.ActionAddRcpt:
+			v.AddRcpts = append(v.AddRcpts, unbracket(m.Rcpt))
+		case gomilter.ActionDelRcpt:
+			v.DelRcpts = append(v.DelRcpts, unbracket(m.Rcpt))
+		case gomilter.ActionQuarantine:
+			v.Action = checks.Quarantine
+			v.Reason = "quarantined by the milter"
+			if r := checks.OneLine(m.Reason); r != "" {
+				v.Reason += ": " + r
+			}
+		default:
+			return fmt.Errorf("unknown modification action %d", m.Type)
 		}
 	}
+	if replaced {
+		if body == nil {
+			body = []byte{}
+		}
+		v.Body = body
+	}
+	return nil
 }
 
-// validKey is a header field name: printable ASCII but the colon
-// (RFC 5322 2.2).
-func validKey(k string) bool {
-	if k == "" {
-		return false
+// unbracket takes the angle brackets off a milter's address.
+func unbracket(a string) string {
+	a = strings.TrimSpace(a)
+	if len(a) >= 2 && a[0] == '<' && a[len(a)-1] == '>' {
+		return a[1 : len(a)-1]
 	}
-	for i := 0; i < len(k); i++ {
-		if k[i] <= ' ' || k[i] > '~' {
-			return false
-		}
-	}
-	return true
+	return a
 }
 
 // verdict maps a milter's answer; done is false for "continue".

@@ -3,9 +3,11 @@
 // rspamc and rspamd's own proxy speak), with the envelope in headers,
 // and rspamd's action decides: reject (550 5.7.1 with rspamd's SMTP
 // message), soft reject and greylist (451 4.7.1, as rspamd's own milter
-// proxy does), quarantine (refused until the gateway has a quarantine),
-// no action, add header and rewrite subject go on; an action it does
-// not know is an engine error (on_error decides).
+// proxy does), quarantine (refused, quarantined or let on, as
+// configured), discard; no action, add header (X-Spam: Yes and
+// X-Spam-Score added) and rewrite subject (rspamd's subject) go on,
+// with the headers rspamd asks for (its milter_headers module) applied.
+// An action it does not know is an engine error (on_error decides).
 //
 // Written here: the protocol is one HTTP POST and a JSON answer; there
 // is no maintained Go client, and net/http plus encoding/json do it.
@@ -17,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
 	"net"
 	"net/http"
 	"net/url"
@@ -30,6 +33,7 @@ import (
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/caddy-smtp/caddy-smtp/checks"
+	"github.com/caddy-smtp/caddy-smtp/message"
 )
 
 func init() {
@@ -58,8 +62,9 @@ type Rspamd struct {
 
 	// What rspamd's `quarantine` action (forced by its DMARC module for
 	// p=quarantine, or by force_actions) gets: `reject` (default: 550
-	// 5.7.1; the gateway has no quarantine yet) or `accept` (goes on,
-	// logged with the action).
+	// 5.7.1), `quarantine` (250 to the sender, kept in the quarantine
+	// with rspamd's symbols) or `accept` (goes on, logged with the
+	// action).
 	Quarantine string `json:"quarantine,omitempty"`
 
 	endpoint string
@@ -99,9 +104,9 @@ func (r *Rspamd) Provision(caddy.Context) error {
 	switch r.Quarantine {
 	case "":
 		r.Quarantine = "reject"
-	case "reject", checks.OnErrorAccept:
+	case "reject", "quarantine", checks.OnErrorAccept:
 	default:
-		return fmt.Errorf("checks.rspamd.quarantine: %q is not one of reject, accept", r.Quarantine)
+		return fmt.Errorf("checks.rspamd.quarantine: %q is not one of reject, quarantine, accept", r.Quarantine)
 	}
 	if !httpguts.ValidHeaderFieldValue(r.Password) || !httpguts.ValidHeaderFieldValue(r.SettingsID) {
 		return errors.New("checks.rspamd: password and settings_id must be one line of printable characters")
@@ -140,6 +145,91 @@ type answer struct {
 	Messages struct {
 		SMTP string `json:"smtp_message"`
 	} `json:"messages"`
+	// Subject is the new subject of "rewrite subject".
+	Subject string `json:"subject"`
+	// Milter is what rspamd asks an MTA to change (its milter_headers
+	// module, or Lua rules calling task:set_milter_reply).
+	Milter struct {
+		AddHeaders    map[string]json.RawMessage `json:"add_headers"`
+		RemoveHeaders map[string]json.RawMessage `json:"remove_headers"`
+	} `json:"milter"`
+}
+
+// headerValue is one value of rspamd's add_headers: a string, or a
+// value with where it goes (order -1 or none: at the end; n: after the
+// n-th field, as a milter's insert).
+type headerValue struct {
+	Value string `json:"value"`
+	Order *int   `json:"order"`
+}
+
+// edits turns rspamd's milter block into header edits: removals first,
+// then additions, each in name order (JSON objects have none), so the
+// result does not depend on map iteration.
+func (a *answer) edits() ([]message.HeaderEdit, error) {
+	var edits []message.HeaderEdit
+	for _, name := range sortedKeys(a.Milter.RemoveHeaders) {
+		var n int
+		if err := json.Unmarshal(a.Milter.RemoveHeaders[name], &n); err != nil {
+			return nil, fmt.Errorf("remove_headers %q: %v", truncate(name), err)
+		}
+		// 0: every field of that name; n: the n-th; -n: from the end.
+		edits = append(edits, message.HeaderEdit{Op: message.ChangeHeader, Name: name, Index: n})
+	}
+	for _, name := range sortedKeys(a.Milter.AddHeaders) {
+		raw := a.Milter.AddHeaders[name]
+		var values []headerValue
+		var one headerValue
+		var plain string
+		switch {
+		case json.Unmarshal(raw, &plain) == nil:
+			values = []headerValue{{Value: plain}}
+		case json.Unmarshal(raw, &values) == nil:
+		case json.Unmarshal(raw, &one) == nil:
+			values = []headerValue{one}
+		default:
+			return nil, fmt.Errorf("add_headers %q: not a value, an object or a list", truncate(name))
+		}
+		for _, v := range values {
+			e := message.HeaderEdit{Op: message.AddHeader, Name: name, Value: v.Value}
+			if v.Order != nil && *v.Order >= 0 {
+				e.Op, e.Index = message.InsertHeader, *v.Order
+			}
+			edits = append(edits, e)
+		}
+	}
+	return edits, nil
+}
+
+// subject makes rspamd's new subject a header value: one line, control
+// characters out, at most 900 bytes, and RFC 2047-encoded when it is
+// not ASCII.
+func subject(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, strings.ToValidUTF8(s, "?"))
+	if len(s) > 900 {
+		s = strings.ToValidUTF8(s[:900], "")
+	}
+	s = strings.TrimSpace(s)
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return mime.QEncoding.Encode("utf-8", s)
+		}
+	}
+	return s
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 // Check posts the message to rspamd and maps its action.
@@ -215,11 +305,32 @@ func (r *Rspamd) verdict(a *answer) (checks.Verdict, error) {
 			v.Reply = def
 		}
 	}
+	edits, err := a.edits()
+	if err != nil {
+		return checks.Verdict{}, fmt.Errorf("rspamd: %w", err)
+	}
+	// What rspamd scored is said by rspamd and us alone: a sender's own
+	// X-Spam and X-Spam-Score go first, whatever the action; then
+	// rspamd's changes; then ours, unless rspamd set the same field.
+	edits = append([]message.HeaderEdit{
+		{Op: message.ChangeHeader, Name: "X-Spam"},
+		{Op: message.ChangeHeader, Name: "X-Spam-Score"},
+	}, edits...)
+	var ours []message.HeaderEdit
 	switch a.Action {
-	case "no action", "add header", "rewrite subject":
-		// Header changes before the commit are not built yet: the
-		// message goes on as it is; the log line has the action.
+	case "no action":
 		v.Action = checks.Accept
+	case "add header":
+		v.Action = checks.Accept
+		ours = append(ours,
+			message.HeaderEdit{Op: message.AddHeader, Name: "X-Spam", Value: "Yes"},
+			message.HeaderEdit{Op: message.AddHeader, Name: "X-Spam-Score",
+				Value: strconv.FormatFloat(a.Score, 'f', 2, 64) + " / " + strconv.FormatFloat(a.RequiredScore, 'f', 2, 64)})
+	case "rewrite subject":
+		v.Action = checks.Accept
+		if subj := subject(a.Subject); subj != "" {
+			ours = append(ours, message.HeaderEdit{Op: message.ChangeHeader, Name: "Subject", Index: 1, Value: subj})
+		}
 	case "reject":
 		refuse(checks.Reject, "Spam message rejected")
 	case "soft reject":
@@ -231,9 +342,12 @@ func (r *Rspamd) verdict(a *answer) (checks.Verdict, error) {
 			refuse(checks.Tempfail, "Try again later")
 		}
 	case "quarantine":
-		if r.Quarantine == checks.OnErrorAccept {
+		switch r.Quarantine {
+		case checks.OnErrorAccept:
 			v.Action = checks.Accept
-		} else {
+		case "quarantine":
+			v.Action = checks.Quarantine
+		default:
 			refuse(checks.Reject, "Message rejected by policy")
 		}
 	case "discard":
@@ -242,6 +356,14 @@ func (r *Rspamd) verdict(a *answer) (checks.Verdict, error) {
 		return checks.Verdict{}, fmt.Errorf("rspamd: unknown action %q", truncate(a.Action))
 	}
 	v.Reason = a.Action + " " + v.Reason
+	if v.Action == checks.Accept || v.Action == checks.Quarantine {
+		for _, e := range ours {
+			if _, set := a.Milter.AddHeaders[e.Name]; !set {
+				edits = append(edits, e)
+			}
+		}
+		v.Edits = edits
+	}
 	return v, nil
 }
 
@@ -304,7 +426,7 @@ func tlsVersion(v uint16) string {
 //		password       <password>
 //		settings_id    <id>
 //		greylist       tempfail|accept
-//		quarantine     reject|accept
+//		quarantine     reject|quarantine|accept
 //		timeout        <duration>
 //		on_error       tempfail|accept
 //		max_size       <size>

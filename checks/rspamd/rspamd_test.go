@@ -124,17 +124,7 @@ func TestRspamdHostile(t *testing.T) {
 // to give it on demand, so an HTTP server answers as rspamd does) is a
 // refusal by default and goes on with quarantine accept.
 func TestRspamdQuarantine(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		io.WriteString(w, `{"action":"quarantine","score":3,"required_score":15,"symbols":{"DMARC_POLICY_QUARANTINE":{"score":1.5}},"messages":{"smtp_message":"Quarantined by DMARC"}}`)
-	})}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	url := "http://" + ln.Addr().String()
+	url := answering(t, `{"action":"quarantine","score":3,"required_score":15,"symbols":{"DMARC_POLICY_QUARANTINE":{"score":1.5}},"messages":{"smtp_message":"Quarantined by DMARC"}}`)
 	v, err := provision(t, &rspamd.Rspamd{URL: url}).Check(context.Background(), message("x", "x"))
 	if err != nil || v.Action != checks.Reject || v.Reply != "Quarantined by DMARC" ||
 		v.Reason != "quarantine 3.00/15.00 DMARC_POLICY_QUARANTINE(1.50)" {
@@ -143,6 +133,63 @@ func TestRspamdQuarantine(t *testing.T) {
 	v, err = provision(t, &rspamd.Rspamd{URL: url, Quarantine: "accept"}).Check(context.Background(), message("x", "x"))
 	if err != nil || v.Action != checks.Accept {
 		t.Fatalf("quarantine accept: %+v %v", v, err)
+	}
+	v, err = provision(t, &rspamd.Rspamd{URL: url, Quarantine: "quarantine"}).Check(context.Background(), message("x", "x"))
+	if err != nil || v.Action != checks.Quarantine || v.Reply != "" || !strings.Contains(v.Reason, "DMARC_POLICY_QUARANTINE") {
+		t.Fatalf("quarantine quarantine: %+v %v", v, err)
+	}
+}
+
+// answering serves one fixed rspamd answer.
+func answering(t *testing.T, answer string) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, answer)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return "http://" + ln.Addr().String()
+}
+
+// TestRspamdMilterBlock: rspamd's milter block (add_headers in its
+// three forms, remove_headers) becomes header edits, after the removal
+// of a sender's X-Spam fields; ours are not added twice when rspamd
+// sets the same field; a block that would inject text is an engine
+// error, not a message change.
+func TestRspamdMilterBlock(t *testing.T) {
+	url := answering(t, `{"action":"add header","score":7,"required_score":15,"milter":{
+		"add_headers":{"X-One":"1","X-Two":{"value":"2","order":0},"X-Three":[{"value":"3a"},{"value":"3b","order":-1}],"X-Spam":"yes, by rspamd"},
+		"remove_headers":{"X-Old":0,"X-Last":-1}}}`)
+	v, err := provision(t, &rspamd.Rspamd{URL: url}).Check(context.Background(), message("x", "x"))
+	if err != nil || v.Action != checks.Accept {
+		t.Fatalf("%+v %v", v, err)
+	}
+	var got []string
+	for _, e := range v.Edits {
+		got = append(got, fmt.Sprintf("%d %s=%s@%d", e.Op, e.Name, e.Value, e.Index))
+	}
+	want := []string{"2 X-Spam=@0", "2 X-Spam-Score=@0", "2 X-Last=@-1", "2 X-Old=@0",
+		"0 X-One=1@0", "0 X-Spam=yes, by rspamd@0", "0 X-Three=3a@0", "0 X-Three=3b@0", "1 X-Two=2@0",
+		"0 X-Spam-Score=7.00 / 15.00@0"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Fatalf("edits\n got %q\nwant %q", got, want)
+	}
+	for _, bad := range []string{
+		`{"action":"no action","milter":{"add_headers":{"X-A":"v\r\n\r\ninjected"}}}`,
+		`{"action":"no action","milter":{"add_headers":{"Bad Name":"v"}}}`,
+		`{"action":"no action","milter":{"add_headers":{"X-A":42}}}`,
+		`{"action":"no action","milter":{"remove_headers":{"X-A":"all"}}}`,
+	} {
+		c := provision(t, &rspamd.Rspamd{URL: answering(t, bad)})
+		v, outs := checks.Run(context.Background(), []checks.Check{c}, []string{"rspamd"}, message("x", "x"),
+			func(*checks.Changes) error { t.Errorf("%s: changes applied", bad); return nil })
+		if v.Action != checks.Tempfail || outs[0].Err == nil {
+			t.Errorf("%s: %+v %+v", bad, v, outs)
+		}
 	}
 }
 

@@ -18,14 +18,17 @@ import (
 var GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*" + "GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
 // rspamdTestLua is a prefilter that makes rspamd give an action on
-// demand (a subject holding SOFTREJECT or GREYLISTME), so the mapping
-// of each action is tested against rspamd itself.
+// demand (a subject holding SOFTREJECT, GREYLISTME, ADDHEADER or
+// REWRITESUBJECT), so the mapping of each action is tested against
+// rspamd itself.
 const rspamdTestLua = `rspamd_config:register_symbol({
   name = 'CADDY_SMTP_TEST', type = 'prefilter', priority = 10,
   callback = function(task)
     local s = task:get_header('Subject') or ''
     if s:find('SOFTREJECT', 1, true) then task:set_pre_result('soft reject', 'Test soft reject') end
     if s:find('GREYLISTME', 1, true) then task:set_pre_result('greylist', 'Test greylist') end
+    if s:find('ADDHEADER', 1, true) then task:set_pre_result('add header', 'Test add header') end
+    if s:find('REWRITESUBJECT', 1, true) then task:set_pre_result('rewrite subject', 'Test rewrite subject') end
   end })
 `
 
@@ -64,6 +67,10 @@ func StartRspamdMilter(t testing.TB) (url, milter string) {
 		"local.d/logging.inc": "type = \"file\";\nfilename = \"" + filepath.Join(dir, "rspamd.log") + "\";\nlevel = \"error\";\n",
 		"local.d/options.inc": fmt.Sprintf("dns { nameserver = [\"127.0.0.1:%d\"]; timeout = 0.5s; retransmits = 1; }\n", FreePort(t)),
 		"rspamd.local.lua":    rspamdTestLua,
+		// rspamd's own headers on every message, also from loopback
+		// (the tests' clients): X-Spamd-Result, X-Rspamd-Server,
+		// X-Rspamd-Queue-Id, and X-Spam / X-Spamd-Bar on spam.
+		"local.d/milter_headers.conf": "extended_spam_headers = true;\nskip_local = false;\nskip_authenticated = false;\n",
 	}
 	for name, text := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
