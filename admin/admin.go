@@ -162,23 +162,13 @@ func (a *API) handleList(w http.ResponseWriter, r *http.Request) error {
 	if err := allowMethods(w, r, http.MethodGet); err != nil {
 		return err
 	}
-	q := r.URL.Query()
-	offset, err := nonNegative(q, "offset")
-	if err != nil {
-		return err
-	}
-	limit, err := nonNegative(q, "limit")
+	filter, offset, limit, err := listQuery(r)
 	if err != nil {
 		return err
 	}
 	app, err := smtpApp()
 	if err != nil {
 		return err
-	}
-	filter := queue.Filter{
-		Sender:    q.Get("sender"),
-		Recipient: q.Get("recipient"),
-		Domain:    q.Get("domain"),
 	}
 	entries, total, err := app.QueueList(filter, offset, limit)
 	if err != nil {
@@ -194,6 +184,19 @@ func (a *API) handleList(w http.ResponseWriter, r *http.Request) error {
 		Hold:     app.Queue != nil && app.Queue.Hold,
 		Messages: entries,
 	})
+}
+
+// listQuery reads a listing's query: the filter (sender, recipient,
+// domain), offset and limit.
+func listQuery(r *http.Request) (f queue.Filter, offset, limit int, err error) {
+	q := r.URL.Query()
+	if offset, err = nonNegative(q, "offset"); err != nil {
+		return f, 0, 0, err
+	}
+	if limit, err = nonNegative(q, "limit"); err != nil {
+		return f, 0, 0, err
+	}
+	return queue.Filter{Sender: q.Get("sender"), Recipient: q.Get("recipient"), Domain: q.Get("domain")}, offset, limit, nil
 }
 
 // handleMessage shows (GET) or deletes (DELETE) one message:

@@ -55,7 +55,15 @@ func TestGrafanaDashboard(t *testing.T) {
 		"routes":         []any{st.DomainRelayRoute("*", sink.Addr)},
 		"checks":         []any{map[string]any{"check": "clamav", "address": down, "on_error": "accept"}},
 	})
-	e.Load(e.DeliveringApp(map[string]any{"mx": s}, nil), nil)
+	// And a real clamd quarantining EICAR: the quarantine families.
+	q, qAddr := st.ServerConfig(t, map[string]any{"tls": map[string]any{"level": "none"},
+		"checks": []any{map[string]any{"check": "clamav", "address": "tcp/" + st.StartClamd(t), "action": "quarantine"}}})
+	e.Load(e.DeliveringApp(map[string]any{"mx": s, "q": q}, nil), nil)
+	qc := st.Dial(t, qAddr)
+	qc.Expect("250", "EHLO client.test")
+	if got := qc.Send("a@remote.test", "b@example.test", "Subject: virus\r\n\r\n"+st.EICAR+"\r\n.\r\n"); !strings.HasPrefix(got, "250 ") {
+		t.Fatal(got)
+	}
 	st.WaitTLS(t, addr, st.TLSConfig(nil, "localhost"))
 	c := st.Dial(t, addr)
 	c.Expect("250", "EHLO client.test")
@@ -129,7 +137,7 @@ func TestGrafanaDashboard(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"caddy_smtp_tls_handshakes_total", "caddy_smtp_accept_latency_seconds", "caddy_smtp_delivery_delay_seconds",
-		"caddy_smtp_checks_total", "caddy_smtp_check_latency_seconds"} {
+		"caddy_smtp_checks_total", "caddy_smtp_check_latency_seconds", "caddy_smtp_quarantined_total", "caddy_smtp_quarantine_messages"} {
 		if !strings.Contains(string(data), want) {
 			t.Errorf("the dashboard does not use %s", want)
 		}
@@ -139,6 +147,12 @@ func TestGrafanaDashboard(t *testing.T) {
 	}
 	if v := value(fams, "caddy_smtp_checks_total", labels{"check": "clamav", "verdict": "error"}); v != 1 {
 		t.Errorf("checks_total{clamav, error}: %v", v)
+	}
+	if v := value(fams, "caddy_smtp_quarantined_total", labels{"check": "clamav"}); v != 1 {
+		t.Errorf("quarantined_total{clamav}: %v", v)
+	}
+	if v := value(fams, "caddy_smtp_quarantine_messages", labels{}); v != 1 {
+		t.Errorf("quarantine_messages: %v", v)
 	}
 	if v := value(fams, "caddy_smtp_tls_handshakes_total", labels{"direction": "in", "result": "ok", "version": "TLS 1.3"}); v < 1 {
 		t.Errorf("inbound TLS 1.3 handshakes: %v", v)

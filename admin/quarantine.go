@@ -70,23 +70,13 @@ func (a *API) handleQuarantineList(w http.ResponseWriter, r *http.Request) error
 	if err := allowMethods(w, r, http.MethodGet); err != nil {
 		return err
 	}
-	q := r.URL.Query()
-	offset, err := nonNegative(q, "offset")
-	if err != nil {
-		return err
-	}
-	limit, err := nonNegative(q, "limit")
+	filter, offset, limit, err := listQuery(r)
 	if err != nil {
 		return err
 	}
 	_, qs, err := quarantineOf()
 	if err != nil {
 		return err
-	}
-	filter := queue.Filter{
-		Sender:    q.Get("sender"),
-		Recipient: q.Get("recipient"),
-		Domain:    q.Get("domain"),
 	}
 	entries, total, err := queue.QuarantineList(qs, filter, offset, limit)
 	if err != nil {

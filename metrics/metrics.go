@@ -54,7 +54,7 @@ func New(reg prometheus.Registerer, queueStats func() (int, time.Duration), quar
 			Name: "tls_policy_attempts_total", Help: "Delivery attempts per recipient by where the client TLS level in force came from (route, requiretls, dane, mta-sts enforce, mta-sts testing) and the TLS outcome."},
 			[]string{"server", "policy", "tls"}),
 		Checks: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
-			Name: "checks_total", Help: "Content checks per message, by check and verdict (accept, reject, tempfail, discard, skipped, error)."},
+			Name: "checks_total", Help: "Content checks per message, by check and verdict (accept, reject, tempfail, discard, quarantine, skipped, error)."},
 			[]string{"server", "check", "verdict"}),
 		CheckLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
 			Name: "check_latency_seconds", Help: "How long a content check took for a message.",
