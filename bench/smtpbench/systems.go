@@ -26,11 +26,12 @@ var templates embed.FS
 
 // SystemConfig is what a system under test is started with for a cell.
 type SystemConfig struct {
-	Dir       string // a fresh directory of its own: config, queue, logs
-	Port      int    // where it listens for the load generator
-	SinkPort  int    // where it relays sink.bench to
-	TLS       bool   // level may in and out; otherwise none in and out
-	Cert, Key string // the ECDSA P-256 certificate both systems serve
+	Dir       string   // a fresh directory of its own: config, queue, logs
+	Port      int      // where it listens for the load generator
+	SinkPort  int      // where it relays sink.bench to
+	TLS       bool     // level may in and out; otherwise none in and out
+	Cert, Key string   // the ECDSA P-256 certificate both systems serve
+	Checks    []string // the gateway's content checks, Caddyfile lines ("check rspamd URL")
 }
 
 // System is a mail system under test: the gateway or Postfix.
@@ -139,9 +140,13 @@ type Gateway struct {
 	Bin string
 	// Label names the system in the report; empty means "gateway".
 	Label string
-	cfg   SystemConfig
-	cmd   *exec.Cmd
-	out   *os.File
+	// Engine, if set, is a content-check engine the harness runs: the
+	// gateway checks every message with it (Engine.Check) before the
+	// 250.
+	Engine *Engine
+	cfg    SystemConfig
+	cmd    *exec.Cmd
+	out    *os.File
 	// exited is closed when the process has been waited for.
 	exited chan struct{}
 }
@@ -160,11 +165,18 @@ func (g *Gateway) Version() string {
 	if err != nil {
 		return "caddy (version unknown)"
 	}
-	return "caddy " + strings.TrimSpace(string(out))
+	v := "caddy " + strings.TrimSpace(string(out))
+	if g.Engine != nil {
+		v += " with " + g.Engine.Version()
+	}
+	return v
 }
 
 // Start implements System.
 func (g *Gateway) Start(cfg SystemConfig) error {
+	if g.Engine != nil {
+		cfg.Checks = []string{g.Engine.Check}
+	}
 	g.cfg = cfg
 	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
 		return err
