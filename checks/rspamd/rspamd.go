@@ -469,8 +469,19 @@ func (r *Rspamd) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
+// Cleanup closes the idle connections to rspamd once the config that
+// made the check is unloaded: they would otherwise outlive it, each
+// with its goroutines, until rspamd or the idle timeout closes them.
+func (r *Rspamd) Cleanup() error {
+	if r.client != nil {
+		r.client.CloseIdleConnections()
+	}
+	return nil
+}
+
 // Interface guards
 var (
+	_ caddy.CleanerUpper    = (*Rspamd)(nil)
 	_ caddy.Provisioner     = (*Rspamd)(nil)
 	_ checks.Check          = (*Rspamd)(nil)
 	_ caddyfile.Unmarshaler = (*Rspamd)(nil)
