@@ -45,7 +45,8 @@ type Message struct {
 	From       string
 	Rcpts      []string
 	TLS        *tls.ConnectionState
-	Auth       string
+	Auth       string // the authenticated identity, "" if none
+	Relay      bool   // the client is in relay_networks
 	Size       int64
 	// Open returns the message as it will be spooled (our Received:
 	// header first, CRLF line ends), from its first byte; each call
@@ -84,6 +85,9 @@ type Verdict struct {
 	Action Action
 	// Reply is the engine's text for a refusal ("" for ours).
 	Reply string
+	// Code is the enhanced status code of a refusal, "5.7.23" ("" for
+	// 5.7.1 and 4.7.1); its class must match the action's.
+	Code string
 	// Reason names what was found (a virus signature, rspamd symbols).
 	Reason string
 	// Score, for engines that score.

@@ -185,6 +185,29 @@ func EditHeader(dst io.Writer, src io.Reader, edits []HeaderEdit, body io.Reader
 	return bw.Flush()
 }
 
+// EditsChange reports whether edits would change a message's header:
+// a check that deletes fields the message does not have changes
+// nothing, and the message need not be rewritten for it.
+func EditsChange(src io.Reader, edits []HeaderEdit) (bool, error) {
+	fields, _, err := ReadHeader(bufio.NewReaderSize(src, 32<<10))
+	if err != nil {
+		return false, fmt.Errorf("reading the header: %w", err)
+	}
+	before := append([]Field(nil), fields...)
+	for _, e := range edits {
+		fields = apply(fields, e)
+	}
+	if len(fields) != len(before) {
+		return true, nil
+	}
+	for i := range fields {
+		if fields[i] != before[i] {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 func apply(fields []Field, e HeaderEdit) []Field {
 	nf := Field{Name: e.Name, Raw: e.field()}
 	switch e.Op {

@@ -115,3 +115,25 @@ func TestCheckEdits(t *testing.T) {
 		t.Errorf("valid edits: %v", err)
 	}
 }
+
+// TestEditsChange: deleting absent fields changes nothing; anything
+// else that touches the header does.
+func TestEditsChange(t *testing.T) {
+	const msg = "Received: r1\r\nX-A: 1\r\n\r\nbody\r\n"
+	for _, tc := range []struct {
+		edits []HeaderEdit
+		want  bool
+	}{
+		{[]HeaderEdit{{Op: ChangeHeader, Name: "X-Spam"}, {Op: ChangeHeader, Name: "X-Spam-Score", Index: 2}}, false},
+		{[]HeaderEdit{{Op: ChangeHeader, Name: "x-a"}}, true},
+		{[]HeaderEdit{{Op: ChangeHeader, Name: "X-A", Value: "1", Index: 1}}, false},
+		{[]HeaderEdit{{Op: ChangeHeader, Name: "X-A", Value: "2", Index: 1}}, true},
+		{[]HeaderEdit{{Op: AddHeader, Name: "X-B", Value: "b"}}, true},
+		{nil, false},
+	} {
+		got, err := EditsChange(strings.NewReader(msg), tc.edits)
+		if err != nil || got != tc.want {
+			t.Errorf("%+v: %v %v, want %v", tc.edits, got, err, tc.want)
+		}
+	}
+}

@@ -23,6 +23,7 @@ type Metrics struct {
 	Checks        *prometheus.CounterVec   // server, check, verdict
 	CheckLatency  *prometheus.HistogramVec // server, check
 	Quarantined   *prometheus.CounterVec   // server, check
+	AuthResults   *prometheus.CounterVec   // server, method, result
 	AcceptLatency *prometheus.HistogramVec // server
 	DeliveryDelay *prometheus.HistogramVec // server, result
 }
@@ -62,6 +63,9 @@ func New(reg prometheus.Registerer, queueStats func() (int, time.Duration), quar
 		Quarantined: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "quarantined_total", Help: "Messages quarantined, by the check that quarantined them."},
 			[]string{"server", "check"}),
+		AuthResults: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "auth_results_total", Help: "Sender authentication results of inbound messages, by method (spf, dkim: one per signature or none, dmarc) and result (pass, fail, softfail, neutral, none, temperror, permerror)."},
+			[]string{"server", "method", "result"}),
 		AcceptLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub,
 			Name: "accept_latency_seconds", Help: "From the end of DATA to the 250: the durable write of the message.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{"server"}),
@@ -79,7 +83,7 @@ func New(reg prometheus.Registerer, queueStats func() (int, time.Duration), quar
 		Name: "quarantine_messages", Help: "Messages in the quarantine."},
 		func() float64 { return float64(quarantineSize()) })
 	for _, c := range []prometheus.Collector{m.Connections, m.Handshakes, m.Messages, m.Bytes,
-		m.Deliveries, m.TLSPolicies, m.Checks, m.CheckLatency, m.Quarantined, m.AcceptLatency, m.DeliveryDelay,
+		m.Deliveries, m.TLSPolicies, m.Checks, m.CheckLatency, m.Quarantined, m.AuthResults, m.AcceptLatency, m.DeliveryDelay,
 		queueSize, queueAge, quarantine} {
 		if err := reg.Register(c); err != nil {
 			return nil, err

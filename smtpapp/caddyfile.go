@@ -8,6 +8,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/caddy-smtp/caddy-smtp/delivery"
+	"github.com/caddy-smtp/caddy-smtp/dkimsign"
+	"github.com/caddy-smtp/caddy-smtp/senderauth"
 )
 
 // UnmarshalCaddyfile sets up the app from the body of the `smtp` global
@@ -220,6 +222,12 @@ func (s *Server) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return merr
 			}
 			s.ChecksRaw = append(s.ChecksRaw, caddyconfig.JSONModuleObject(mod, "check", name, nil))
+		case "sender_auth":
+			s.SenderAuth = new(senderauth.Config)
+			err = s.SenderAuth.UnmarshalCaddyfile(d)
+		case "dkim":
+			s.DKIM = new(dkimsign.Config)
+			err = s.DKIM.UnmarshalCaddyfile(d)
 		case "skip_relay_networks":
 			if d.NextArg() {
 				return d.ArgErr()

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/emersion/go-smtp"
 	"go.uber.org/zap"
 
 	"github.com/caddy-smtp/caddy-smtp/address"
@@ -53,7 +54,7 @@ func (ss *session) runChecks(draft *spool.Draft, rcpts []*spool.Recipient) (chec
 	msg := &checks.Message{
 		QueueID: draft.ID(), Server: srv.name, Hostname: srv.Hostname,
 		ClientIP: remote.Addr(), ClientPort: remote.Port(), Helo: ss.helo,
-		From: ss.from, Rcpts: addresses(rcpts), TLS: ss.tlsState(), Auth: ss.authID,
+		From: ss.from, Rcpts: addresses(rcpts), TLS: ss.tlsState(), Auth: ss.authID, Relay: srv.relay.MayRelay(remote.Addr()),
 		Size: draft.Size(), Open: func() (io.Reader, error) { return draft.Reader(), nil },
 	}
 	apply := func(c *checks.Changes) error {
@@ -99,11 +100,11 @@ func (ss *session) runChecks(draft *spool.Draft, rcpts []*spool.Recipient) (chec
 		if text == "" {
 			text = "Message refused by content check"
 		}
-		return res, reply(550, 5, 7, 1, text)
+		return res, codedReply(550, 5, v.Code, text)
 	case checks.Tempfail:
 		srv.reject("check")
 		if v.Reply != "" {
-			return res, reply(451, 4, 7, 1, v.Reply)
+			return res, codedReply(451, 4, v.Code, v.Reply)
 		}
 		return res, errCheckTempfail
 	case checks.Discard:
@@ -144,7 +145,17 @@ func (ss *session) applyChanges(draft *spool.Draft, res *checked, c *checks.Chan
 			return fmt.Errorf("%w: new recipient %q", message.ErrBadEdit, a)
 		}
 	}
-	if len(c.Edits) > 0 || c.Body != nil {
+	rewrite := c.Body != nil
+	if !rewrite && len(c.Edits) > 0 {
+		// Most checks remove fields a message does not have (rspamd's
+		// X-Spam): no rewrite for those.
+		changes, err := message.EditsChange(draft.Reader(), c.Edits)
+		if err != nil {
+			return err
+		}
+		rewrite = changes
+	}
+	if rewrite {
 		var body io.Reader
 		if c.Body != nil {
 			var nb bytes.Buffer
@@ -173,6 +184,17 @@ func (ss *session) applyChanges(draft *spool.Draft, res *checked, c *checks.Chan
 		res.rcpts = append(res.rcpts, &spool.Recipient{Address: a, Status: spool.StatusQueued})
 	}
 	return nil
+}
+
+// codedReply is a check's refusal: code with the enhanced status code
+// the check gave when it is of the right class ("5.7.23"), else x.7.1.
+func codedReply(code, class int, enhanced, text string) *smtp.SMTPError {
+	var c, sub, det int
+	if n, err := fmt.Sscanf(enhanced, "%d.%d.%d", &c, &sub, &det); n != 3 || err != nil || c != class ||
+		sub < 0 || sub > 999 || det < 0 || det > 999 {
+		sub, det = 7, 1
+	}
+	return reply(code, class, sub, det, text)
 }
 
 // changeCount says what a check changed, for its log line.

@@ -19,8 +19,10 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-smtp/caddy-smtp/checks"
+	"github.com/caddy-smtp/caddy-smtp/dkimsign"
 	"github.com/caddy-smtp/caddy-smtp/limits"
 	"github.com/caddy-smtp/caddy-smtp/maillog"
+	"github.com/caddy-smtp/caddy-smtp/senderauth"
 )
 
 // Defaults for a server's limits.
@@ -139,6 +141,17 @@ type Server struct {
 	// Do not run the checks on mail from clients in relay_networks.
 	SkipRelayNetworks bool `json:"skip_relay_networks,omitempty"`
 
+	// Check SPF, DKIM and DMARC on mail from clients outside
+	// relay_networks that did not authenticate: an
+	// Authentication-Results header under this server's hostname, and
+	// DMARC enforced if asked. Runs before the checks.
+	SenderAuth *senderauth.Config `json:"sender_auth,omitempty"`
+
+	// Sign mail from relay_networks and authenticated clients with
+	// DKIM, after every check's changes, with keys kept in Caddy's
+	// storage.
+	DKIM *dkimsign.Config `json:"dkim,omitempty"`
+
 	// Where accepted mail goes, by recipient domain: the first route
 	// whose domains match wins. A recipient no route matches is refused
 	// at RCPT with `550 5.1.2`. Routes belong to the server that
@@ -164,6 +177,7 @@ type Server struct {
 
 	checks     []checks.Check
 	checkNames []string
+	signer     *dkimsign.Signer
 
 	maxLineLength   int
 	maxJunkCommands int
@@ -260,6 +274,22 @@ func (s *Server) provision(ctx caddy.Context, app *App, name string) error {
 
 	if s.tls, err = s.provisionTLS(ctx); err != nil {
 		return err
+	}
+	if s.SenderAuth != nil {
+		m := s.app.metrics
+		a, err := senderauth.New(*s.SenderAuth, s.Hostname, field+".sender_auth", func(method, result string) {
+			m.AuthResults.WithLabelValues(s.name, method, result).Inc()
+		})
+		if err != nil {
+			return err
+		}
+		s.checks = append(s.checks, a)
+		s.checkNames = append(s.checkNames, "sender_auth")
+	}
+	if s.DKIM != nil {
+		if s.signer, err = dkimsign.New(ctx, ctx.Storage(), s.DKIM, field+".dkim", s.logger.Named("dkim")); err != nil {
+			return err
+		}
 	}
 	if len(s.ChecksRaw) > 0 {
 		mods, err := ctx.LoadModule(s, "ChecksRaw")
@@ -506,3 +536,7 @@ func ParseSize(s string) (int64, error) {
 	}
 	return int64(n), nil
 }
+
+// DKIMSigner returns the server's DKIM signer, nil when it signs
+// nothing.
+func (s *Server) DKIMSigner() *dkimsign.Signer { return s.signer }

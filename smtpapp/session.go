@@ -27,6 +27,7 @@ var (
 	errRequireTLSPlaintext = reply(530, 5, 7, 10, "REQUIRETLS needs a TLS session; issue STARTTLS first")
 	errNeedsSMTPUTF8       = reply(553, 5, 6, 7, "Non-ASCII address requires the SMTPUTF8 parameter")
 	errSpoolUnavailable    = reply(452, 4, 3, 1, "Insufficient system storage, try again later")
+	errSigningFailed       = reply(451, 4, 3, 0, "Message could not be signed, try again later")
 	errDataTimeout         = reply(421, 4, 4, 2, "Timeout waiting for message data, closing connection")
 	errTooLongLine         = reply(500, 5, 4, 0, "Too long line, closing connection")
 	// errBareNewline is the reply to message data with a bare LF or CR
@@ -291,6 +292,9 @@ func (ss *session) Data(r io.Reader) error {
 	if err != nil {
 		return err // the draft is aborted: nothing is queued
 	}
+	if err := ss.sign(draft); err != nil {
+		return err
+	}
 	env := &spool.Envelope{
 		Server:     ss.srv.name,
 		From:       res.from,
@@ -326,6 +330,40 @@ func (ss *session) Data(r io.Reader) error {
 	ss.srv.maillog.MessageAccepted(maillog.Accepted{ID: env.ID, Remote: remote, From: env.From, To: addresses(env.Recipients),
 		Size: env.Size, Protocol: proto, Took: time.Since(start), TLS: ss.tlsState()})
 	return reply(250, 2, 0, 0, "OK: queued as "+env.ID)
+}
+
+// sign adds the server's DKIM signatures to mail from relay_networks
+// and authenticated clients, after every change of ours and of the
+// checks, so that the spooled record is the signed one.
+func (ss *session) sign(draft *spool.Draft) error {
+	signer := ss.srv.signer
+	if signer == nil || (ss.authID == "" && !ss.srv.relay.MayRelay(ss.conn.remote.Addr())) {
+		return nil
+	}
+	if err := draft.Flush(); err != nil {
+		return ss.spoolFailed(err)
+	}
+	fields, err := signer.Sign(draft.Reader())
+	if err != nil {
+		ss.srv.reject("dkim")
+		ss.srv.logger.Error("DKIM signing failed", zap.String(maillog.FieldQueueID, draft.ID()), zap.Error(err))
+		return errSigningFailed
+	}
+	if len(fields) == 0 {
+		return nil
+	}
+	if err := draft.Rewrite(func(w io.Writer, old io.Reader) error {
+		for _, f := range fields {
+			if _, err := io.WriteString(w, f); err != nil {
+				return err
+			}
+		}
+		_, err := io.Copy(w, old)
+		return err
+	}); err != nil {
+		return ss.spoolFailed(err)
+	}
+	return nil
 }
 
 // quarantine commits a message a check quarantined into the

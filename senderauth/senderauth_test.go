@@ -1,0 +1,364 @@
+package senderauth_test
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/emersion/go-msgauth/dkim"
+
+	"github.com/caddy-smtp/caddy-smtp/checks"
+	st "github.com/caddy-smtp/caddy-smtp/internal/smtptest"
+	"github.com/caddy-smtp/caddy-smtp/message"
+	"github.com/caddy-smtp/caddy-smtp/senderauth"
+)
+
+const authserv = "mx.example.test"
+
+// env is a test DNS server with a signing key published for
+// sender.test (selector s1), and the checks under test.
+type env struct {
+	t   *testing.T
+	dns *st.DNS
+	key crypto.Signer
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	_, key, _ := ed25519.GenerateKey(rand.Reader)
+	e := &env{t: t, dns: st.StartDNS(t), key: key}
+	e.dns.TXT("s1._domainkey.sender.test", "v=DKIM1; k=ed25519; p="+base64.StdEncoding.EncodeToString(key.Public().(ed25519.PublicKey)))
+	return e
+}
+
+func (e *env) auth(cfg senderauth.Config) *senderauth.Auth {
+	e.t.Helper()
+	cfg.Resolver = e.dns.Addr()
+	a, err := senderauth.New(cfg, authserv, "sender_auth", nil)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return a
+}
+
+// all is spf, dkim and dmarc enforced.
+func (e *env) all() *senderauth.Auth {
+	return e.auth(senderauth.Config{SPF: &senderauth.SPFConfig{}, DKIM: true, DMARC: "enforce"})
+}
+
+// msg is a message from ip with that envelope sender and From:
+// header, signed by d= signer (if not "") with the env's key.
+func (e *env) msg(ip, mailFrom, from, signer string, extra ...string) *checks.Message {
+	e.t.Helper()
+	data := "Received: from client.test by " + authserv + "; Tue, 1 Dec 2026 00:00:00 +0000\r\n" +
+		strings.Join(extra, "") +
+		"From: Someone <" + from + ">\r\nTo: b@example.test\r\nSubject: hello\r\nDate: Tue, 01 Dec 2026 00:00:00 +0000\r\n" +
+		"Message-ID: <1@sender.test>\r\n\r\nHello.\r\n"
+	if signer != "" {
+		var b bytes.Buffer
+		if err := dkim.Sign(&b, strings.NewReader(data), &dkim.SignOptions{Domain: signer, Selector: "s1", Signer: e.key,
+			HeaderCanonicalization: dkim.CanonicalizationRelaxed, BodyCanonicalization: dkim.CanonicalizationRelaxed}); err != nil {
+			e.t.Fatal(err)
+		}
+		data = b.String()
+	}
+	return raw(ip, mailFrom, data)
+}
+
+func raw(ip, mailFrom, data string) *checks.Message {
+	return &checks.Message{QueueID: "Q", Hostname: authserv, ClientIP: netip.MustParseAddr(ip), Helo: "mail.sender.test",
+		From: mailFrom, Rcpts: []string{"b@example.test"}, Size: int64(len(data)),
+		Open: func() (io.Reader, error) { return strings.NewReader(data), nil }}
+}
+
+// check runs a and returns the verdict and the Authentication-Results
+// value it writes ("" when it writes none).
+func check(t *testing.T, a *senderauth.Auth, m *checks.Message) (checks.Verdict, string) {
+	t.Helper()
+	v, err := a.Check(context.Background(), m)
+	if err != nil {
+		t.Fatalf("check: %v", err)
+	}
+	r, _ := m.Open()
+	var b strings.Builder
+	if err := message.EditHeader(&b, r, v.Edits, nil); err != nil {
+		t.Fatalf("edits: %v", err)
+	}
+	var ars []string
+	for _, line := range strings.Split(strings.ReplaceAll(b.String(), "\r\n\t", " "), "\r\n") {
+		if v, ok := strings.CutPrefix(line, "Authentication-Results: "); ok {
+			ars = append(ars, v)
+		}
+	}
+	for _, ar := range ars {
+		if strings.HasPrefix(ar, authserv+";") {
+			return v, ar
+		}
+	}
+	return v, ""
+}
+
+func TestSPF(t *testing.T) {
+	e := newEnv(t)
+	a := e.auth(senderauth.Config{SPF: &senderauth.SPFConfig{}})
+	e.dns.TXT("mail.sender.test", "v=spf1 a -all")
+	e.dns.A("mail.sender.test", "192.0.2.1")
+	for _, tc := range []struct {
+		name, record, want string
+	}{
+		{"pass", "v=spf1 ip4:192.0.2.1 -all", "spf=pass smtp.mailfrom=sender.test"},
+		{"fail", "v=spf1 ip4:198.51.100.0/24 -all", "spf=fail smtp.mailfrom=sender.test"},
+		{"softfail", "v=spf1 ~all", "spf=softfail"},
+		{"neutral", "v=spf1 ?all", "spf=neutral"},
+		{"none", "", "spf=none"},
+		{"bad syntax", "v=spf1 frobnicate:x ip4:192.0.2.1 -all", "spf=permerror"},
+		{"include chain", "v=spf1 include:one.test -all", "spf=pass"},
+		{"redirect chain", "v=spf1 redirect=two.test", "spf=pass"},
+		{"eleven includes", "v=spf1 include:i1.test include:i2.test include:i3.test include:i4.test include:i5.test include:i6.test " +
+			"include:i7.test include:i8.test include:i9.test include:i10.test include:i11.test -all", "spf=permerror"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e.dns.Remove("sender.test")
+			if tc.record != "" {
+				e.dns.TXT("sender.test", tc.record)
+			}
+			e.dns.TXT("one.test", "v=spf1 include:two.test -all")
+			e.dns.TXT("two.test", "v=spf1 ip4:192.0.2.0/28 -all")
+			for i := 1; i <= 11; i++ {
+				e.dns.TXT(fmt.Sprintf("i%d.test", i), "v=spf1 ip4:203.0.113.1 ?all")
+			}
+			v, ar := check(t, a, e.msg("192.0.2.1", "a@sender.test", "a@sender.test", ""))
+			if v.Action != checks.Accept || !strings.Contains(ar, tc.want) {
+				t.Fatalf("%s: %v, header %q", tc.record, v.Action, ar)
+			}
+			if !strings.Contains(ar, "spf=pass smtp.helo=mail.sender.test") {
+				t.Errorf("the HELO identity: %q", ar)
+			}
+		})
+	}
+	t.Run("temperror", func(t *testing.T) {
+		e.dns.SetDown(true)
+		defer e.dns.SetDown(false)
+		v, _ := check(t, e.auth(senderauth.Config{SPF: &senderauth.SPFConfig{}, Timeout: caddy.Duration(2 * time.Second)}),
+			e.msg("192.0.2.1", "a@sender.test", "a@sender.test", ""))
+		if v.Action != checks.Tempfail || v.Code != "4.7.24" || v.Edits != nil {
+			t.Fatalf("DNS down, on_temperror tempfail: %+v", v)
+		}
+		v, ar := check(t, e.auth(senderauth.Config{SPF: &senderauth.SPFConfig{}, OnTemperror: "accept", Timeout: caddy.Duration(2 * time.Second)}),
+			e.msg("192.0.2.1", "a@sender.test", "a@sender.test", ""))
+		if v.Action != checks.Accept || !strings.Contains(ar, "spf=temperror") {
+			t.Fatalf("DNS down, on_temperror accept: %v %q", v.Action, ar)
+		}
+	})
+	t.Run("fail reject", func(t *testing.T) {
+		e.dns.TXT("sender.test", "v=spf1 -all")
+		v, _ := check(t, e.auth(senderauth.Config{SPF: &senderauth.SPFConfig{Fail: "reject"}}),
+			e.msg("192.0.2.1", "a@sender.test", "a@sender.test", ""))
+		if v.Action != checks.Reject || v.Code != "5.7.23" {
+			t.Fatalf("spf fail reject: %+v", v)
+		}
+	})
+}
+
+func TestDMARC(t *testing.T) {
+	e := newEnv(t)
+	a := e.all()
+	e.dns.TXT("mail.sender.test", "v=spf1 -all")
+	e.dns.TXT("sender.test", "v=spf1 ip4:192.0.2.1 -all")
+	e.dns.TXT("bounces.sender.test", "v=spf1 ip4:192.0.2.1 -all")
+	e.dns.TXT("other.test", "v=spf1 ip4:192.0.2.1 -all")
+	for _, tc := range []struct {
+		name, record, mailFrom, from, signer string
+		want                                 checks.Action
+		header                               string
+	}{
+		{"reject, aligned by SPF", "v=DMARC1; p=reject", "a@sender.test", "a@sender.test", "", checks.Accept, "dmarc=pass header.from=sender.test"},
+		{"reject, aligned by DKIM", "v=DMARC1; p=reject", "a@other.test", "a@sender.test", "sender.test", checks.Accept, "dmarc=pass"},
+		{"reject, unaligned", "v=DMARC1; p=reject", "a@other.test", "a@sender.test", "", checks.Reject, "dmarc=fail"},
+		{"quarantine, unaligned", "v=DMARC1; p=quarantine", "a@other.test", "a@sender.test", "", checks.Quarantine, "dmarc=fail reason=\"p=quarantine\""},
+		{"relaxed SPF alignment", "v=DMARC1; p=reject", "a@bounces.sender.test", "a@sender.test", "", checks.Accept, "dmarc=pass"},
+		{"strict SPF alignment", "v=DMARC1; p=reject; aspf=s", "a@bounces.sender.test", "a@sender.test", "", checks.Reject, "dmarc=fail"},
+		{"none policy", "v=DMARC1; p=none", "a@other.test", "a@sender.test", "", checks.Accept, "dmarc=fail reason=\"p=none\""},
+		{"pct 0: one policy down", "v=DMARC1; p=reject; pct=0", "a@other.test", "a@sender.test", "", checks.Quarantine, "dmarc=fail"},
+		{"no record", "", "a@other.test", "a@sender.test", "", checks.Accept, "dmarc=none"},
+		{"junk tags", "v=DMARC1; p=reject; junk; =x; fo=q;;", "a@other.test", "a@sender.test", "", checks.Accept, "dmarc=permerror"},
+		// Forwarded: the forwarder's IP fails SPF, the signature passes.
+		{"forwarded", "v=DMARC1; p=reject", "a@sender.test", "a@sender.test", "sender.test", checks.Accept, "dmarc=pass"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e.dns.Remove("_dmarc.sender.test")
+			if tc.record != "" {
+				e.dns.TXT("_dmarc.sender.test", tc.record)
+			}
+			ip := "192.0.2.1"
+			if tc.name == "forwarded" {
+				ip = "198.51.100.7"
+			}
+			v, ar := check(t, a, e.msg(ip, tc.mailFrom, tc.from, tc.signer))
+			if tc.want == checks.Reject {
+				ar = v.Reason // a refused message gets no header
+			}
+			if v.Action != tc.want || !strings.Contains(ar, tc.header) {
+				t.Fatalf("%v (%s), header %q; want %v, %q", v.Action, v.Reason, ar, tc.want, tc.header)
+			}
+			if tc.want == checks.Reject && (v.Code != "" || !strings.Contains(v.Reply, "DMARC policy of sender.test")) {
+				t.Errorf("reject reply: %+v", v)
+			}
+		})
+	}
+	t.Run("subdomain policy", func(t *testing.T) {
+		e.dns.Remove("_dmarc.sender.test")
+		e.dns.TXT("_dmarc.sender.test", "v=DMARC1; p=none; sp=reject")
+		v, _ := check(t, a, e.msg("192.0.2.1", "a@other.test", "a@news.sender.test", ""))
+		if v.Action != checks.Reject || !strings.Contains(v.Reply, "news.sender.test") {
+			t.Fatalf("sp=reject for a subdomain: %v %q", v.Action, v.Reply)
+		}
+		v, _ = check(t, a, e.msg("192.0.2.1", "a@other.test", "a@sender.test", ""))
+		if v.Action != checks.Accept {
+			t.Fatalf("p=none for the domain itself: %v", v.Action)
+		}
+	})
+	t.Run("report only", func(t *testing.T) {
+		e.dns.TXT("_dmarc.sender.test", "v=DMARC1; p=reject")
+		ro := e.auth(senderauth.Config{SPF: &senderauth.SPFConfig{}, DKIM: true, DMARC: "report_only"})
+		v, ar := check(t, ro, e.msg("192.0.2.1", "a@other.test", "a@sender.test", ""))
+		if v.Action != checks.Accept || !strings.Contains(ar, "dmarc=fail") {
+			t.Fatalf("report_only: %v %q", v.Action, ar)
+		}
+	})
+	t.Run("DNS down", func(t *testing.T) {
+		e.dns.SetDown(true)
+		defer e.dns.SetDown(false)
+		a := e.auth(senderauth.Config{SPF: &senderauth.SPFConfig{}, DKIM: true, DMARC: "enforce", Timeout: caddy.Duration(2 * time.Second)})
+		v, _ := check(t, a, e.msg("192.0.2.1", "a@sender.test", "a@sender.test", "sender.test"))
+		if v.Action != checks.Tempfail {
+			t.Fatalf("DNS down: %+v", v)
+		}
+	})
+}
+
+// TestForgedAuthenticationResults: one claiming our authserv-id goes,
+// another server's stays, and ours is first.
+func TestForgedAuthenticationResults(t *testing.T) {
+	e := newEnv(t)
+	e.dns.TXT("sender.test", "v=spf1 ip4:192.0.2.1 -all")
+	a := e.all()
+	m := e.msg("192.0.2.1", "a@sender.test", "a@sender.test", "",
+		"Authentication-Results: "+strings.ToUpper(authserv)+"; dkim=pass header.d=bank.test; dmarc=pass\r\n",
+		"Authentication-Results: relay.other.test; spf=pass smtp.mailfrom=x.test\r\n",
+		"Authentication-Results: "+authserv+" 1; spf=pass\r\n")
+	v, err := a.Check(context.Background(), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ := m.Open()
+	var b strings.Builder
+	message.EditHeader(&b, r, v.Edits, nil)
+	out := b.String()
+	if n := strings.Count(out, "Authentication-Results:"); n != 2 {
+		t.Fatalf("%d Authentication-Results fields:\n%s", n, out)
+	}
+	if !strings.HasPrefix(out, "Authentication-Results: "+authserv+";\r\n\tspf=pass") ||
+		!strings.Contains(out, "Authentication-Results: relay.other.test;") || strings.Contains(out, "bank.test") {
+		t.Fatalf("header:\n%s", out)
+	}
+	if !strings.Contains(v.Reason, "2 forged") {
+		t.Errorf("reason %q", v.Reason)
+	}
+}
+
+// TestDKIMResults: a good signature passes; a body byte changed, a
+// signed header changed, a key record missing give the RFC's results;
+// hostile signatures end in fail or permerror, quickly.
+func TestDKIMResults(t *testing.T) {
+	e := newEnv(t)
+	a := e.auth(senderauth.Config{DKIM: true})
+	signed := func() string {
+		r, _ := e.msg("192.0.2.1", "a@sender.test", "a@sender.test", "sender.test").Open()
+		b, _ := io.ReadAll(r)
+		return string(b)
+	}
+	good := signed()
+	rsaKey, _ := rsa.GenerateKey(rand.Reader, 2048)
+	der, _ := x509.MarshalPKIXPublicKey(&rsaKey.PublicKey)
+	e.dns.TXT("r1._domainkey.rsa.test", "v=DKIM1; k=rsa; p="+base64.StdEncoding.EncodeToString(der))
+	var rsaSigned bytes.Buffer
+	dkim.Sign(&rsaSigned, strings.NewReader("From: a@rsa.test\r\nSubject: x\r\n\r\nbody\r\n"), &dkim.SignOptions{
+		Domain: "rsa.test", Selector: "r1", Signer: rsaKey, HeaderCanonicalization: dkim.CanonicalizationRelaxed})
+	for _, tc := range []struct{ name, data, want string }{
+		{"ed25519 pass", good, "dkim=pass header.d=sender.test"},
+		{"rsa pass", rsaSigned.String(), "dkim=pass header.d=rsa.test"},
+		{"body byte changed", strings.Replace(good, "Hello.", "Hello!", 1), "dkim=fail"},
+		{"header changed", strings.Replace(good, "Subject: hello", "Subject: jello", 1), "dkim=fail"},
+		{"key missing", strings.Replace(good, "s=s1", "s=gone", 1), "dkim=permerror"},
+		{"no signature", "From: a@sender.test\r\n\r\nx\r\n", "dkim=none"},
+		{"l= beyond the body", "DKIM-Signature: v=1; a=ed25519-sha256; c=relaxed/relaxed; d=sender.test; s=s1; l=99999; h=from; bh=" +
+			base64.StdEncoding.EncodeToString(make([]byte, 32)) + "; b=AAAA\r\nFrom: a@sender.test\r\n\r\nx\r\n", "dkim="},
+		{"64 KiB b=", "DKIM-Signature: v=1; a=ed25519-sha256; c=relaxed/relaxed; d=sender.test; s=s1; h=from; bh=" +
+			base64.StdEncoding.EncodeToString(make([]byte, 32)) + "; b=" + strings.Repeat("QUFB", 16<<10) + "\r\nFrom: a@sender.test\r\n\r\nx\r\n", "dkim="},
+		{"h= of 1000 headers", "DKIM-Signature: v=1; a=ed25519-sha256; c=relaxed/relaxed; d=sender.test; s=s1; h=" +
+			strings.TrimSuffix(strings.Repeat("from:", 1000), ":") + "; bh=" + base64.StdEncoding.EncodeToString(make([]byte, 32)) +
+			"; b=AAAA\r\nFrom: a@sender.test\r\n\r\nx\r\n", "dkim="},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			start := time.Now()
+			v, ar := check(t, a, raw("192.0.2.1", "a@sender.test", tc.data))
+			if v.Action != checks.Accept || !strings.Contains(ar, tc.want) {
+				t.Fatalf("%v, header %q, want %q", v.Action, ar, tc.want)
+			}
+			if strings.HasSuffix(tc.want, "=") && !(strings.Contains(ar, "dkim=fail") || strings.Contains(ar, "dkim=permerror")) {
+				t.Fatalf("hostile signature: %q", ar)
+			}
+			if took := time.Since(start); took > 10*time.Second {
+				t.Fatalf("took %v", took) // a sanity bound, not a timing assertion
+			}
+		})
+	}
+}
+
+// TestRelayAndAuthenticatedSkipped: mail from relay_networks and from
+// authenticated clients is not checked and gets no header.
+func TestRelayAndAuthenticatedSkipped(t *testing.T) {
+	e := newEnv(t)
+	a := e.all()
+	for _, m := range []*checks.Message{e.msg("192.0.2.1", "a@other.test", "a@sender.test", ""), e.msg("192.0.2.1", "a@other.test", "a@sender.test", "")} {
+		m.Relay = m.Auth == ""
+		v, ar := check(t, a, m)
+		if v.Action != checks.Accept || ar != "" || len(v.Edits) != 0 {
+			t.Fatalf("%v %q %v", v.Action, ar, v.Edits)
+		}
+		m.Relay, m.Auth = false, "user"
+		v, ar = check(t, a, m)
+		if v.Action != checks.Accept || ar != "" {
+			t.Fatalf("authenticated: %v %q", v.Action, ar)
+		}
+	}
+}
+
+func TestConfig(t *testing.T) {
+	for _, c := range []senderauth.Config{
+		{},
+		{DMARC: "enforce"},
+		{SPF: &senderauth.SPFConfig{}, DMARC: "enforce"},
+		{SPF: &senderauth.SPFConfig{}, DKIM: true, DMARC: "maybe"},
+		{SPF: &senderauth.SPFConfig{Fail: "bounce"}},
+		{DKIM: true, OnTemperror: "ignore"},
+		{DKIM: true, Resolver: "[::1"},
+	} {
+		if _, err := senderauth.New(c, authserv, "sender_auth", nil); err == nil {
+			t.Errorf("%+v: no error", c)
+		}
+	}
+}
