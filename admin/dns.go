@@ -32,8 +32,10 @@ type DNSRecord struct {
 	// Type is MX, TXT or TLSA.
 	Type string `json:"type"`
 	// Value is the record's data as a zone file has it, except that
-	// a TXT string is not quoted: `10 mx.example.com.`,
-	// `v=STSv1; id=...`, `3 1 1 <hex>`.
+	// a TXT string is not quoted and is in one piece (a DKIM RSA key's
+	// is longer than the 255 bytes of one string: a zone file splits
+	// it): `10 mx.example.com.`, `v=STSv1; id=...`,
+	// `v=DKIM1; k=ed25519; p=...`, `3 1 1 <hex>`.
 	Value string `json:"value"`
 }
 
@@ -48,6 +50,10 @@ type DNSRecord struct {
 //   - TXT: `_mta-sts.<domain>` `v=STSv1; id=<id>` for every domain whose
 //     site `mta-sts.<domain>` in the same config's http app has the
 //     mta_sts handler, with the id of the policy it serves.
+//   - TXT: `<selector>._domainkey.<domain>` `v=DKIM1; k=ed25519|rsa;
+//     p=<key>` for every DKIM key of a server's dkim signing: the keys
+//     in use and the older ones of the same domains still in storage,
+//     whose records stay published until the key is deleted.
 //   - TLSA: `_<port>._tcp.<hostname>` `3 1 1 <sha-256 of the key>`
 //     (DANE-EE, RFC 7672) for every server that offers TLS, one record
 //     for each port it listens on; a server without listen addresses
@@ -107,6 +113,9 @@ func dnsRecords(app *smtpapp.App, httpApp *caddyhttp.App, now time.Time) ([]DNSR
 		s := app.Servers[name]
 		if s == nil {
 			continue
+		}
+		for _, r := range s.DKIMSigner().Records() {
+			add(DNSRecord{Name: r.Name, Type: r.Type, Value: r.Value})
 		}
 		host := normalName(s.Hostname)
 		isIP := net.ParseIP(host) != nil

@@ -1,13 +1,18 @@
 package admin_test
 
 import (
+	"crypto/ed25519"
+	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/hex"
+	"encoding/pem"
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -187,5 +192,95 @@ func TestDNSAPI(t *testing.T) {
 	api.json(t, http.MethodGet, "/smtp/dns", nil, http.StatusServiceUnavailable, &apiErr)
 	if msg, _ := apiErr["error"].(string); !strings.Contains(msg, "servers.files: tls.certificate:") || !strings.Contains(msg, "reload") {
 		t.Errorf("GET /smtp/dns after the files changed: %v", apiErr)
+	}
+}
+
+// dkimWant returns the TXT record of the DKIM key in the env's storage
+// for domain and selector, derived here from the key file: the raw
+// Ed25519 key (RFC 8463) or the RSA SubjectPublicKeyInfo.
+func dkimWant(t *testing.T, e *st.Env, domain, selector string) admin.DNSRecord {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(e.Dir, "storage", "smtp", "dkim", domain, selector+".key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(b)
+	if block == nil || block.Type != "PRIVATE KEY" {
+		t.Fatalf("%s/%s: not a PKCS#8 PEM key", domain, selector)
+	}
+	key, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var value string
+	switch k := key.(type) {
+	case ed25519.PrivateKey:
+		value = "v=DKIM1; k=ed25519; p=" + base64.StdEncoding.EncodeToString(k.Public().(ed25519.PublicKey))
+	case *rsa.PrivateKey:
+		der, err := x509.MarshalPKIXPublicKey(&k.PublicKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		value = "v=DKIM1; k=rsa; p=" + base64.StdEncoding.EncodeToString(der)
+	default:
+		t.Fatalf("%s/%s: a %T key", domain, selector, key)
+	}
+	return admin.DNSRecord{Name: selector + "._domainkey." + domain, Type: "TXT", Value: value}
+}
+
+// TestDNSAPIDKIM: GET /smtp/dns lists each DKIM key's TXT record, as
+// derived from the key in Caddy's storage, once when two servers sign
+// for the same domains; after a reload with a new selector, the new
+// keys' records and the old ones (still in storage, still to publish).
+func TestDNSAPIDKIM(t *testing.T) {
+	e := st.NewEnv(t)
+	servers := func(selector string) map[string]any {
+		out := map[string]any{}
+		for _, name := range []string{"out", "out2"} {
+			srv, _ := st.ServerConfig(t, map[string]any{
+				"hostname":       name + ".example.internal",
+				"accept_domains": nil,
+				"tls":            map[string]any{"level": "none"},
+				"dkim":           map[string]any{"domains": []string{"Example.TEST", "example.org"}, "selector": selector},
+			})
+			out[name] = srv
+		}
+		return st.App(out)
+	}
+	e.Load(servers("s1"), nil)
+	api := apiClient{base: "http://" + e.Admin}
+	byName := func(recs []admin.DNSRecord) []admin.DNSRecord {
+		slices.SortFunc(recs, func(a, b admin.DNSRecord) int { return strings.Compare(a.Name, b.Name) })
+		return recs
+	}
+	var want []admin.DNSRecord
+	for _, d := range []string{"example.test", "example.org"} {
+		for _, sel := range []string{"s1-ed25519", "s1-rsa2048"} {
+			want = append(want, dkimWant(t, e, d, sel))
+		}
+	}
+	want = byName(want)
+	var got []admin.DNSRecord
+	api.json(t, http.MethodGet, "/smtp/dns", nil, http.StatusOK, &got)
+	if !slices.Equal(got, want) {
+		t.Fatalf("GET /smtp/dns:\n got %v\nwant %v", got, want)
+	}
+	got = nil
+	api.json(t, http.MethodGet, "/smtp/dns?domain=example.org", nil, http.StatusOK, &got)
+	if len(got) != 2 || !strings.HasSuffix(got[0].Name, "._domainkey.example.org") || !strings.HasSuffix(got[1].Name, "._domainkey.example.org") {
+		t.Errorf("?domain=example.org: %v", got)
+	}
+
+	e.PostLoad(servers("s2"), nil)
+	for _, d := range []string{"example.test", "example.org"} {
+		for _, sel := range []string{"s2-ed25519", "s2-rsa2048"} {
+			want = append(want, dkimWant(t, e, d, sel))
+		}
+	}
+	want = byName(want)
+	got = nil
+	api.json(t, http.MethodGet, "/smtp/dns", nil, http.StatusOK, &got)
+	if !slices.Equal(got, want) {
+		t.Fatalf("GET /smtp/dns after a new selector:\n got %v\nwant %v", got, want)
 	}
 }

@@ -23,21 +23,27 @@ func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "smtp-dns",
 		Usage: "[--domain <domain>] [--address <interface>] [--json]",
-		Short: "Prints the DNS records the smtp app needs published (MX, MTA-STS, TLSA)",
+		Short: "Prints the DNS records the smtp app needs published (MX, MTA-STS, DKIM, TLSA)",
 		Long: `
 Prints the DNS records that the config of a running Caddy needs published,
 through its admin API (GET /smtp/dns of admin.api.smtp), as zone file lines:
 
   example.com. 3600 IN MX 10 mx.example.com.
   _mta-sts.example.com. 3600 IN TXT "v=STSv1; id=0123456789abcdef0123"
+  2026a-ed25519._domainkey.example.com. 3600 IN TXT "v=DKIM1; k=ed25519; p=<key>"
   _25._tcp.mx.example.com. 3600 IN TLSA 3 1 1 <sha-256 of the key>
 
 MX: each domain of a server's accept_domains, to the hostname of each server
 that accepts it. TXT: _mta-sts.<domain> with the id of the policy that the
-mta_sts handler of the site mta-sts.<domain> serves. TLSA (DANE-EE, SPKI,
-SHA-256): each port of each server that offers TLS, for the key of the
-certificate it serves now. A TLSA record breaks when the key changes: publish
-the next key's record before the server switches to it.
+mta_sts handler of the site mta-sts.<domain> serves, and
+<selector>._domainkey.<domain> for each DKIM key of a server's dkim signing:
+the keys in use and the older ones still in Caddy's storage (delete a key
+from storage to retire it). An RSA key's record is longer than the 255 bytes
+of one string: it is printed as several strings of one record, which readers
+join. caddy smtp-dkim check compares what DNS publishes with them. TLSA
+(DANE-EE, SPKI, SHA-256): each port of each server that offers TLS, for the
+key of the certificate it serves now. A TLSA record breaks when the key
+changes: publish the next key's record before the server switches to it.
 
 --domain keeps the records whose name is the domain or under it. The admin
 API is reached at --address if given; otherwise at the admin address of the
@@ -99,23 +105,31 @@ func WriteZone(w io.Writer, records []admin.DNSRecord) error {
 	return err
 }
 
-// txtString quotes a TXT value as a zone file character string (RFC
-// 1035 5.1: `"` and `\` escaped).
+// txtString quotes a TXT value as zone file character strings (RFC
+// 1035 5.1: `"` and `\` escaped), 255 bytes of the value each (RFC
+// 1035 3.3: a character-string is at most 255 long; a DKIM RSA key's
+// record needs two), separated by a space: readers of the record join
+// them (RFC 6376 3.6.2.2, RFC 7208 3.3).
 func txtString(s string) string {
 	var b strings.Builder
-	b.WriteByte('"')
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c == '"' || c == '\\':
-			b.WriteByte('\\')
-			b.WriteByte(c)
-		case c < ' ' || c > '~':
-			fmt.Fprintf(&b, "\\%03d", c)
-		default:
-			b.WriteByte(c)
+	for start := 0; start == 0 || start < len(s); start += 255 {
+		if start > 0 {
+			b.WriteByte(' ')
 		}
+		b.WriteByte('"')
+		for i := start; i < len(s) && i < start+255; i++ {
+			c := s[i]
+			switch {
+			case c == '"' || c == '\\':
+				b.WriteByte('\\')
+				b.WriteByte(c)
+			case c < ' ' || c > '~':
+				fmt.Fprintf(&b, "\\%03d", c)
+			default:
+				b.WriteByte(c)
+			}
+		}
+		b.WriteByte('"')
 	}
-	b.WriteByte('"')
 	return b.String()
 }

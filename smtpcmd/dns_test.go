@@ -3,9 +3,7 @@ package smtpcmd_test
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
@@ -19,18 +17,7 @@ import (
 // stdout, stderr and exit status.
 func smtpDNS(t *testing.T, bin, adminAddr string, args ...string) (string, string, int) {
 	t.Helper()
-	cmd := exec.Command(bin, append(append([]string{"smtp-dns"}, args...), "--address", adminAddr)...)
-	cmd.Dir = t.TempDir() // no adjacent Caddyfile
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	code := 0
-	if exitErr, ok := errors.AsType[*exec.ExitError](err); ok {
-		code = exitErr.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	return stdout.String(), stderr.String(), code
+	return runCaddy(t, bin, append(append([]string{"smtp-dns"}, args...), "--address", adminAddr)...)
 }
 
 // TestSMTPDNSCommand runs the caddy binary's smtp-dns command against an
@@ -86,7 +73,7 @@ $`)
 }
 
 // TestWriteZone: zone file lines, TXT quoted with its quotes and
-// backslashes escaped.
+// backslashes escaped, in strings of 255 bytes of the value.
 func TestWriteZone(t *testing.T) {
 	var b bytes.Buffer
 	err := smtpcmd.WriteZone(&b, []admin.DNSRecord{
@@ -94,6 +81,8 @@ func TestWriteZone(t *testing.T) {
 		{Name: "_mta-sts.example.com", Type: "TXT", Value: "v=STSv1; id=0123456789abcdef0123"},
 		{Name: "odd.example.com", Type: "TXT", Value: "a \"b\" \\c\x01"},
 		{Name: "_25._tcp.mx.example.com", Type: "TLSA", Value: "3 1 1 00ff"},
+		{Name: "long.example.com", Type: "TXT", Value: strings.Repeat("a", 254) + "\"" + strings.Repeat("b", 255) + "c"},
+		{Name: "empty.example.com", Type: "TXT", Value: ""},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -102,6 +91,8 @@ func TestWriteZone(t *testing.T) {
 _mta-sts.example.com. 3600 IN TXT "v=STSv1; id=0123456789abcdef0123"
 odd.example.com. 3600 IN TXT "a \"b\" \\c\001"
 _25._tcp.mx.example.com. 3600 IN TLSA 3 1 1 00ff
+long.example.com. 3600 IN TXT "` + strings.Repeat("a", 254) + `\"" "` + strings.Repeat("b", 255) + `" "c"
+empty.example.com. 3600 IN TXT ""
 `
 	if b.String() != want {
 		t.Errorf("zone:\n%s\nwant:\n%s", b.String(), want)
