@@ -21,6 +21,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/dustin/go-humanize"
 
+	"github.com/caddy-smtp/caddy-smtp/address"
 	"github.com/caddy-smtp/caddy-smtp/message"
 )
 
@@ -47,6 +48,7 @@ type Message struct {
 	TLS        *tls.ConnectionState
 	Auth       string // the authenticated identity, "" if none
 	Relay      bool   // the client is in relay_networks
+	SMTPUTF8   bool   // the sender used SMTPUTF8
 	Size       int64
 	// Open returns the message as it will be spooled (our Received:
 	// header first, CRLF line ends), from its first byte; each call
@@ -218,7 +220,10 @@ func Run(ctx context.Context, list []Check, names []string, m *Message, apply fu
 			outs = append(outs, out)
 			continue
 		}
-		v, err := runOne(ctx, c, o, m)
+		// Each check gets its own copy: one that outlives its timeout
+		// must not see the next check's changes being made to m.
+		mc := *m
+		v, err := runOne(ctx, c, o, &mc)
 		out.Took = time.Since(start)
 		var skip *SkipError
 		if errors.As(err, &skip) {
@@ -227,7 +232,15 @@ func Run(ctx context.Context, list []Check, names []string, m *Message, apply fu
 			continue
 		}
 		if err == nil && (v.Action == Accept || v.Action == Quarantine) && !v.Changes.Empty() {
-			err = checkChanges(&v.Changes)
+			if cerr := checkChanges(&v.Changes, m.SMTPUTF8); cerr != nil {
+				if v.Action == Quarantine {
+					// The verdict stands; only its changes are dropped.
+					v.Changes = Changes{}
+					v.Reason = strings.TrimSpace(v.Reason + " (its changes dropped: " + cerr.Error() + ")")
+				} else {
+					err = cerr
+				}
+			}
 		}
 		if err != nil {
 			out.Err = err
@@ -258,9 +271,17 @@ const (
 	maxRcptChange = 1000
 )
 
-func checkChanges(c *Changes) error {
+func checkChanges(c *Changes, smtputf8 bool) error {
 	if err := message.CheckEdits(c.Edits); err != nil {
 		return err
+	}
+	if c.From != nil && *c.From != "" && address.Check(*c.From, smtputf8) != address.OK {
+		return fmt.Errorf("%w: new sender %q", message.ErrBadEdit, OneLine(*c.From))
+	}
+	for _, a := range c.AddRcpts {
+		if address.Check(a, smtputf8) != address.OK {
+			return fmt.Errorf("%w: new recipient %q", message.ErrBadEdit, OneLine(a))
+		}
 	}
 	if len(c.Body) > maxBody {
 		return fmt.Errorf("a new body of %d bytes", len(c.Body))

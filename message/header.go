@@ -19,7 +19,8 @@ type Field struct {
 // Value is the field's value as a milter gets it: what follows the
 // colon, folding kept, without the one space after the colon.
 func (f Field) Value() string {
-	return strings.TrimPrefix(f.Raw[len(f.Name)+1:], " ")
+	_, v, _ := strings.Cut(f.Raw, ":")
+	return strings.TrimPrefix(v, " ")
 }
 
 // ReadHeader reads a message's header fields as Postfix and Sendmail
@@ -29,26 +30,42 @@ func (f Field) Value() string {
 // nothing of the message is lost. A sender's malformed header line can
 // thus make no check fail or skip. Written here: mail header parsers
 // (net/textproto, go-message) refuse such a line instead.
+//
+// A field name may be followed by spaces before its colon (RFC 5322
+// 4.5.3's obsolete syntax, which readers must accept); Name has them
+// trimmed, Raw keeps them. A field's continuation lines are gathered in
+// one buffer, so a long folded field costs linear time.
 func ReadHeader(br *bufio.Reader) (fields []Field, first string, err error) {
+	var cur strings.Builder // the last field's text, while it may go on
+	var name string
+	end := func() {
+		if name != "" {
+			fields = append(fields, Field{Name: name, Raw: cur.String()})
+		}
+		name = ""
+		cur.Reset()
+	}
 	for {
 		line, err := br.ReadString('\n')
 		if err != nil && err != io.EOF {
 			return nil, "", err
 		}
-		if line == "" {
+		if line == "" || line == "\r\n" || line == "\n" {
+			end()
 			return fields, "", nil
 		}
-		if line == "\r\n" || line == "\n" {
-			return fields, "", nil
-		}
-		if (line[0] == ' ' || line[0] == '\t') && len(fields) > 0 {
-			fields[len(fields)-1].Raw += line
-		} else if name, _, ok := strings.Cut(line, ":"); ok && ValidFieldName(name) {
-			fields = append(fields, Field{Name: name, Raw: line})
+		if (line[0] == ' ' || line[0] == '\t') && name != "" {
+			cur.WriteString(line)
+		} else if n, _, ok := strings.Cut(line, ":"); ok && ValidFieldName(strings.TrimRight(n, " \t")) {
+			end()
+			name = strings.TrimRight(n, " \t")
+			cur.WriteString(line)
 		} else {
+			end()
 			return fields, line, nil
 		}
 		if err == io.EOF {
+			end()
 			return fields, "", nil
 		}
 	}
@@ -90,11 +107,14 @@ const (
 // HeaderEdit is a change to a message's header that a content check
 // asks for.
 type HeaderEdit struct {
-	Op   EditOp
+	// Op is what the edit does.
+	Op EditOp
+	// Name is the field's name.
 	Name string
 	// Value goes after "Name: "; lines after the first are continuation
 	// lines (beginning with a space or tab), separated by LF or CRLF.
 	Value string
+	// Index is where: see the EditOp constants.
 	Index int
 }
 
@@ -125,9 +145,6 @@ func CheckEdits(edits []HeaderEdit) error {
 		}
 		if e.Op < AddHeader || e.Op > ChangeHeader || (e.Op == InsertHeader && e.Index < 0) {
 			return fmt.Errorf("%w: %s: operation %d at %d", ErrBadEdit, e.Name, e.Op, e.Index)
-		}
-		if e.Op != ChangeHeader && e.Value == "" {
-			return fmt.Errorf("%w: %s: empty value", ErrBadEdit, e.Name)
 		}
 		for i, line := range strings.Split(strings.ReplaceAll(e.Value, "\r\n", "\n"), "\n") {
 			if strings.ContainsAny(line, "\r\x00") {

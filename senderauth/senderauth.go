@@ -128,6 +128,7 @@ type results struct {
 	mailFrom         string // the MAIL FROM domain SPF checked (HELO's for <>)
 	dkim             []*dkim.Verification
 	dkimNote         string
+	dkimTooLarge     bool
 	fromDomain       string
 	dmarc            authres.ResultValue
 	dmarcReason      string
@@ -155,7 +156,13 @@ func (a *Auth) Check(ctx context.Context, m *checks.Message) (checks.Verdict, er
 		a.checkSPF(ctx, m, &res)
 	}
 	if a.cfg.DKIM {
-		if err := a.checkDKIM(ctx, m, &res); err != nil {
+		if why := unverifiable(fields); why != "" {
+			// go-msgauth joins a field's lines one by one (quadratic
+			// time): a hostile header is not given to it.
+			res.dkimNote = why
+			res.dkimTooLarge = true
+			a.count("dkim", string(authres.ResultPermError))
+		} else if err := a.checkDKIM(ctx, m, &res); err != nil {
 			return checks.Verdict{}, err
 		}
 	}
@@ -213,6 +220,27 @@ func (a *Auth) checkDKIM(ctx context.Context, m *checks.Message, res *results) e
 		a.count("dkim", string(result))
 	}
 	return nil
+}
+
+// Bounds of a header given to the DKIM verifier.
+const (
+	maxVerifiedField  = 64 << 10
+	maxVerifiedHeader = 1 << 20
+)
+
+// unverifiable says why a header is too large to verify, or "".
+func unverifiable(fields []message.Field) string {
+	total := 0
+	for _, f := range fields {
+		if len(f.Raw) > maxVerifiedField {
+			return fmt.Sprintf("a header field of %d bytes, over %d: not verified", len(f.Raw), maxVerifiedField)
+		}
+		total += len(f.Raw)
+	}
+	if total > maxVerifiedHeader {
+		return fmt.Sprintf("a header of %d bytes, over %d: not verified", total, maxVerifiedHeader)
+	}
+	return ""
 }
 
 // dkimResult maps a verification's error onto RFC 8601's result names.
@@ -364,7 +392,11 @@ func (a *Auth) verdict(fields []message.Field, res *results) checks.Verdict {
 		summary = append(summary, "spf="+string(res.spfFrom))
 	}
 	if a.cfg.DKIM {
-		if len(res.dkim) == 0 {
+		switch {
+		case res.dkimTooLarge:
+			ar = append(ar, &authres.DKIMResult{Value: authres.ResultPermError, Reason: res.dkimNote})
+			summary = append(summary, "dkim=permerror")
+		case len(res.dkim) == 0:
 			ar = append(ar, &authres.DKIMResult{Value: authres.ResultNone, Reason: res.dkimNote})
 			summary = append(summary, "dkim=none")
 		}

@@ -311,6 +311,8 @@ func TestDKIMResults(t *testing.T) {
 		{"h= of 1000 headers", "DKIM-Signature: v=1; a=ed25519-sha256; c=relaxed/relaxed; d=sender.test; s=s1; h=" +
 			strings.TrimSuffix(strings.Repeat("from:", 1000), ":") + "; bh=" + base64.StdEncoding.EncodeToString(make([]byte, 32)) +
 			"; b=AAAA\r\nFrom: a@sender.test\r\n\r\nx\r\n", "dkim="},
+		{"a folded field of 1 MiB", good[:strings.Index(good, "\r\nFrom:")+2] + "X-Long: a\r\n" + strings.Repeat(" y\r\n", 250000) +
+			good[strings.Index(good, "\r\nFrom:")+2:], "dkim=permerror reason=\"a header field of"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			start := time.Now()

@@ -12,7 +12,6 @@ import (
 	"github.com/emersion/go-smtp"
 	"go.uber.org/zap"
 
-	"github.com/caddy-smtp/caddy-smtp/address"
 	"github.com/caddy-smtp/caddy-smtp/checks"
 	"github.com/caddy-smtp/caddy-smtp/maillog"
 	"github.com/caddy-smtp/caddy-smtp/message"
@@ -55,13 +54,13 @@ func (ss *session) runChecks(draft *spool.Draft, rcpts []*spool.Recipient) (chec
 		QueueID: draft.ID(), Server: srv.name, Hostname: srv.Hostname,
 		ClientIP: remote.Addr(), ClientPort: remote.Port(), Helo: ss.helo,
 		From: ss.from, Rcpts: addresses(rcpts), TLS: ss.tlsState(), Auth: ss.authID, Relay: srv.relay.MayRelay(remote.Addr()),
-		Size: draft.Size(), Open: func() (io.Reader, error) { return draft.Reader(), nil },
+		SMTPUTF8: ss.mailOpts.UTF8, Size: draft.Size(), Open: opener(draft),
 	}
 	apply := func(c *checks.Changes) error {
 		if err := ss.applyChanges(draft, &res, c); err != nil {
 			return err
 		}
-		msg.From, msg.Rcpts, msg.Size = res.from, addresses(res.rcpts), draft.Size()
+		msg.From, msg.Rcpts, msg.Size, msg.Open = res.from, addresses(res.rcpts), draft.Size(), opener(draft)
 		return nil
 	}
 	v, outs := checks.Run(context.Background(), srv.checks, srv.checkNames, msg, apply)
@@ -134,17 +133,6 @@ func (ss *session) runChecks(draft *spool.Draft, rcpts []*spool.Recipient) (chec
 // envelope to res. Addresses a check gives must be valid, as the
 // sender's are.
 func (ss *session) applyChanges(draft *spool.Draft, res *checked, c *checks.Changes) error {
-	utf8 := ss.mailOpts.UTF8
-	if c.From != nil {
-		if *c.From != "" && address.Check(*c.From, utf8) != address.OK {
-			return fmt.Errorf("%w: new sender %q", message.ErrBadEdit, *c.From)
-		}
-	}
-	for _, a := range c.AddRcpts {
-		if address.Check(a, utf8) != address.OK {
-			return fmt.Errorf("%w: new recipient %q", message.ErrBadEdit, a)
-		}
-	}
 	rewrite := c.Body != nil
 	if !rewrite && len(c.Edits) > 0 {
 		// Most checks remove fields a message does not have (rspamd's
@@ -181,9 +169,22 @@ func (ss *session) applyChanges(draft *spool.Draft, res *checked, c *checks.Chan
 		res.rcpts = kept
 	}
 	for _, a := range c.AddRcpts {
-		res.rcpts = append(res.rcpts, &spool.Recipient{Address: a, Status: spool.StatusQueued})
+		dup := false
+		for _, r := range res.rcpts {
+			dup = dup || strings.EqualFold(r.Address, a)
+		}
+		if !dup { // a recipient added twice gets the message once
+			res.rcpts = append(res.rcpts, &spool.Recipient{Address: a, Status: spool.StatusQueued})
+		}
 	}
 	return nil
+}
+
+// opener opens the draft as it is now, for a check: a later rewrite
+// does not change what it reads.
+func opener(draft *spool.Draft) func() (io.Reader, error) {
+	ra, n := draft.ReaderAt()
+	return func() (io.Reader, error) { return io.NewSectionReader(ra, 0, n), nil }
 }
 
 // codedReply is a check's refusal: code with the enhanced status code

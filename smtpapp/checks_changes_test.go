@@ -290,3 +290,47 @@ func TestQuarantineExpiry(t *testing.T) {
 		t.Fatalf("left %v of %v", left, ids)
 	}
 }
+
+// TestChecksInSeries: checks after a check that changed the message see
+// all of it: a changing milter, then rspamd (which always edits), then
+// clamd, still refuse EICAR; a clean message arrives with every
+// check's changes. (A rewrite once left its last bytes unflushed, and
+// the checks after it read an empty message.)
+func TestChecksInSeries(t *testing.T) {
+	milter, rspamd, clamd := startChangingMilter(t), st.StartRspamd(t), st.StartClamd(t)
+	md := filepath.Join(t.TempDir(), "maildir")
+	srv, addr := st.ServerConfig(t, map[string]any{"tls": map[string]any{"level": "none"},
+		"checks": []any{
+			map[string]any{"check": "milter", "address": "tcp/" + milter, "timeout": "10s"},
+			map[string]any{"check": "rspamd", "url": rspamd, "greylist": "accept"},
+			map[string]any{"check": "clamav", "address": "tcp/" + clamd},
+		},
+		"routes": []any{map[string]any{"domains": []string{"*"}, "deliver": map[string]any{"via": "maildir", "path": md}}},
+	})
+	e := st.NewEnv(t)
+	app := st.App(map[string]any{"mx": srv})
+	app["queue"] = map[string]any{"path": e.SpoolDir()}
+	e.Load(app, nil)
+	send := func(body string) string {
+		c := st.Dial(t, addr)
+		c.Expect("250", "EHLO client.test")
+		return c.Send("a@remote.test", "b@example.test", "From: a@remote.test\r\nSubject: series\r\nMessage-ID: <s@remote.test>\r\n"+
+			"Date: Tue, 01 Dec 2026 00:00:00 +0000\r\n\r\n"+body+"\r\n.\r\n")
+	}
+	if got := send(st.EICAR); !strings.HasPrefix(got, "550 5.7.1 Virus found: Eicar-Test-Signature") {
+		t.Fatalf("EICAR after two changing checks: %s", got)
+	}
+	if got := send("harmless"); !strings.HasPrefix(got, "250 ") {
+		t.Fatalf("clean: %s", got)
+	}
+	msgs := readMaildir(t, md, 2) // b@ and the milter's added@
+	h := header(msgs[0])
+	for _, want := range []string{"\r\nX-Scanned: by the test milter;", "\r\nSubject: [scanned] series\r\n", "\r\nX-Spamd-Result: "} {
+		if !strings.Contains(h, want) {
+			t.Errorf("delivered header lacks %q:\n%s", want, h)
+		}
+	}
+	if !strings.HasSuffix(msgs[0], "\r\n\r\nharmless\r\n") {
+		t.Errorf("body: %q", msgs[0])
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-smtp/caddy-smtp/address"
+	"github.com/caddy-smtp/caddy-smtp/dkimsign"
 	"github.com/caddy-smtp/caddy-smtp/maillog"
 	"github.com/caddy-smtp/caddy-smtp/message"
 	"github.com/caddy-smtp/caddy-smtp/spool"
@@ -344,6 +345,12 @@ func (ss *session) sign(draft *spool.Draft) error {
 		return ss.spoolFailed(err)
 	}
 	fields, err := signer.Sign(draft.Reader())
+	if errors.Is(err, dkimsign.ErrNotSigned) {
+		// A message that cannot be signed (no or several From:, a
+		// header too large) goes out unsigned, as OpenDKIM lets it.
+		ss.srv.logger.Warn("message not DKIM-signed", zap.String(maillog.FieldQueueID, draft.ID()), zap.Error(err))
+		return nil
+	}
 	if err != nil {
 		ss.srv.reject("dkim")
 		ss.srv.logger.Error("DKIM signing failed", zap.String(maillog.FieldQueueID, draft.ID()), zap.Error(err))

@@ -181,7 +181,7 @@ func WriteQuarantined(w io.Writer, m admin.QuarantineMessageResponse, now time.T
 		fmt.Fprintf(&b, "  %s\n", rcpt)
 	}
 	b.WriteString("Headers:\n")
-	b.WriteString(strings.ReplaceAll(m.Headers, "\r\n", "\n"))
+	b.WriteString(printable(strings.ReplaceAll(m.Headers, "\r\n", "\n")))
 	if !strings.HasSuffix(b.String(), "\n") {
 		b.WriteString("\n")
 	}

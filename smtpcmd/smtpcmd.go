@@ -466,7 +466,19 @@ func plural(n int) string {
 }
 
 // oneLine keeps a reply on one line, as mailq shows it.
-func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+func oneLine(s string) string { return strings.Join(strings.Fields(printable(s)), " ") }
+
+// printable replaces control characters (C0 but tab and line feed,
+// DEL, C1) with "?": what is printed comes from mail (a quarantined
+// message's Subject, its headers), and must not drive the terminal.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if (r < 0x20 && r != '\t' && r != '\n') || (r >= 0x7f && r < 0xa0) {
+			return '?'
+		}
+		return r
+	}, strings.ToValidUTF8(s, "?"))
+}
 
 // duration rounds a duration for people: 2m3s, 4h5m, 3d4h.
 func duration(d time.Duration) string {

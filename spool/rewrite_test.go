@@ -42,6 +42,10 @@ func TestRewrite(t *testing.T) {
 		t.Error("a reader of the old text still reads after the rewrite closed it")
 	}
 	want := "X-New: 1\r\nSubject: old\r\n\r\nbody\r\n"
+	// Before any commit: the next check reads the new text whole.
+	if got, _ := io.ReadAll(d.Reader()); string(got) != want {
+		t.Fatalf("read after the rewrite: %q", got)
+	}
 	if d.Size() != int64(len(want)) {
 		t.Errorf("size %d, want %d", d.Size(), len(want))
 	}

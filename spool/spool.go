@@ -307,6 +307,11 @@ func (d *Draft) Reader() io.Reader {
 	return io.NewSectionReader(d.file, 0, d.size)
 }
 
+// ReaderAt returns the message as written up to the last Flush, as a
+// ReaderAt and its size, fixed at the call: a later Rewrite does not
+// change what it reads (it gets an error once the old file is closed).
+func (d *Draft) ReaderAt() (io.ReaderAt, int64) { return d.file, d.size }
+
 // Write appends message bytes.
 func (d *Draft) Write(p []byte) (int, error) {
 	n, err := d.buf.Write(p)
@@ -341,7 +346,12 @@ func (d *Draft) Rewrite(fn func(w io.Writer, old io.Reader) error) error {
 		return fmt.Errorf("creating record file: %w", err)
 	}
 	nd := &Draft{file: f, buf: bufio.NewWriterSize(f, 64<<10)}
-	if err := fn(nd, d.Reader()); err != nil {
+	err = fn(nd, d.Reader())
+	if err == nil {
+		// Flushed before the swap: Reader must see the new text whole.
+		err = nd.Flush()
+	}
+	if err != nil {
 		f.Close()
 		os.Remove(name)
 		return err

@@ -156,22 +156,25 @@ type answer struct {
 }
 
 // headerValue is one value of rspamd's add_headers: a string, or a
-// value with where it goes (order -1 or none: at the end; n: after the
-// n-th field, as a milter's insert).
+// value with where it goes (order, or its other name index: -1 or none
+// at the end; n: after the n-th field, as a milter's insert).
 type headerValue struct {
 	Value string `json:"value"`
 	Order *int   `json:"order"`
+	Index *int   `json:"index"`
 }
 
 // edits turns rspamd's milter block into header edits: removals first,
 // then additions, each in name order (JSON objects have none), so the
-// result does not depend on map iteration.
-func (a *answer) edits() ([]message.HeaderEdit, error) {
+// result does not depend on map iteration. Shapes it does not know are
+// skipped, as rspamd's own milter proxy skips them: a block we cannot
+// read must not turn rspamd's verdict into an engine error.
+func (a *answer) edits() []message.HeaderEdit {
 	var edits []message.HeaderEdit
 	for _, name := range sortedKeys(a.Milter.RemoveHeaders) {
 		var n int
-		if err := json.Unmarshal(a.Milter.RemoveHeaders[name], &n); err != nil {
-			return nil, fmt.Errorf("remove_headers %q: %v", truncate(name), err)
+		if json.Unmarshal(a.Milter.RemoveHeaders[name], &n) != nil {
+			continue
 		}
 		// 0: every field of that name; n: the n-th; -n: from the end.
 		edits = append(edits, message.HeaderEdit{Op: message.ChangeHeader, Name: name, Index: n})
@@ -179,26 +182,39 @@ func (a *answer) edits() ([]message.HeaderEdit, error) {
 	for _, name := range sortedKeys(a.Milter.AddHeaders) {
 		raw := a.Milter.AddHeaders[name]
 		var values []headerValue
-		var one headerValue
+		var list []json.RawMessage
 		var plain string
 		switch {
 		case json.Unmarshal(raw, &plain) == nil:
 			values = []headerValue{{Value: plain}}
-		case json.Unmarshal(raw, &values) == nil:
-		case json.Unmarshal(raw, &one) == nil:
-			values = []headerValue{one}
+		case json.Unmarshal(raw, &list) == nil:
+			for _, item := range list {
+				var v headerValue
+				if json.Unmarshal(item, &plain) == nil {
+					values = append(values, headerValue{Value: plain})
+				} else if json.Unmarshal(item, &v) == nil {
+					values = append(values, v)
+				}
+			}
 		default:
-			return nil, fmt.Errorf("add_headers %q: not a value, an object or a list", truncate(name))
+			var one headerValue
+			if json.Unmarshal(raw, &one) == nil {
+				values = []headerValue{one}
+			}
 		}
 		for _, v := range values {
 			e := message.HeaderEdit{Op: message.AddHeader, Name: name, Value: v.Value}
-			if v.Order != nil && *v.Order >= 0 {
-				e.Op, e.Index = message.InsertHeader, *v.Order
+			order := v.Order
+			if order == nil {
+				order = v.Index
+			}
+			if order != nil && *order >= 0 {
+				e.Op, e.Index = message.InsertHeader, *order
 			}
 			edits = append(edits, e)
 		}
 	}
-	return edits, nil
+	return edits
 }
 
 // subject makes rspamd's new subject a header value: one line, control
@@ -305,10 +321,7 @@ func (r *Rspamd) verdict(a *answer) (checks.Verdict, error) {
 			v.Reply = def
 		}
 	}
-	edits, err := a.edits()
-	if err != nil {
-		return checks.Verdict{}, fmt.Errorf("rspamd: %w", err)
-	}
+	edits := a.edits()
 	// What rspamd scored is said by rspamd and us alone: a sender's own
 	// X-Spam and X-Spam-Score go first, whatever the action; then
 	// rspamd's changes; then ours, unless rspamd set the same field.
