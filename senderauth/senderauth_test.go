@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -362,5 +363,46 @@ func TestConfig(t *testing.T) {
 		if _, err := senderauth.New(c, authserv, "sender_auth", nil); err == nil {
 			t.Errorf("%+v: no error", c)
 		}
+	}
+}
+
+// TestDKIMIndependentSigners: messages signed by dkimpy (RSA and
+// Ed25519) and by OpenDKIM verify as pass here; one body byte changed,
+// a signed header changed, the key record missing give fail, fail and
+// permerror.
+func TestDKIMIndependentSigners(t *testing.T) {
+	e := newEnv(t)
+	a := e.auth(senderauth.Config{DKIM: true})
+	const msg = "From: Ann <ann@signer.test>\r\nTo: b@example.test\r\nSubject: signed elsewhere\r\n" +
+		"Date: Tue, 01 Dec 2026 00:00:00 +0000\r\nMessage-ID: <ind@signer.test>\r\n\r\nSigned by a tool nobody here wrote.\r\n"
+	rsaKey, edKey := st.NewDKIMKey(t, "rsa"), st.NewDKIMKey(t, "ed25519")
+	e.dns.TXT("py-rsa._domainkey.signer.test", rsaKey.Record)
+	e.dns.TXT("py-ed._domainkey.signer.test", edKey.Record)
+	e.dns.TXT("od-rsa._domainkey.signer.test", rsaKey.Record)
+	e.dns.TXT("od-ed._domainkey.signer.test", edKey.Record)
+	for _, tc := range []struct {
+		name   string
+		signed []byte
+	}{
+		{"dkimpy rsa", st.PythonDKIMSign(t, []byte(msg), "signer.test", "py-rsa", rsaKey.PEM, "rsa")},
+		{"dkimpy ed25519", st.PythonDKIMSign(t, []byte(msg), "signer.test", "py-ed", edKey.PEM, "ed25519")},
+		{"opendkim rsa", st.OpenDKIMSign(t, []byte(msg), "signer.test", "od-rsa", rsaKey.PEM)},
+		{"opendkim ed25519", st.OpenDKIMSign(t, []byte(msg), "signer.test", "od-ed", edKey.PEM)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			signed := string(tc.signed)
+			sel := regexp.MustCompile(`[\s;]s=([A-Za-z0-9-]+)`).FindStringSubmatch(signed)[1]
+			for _, c := range []struct{ name, data, want string }{
+				{"as signed", signed, "dkim=pass header.d=signer.test"},
+				{"body byte changed", strings.Replace(signed, "nobody", "nobodY", 1), "dkim=fail"},
+				{"header changed", strings.Replace(signed, "Subject: signed", "Subject: Signed", 1), "dkim=fail"},
+				{"key record missing", strings.Replace(signed, "s="+sel, "s=missing", 1), "dkim=permerror"},
+			} {
+				_, ar := check(t, a, raw("192.0.2.1", "ann@signer.test", c.data))
+				if !strings.Contains(ar, c.want) {
+					t.Errorf("%s: %q, want %q", c.name, ar, c.want)
+				}
+			}
+		})
 	}
 }
