@@ -94,6 +94,65 @@ type conn struct {
 
 	// done is closed when the connection is; ServeConn waits on it.
 	done chan struct{}
+
+	// wbuf holds what was written since the last read: go-smtp writes
+	// (and flushes) each reply line on its own, and TLS each of those
+	// as a record, so a multi-line reply was one syscall per line. It
+	// goes out in one write before the next read (the client cannot
+	// answer what it has not seen, and pipelined commands are answered
+	// when go-smtp has to read again, as RFC 2920 allows), when it
+	// grows past wbufMax, and before the connection is closed.
+	wmu  sync.Mutex
+	wbuf []byte
+}
+
+// wbufMax bounds what a connection buffers between reads.
+const wbufMax = 16 << 10
+
+// closeFlushTimeout bounds the last write before a close.
+const closeFlushTimeout = 2 * time.Second
+
+// buffered appends p to what goes out before the next read.
+func (c *conn) buffered(p []byte) (int, error) {
+	c.wmu.Lock()
+	c.wbuf = append(c.wbuf, p...)
+	full := len(c.wbuf) >= wbufMax
+	c.wmu.Unlock()
+	if full {
+		if err := c.flush(); err != nil {
+			return 0, err
+		}
+	}
+	return len(p), nil
+}
+
+// closeRaw closes the connection beneath us after what was buffered (a
+// reply, a TLS alert) has gone out, within closeFlushTimeout.
+func (c *conn) closeRaw() error {
+	c.wmu.Lock()
+	pending := len(c.wbuf) > 0
+	c.wmu.Unlock()
+	if pending {
+		c.Conn.SetWriteDeadline(time.Now().Add(closeFlushTimeout))
+		c.flush()
+	}
+	return c.Conn.Close()
+}
+
+// flush writes out what was buffered, in one write.
+func (c *conn) flush() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if len(c.wbuf) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(c.wbuf)
+	if cap(c.wbuf) > 2*wbufMax {
+		c.wbuf = nil
+	} else {
+		c.wbuf = c.wbuf[:0]
+	}
+	return err
 }
 
 func newConn(c net.Conn, srv *Server, remote netip.AddrPort) *conn {
@@ -130,7 +189,7 @@ func (c *conn) Write(p []byte) (int, error) {
 		c.srv.app.metrics.Handshakes.WithLabelValues(c.srv.name, "in", "", "failed").Inc()
 		c.srv.maillog.Refused("tls handshake failed", c.remote.Addr(),
 			zap.String("server_name", c.serverName()))
-		c.Conn.Close()
+		c.closeRaw() // the handshake's alert first
 		return 0, errTLSFailed
 	}
 	if !c.tlsStarted.Load() {
@@ -149,23 +208,29 @@ func (c *conn) Write(p []byte) (int, error) {
 				if !ok {
 					return len(p), nil // more lines to come
 				}
-				if _, err := c.Conn.Write(full); err != nil {
+				if _, err := c.buffered(full); err != nil {
 					return 0, err
 				}
 				return len(p), nil
 			}
 		}
 	}
-	n, err := c.Conn.Write(p)
 	if closeNow {
-		c.Conn.Close()
+		n, err := c.buffered(p)
+		if cerr := c.closeRaw(); err == nil && cerr != nil && !errors.Is(cerr, net.ErrClosed) {
+			err = cerr
+		}
+		return n, err
 	}
-	return n, err
+	return c.buffered(p)
 }
 
 func (c *conn) Read(p []byte) (int, error) {
 	if c.cut.Load() {
 		return 0, net.ErrClosed
+	}
+	if err := c.flush(); err != nil {
+		return 0, err
 	}
 	if c.gate != nil {
 		return c.gateRead(p)
@@ -329,9 +394,12 @@ func (c *conn) hangUp(reply string, why ...zap.Field) {
 	c.srv.maillog.Refused("connection cut", c.remote.Addr(), append([]zap.Field{zap.String("reply", reply)}, why...)...)
 	if w := c.replyWriter(); w != nil {
 		w.SetWriteDeadline(time.Now().Add(10 * time.Second))
+		if w == c.Conn {
+			c.flush() // what was buffered goes first
+		}
 		io.WriteString(w, reply+"\r\n")
 	}
-	c.Conn.Close()
+	c.closeRaw()
 }
 
 // replyWriter is where a reply of ours must be written for the client to
@@ -450,7 +518,9 @@ func (c *conn) writeGateReply(s string) {
 	if c.srv.writeTimeout > 0 {
 		c.Conn.SetWriteDeadline(time.Now().Add(c.srv.writeTimeout))
 	}
-	io.WriteString(c.Conn, s+"\r\n")
+	// Written through: the gate reads on beneath Read.
+	c.buffered([]byte(s + "\r\n"))
+	c.flush()
 }
 
 // startData bounds the coming DATA transfer.
@@ -559,7 +629,10 @@ func (c *conn) Close() error {
 		cs, verified = &f.state, f.peerVerified
 	}
 	c.srv.maillog.ConnectionClosed(c.remote, time.Since(c.start), messages, cs, verified)
-	err := c.Conn.Close()
+	// The last reply (221, 421) and TLS's close_notify go out before the
+	// close (crypto/tls sets the write deadline to now once it has
+	// "written" its alert: closeRaw sets ours again, briefly).
+	err := c.closeRaw()
 	if c.done != nil {
 		close(c.done)
 	}
