@@ -19,9 +19,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"mime"
 	"net"
 	"net/mail"
+	"slices"
 	"strings"
 	"time"
 
@@ -84,6 +87,11 @@ func New(cfg Config, authserv, field string, count Counter) (*Auth, error) {
 		return nil, fmt.Errorf("%s: the server needs a hostname (the authserv-id)", field)
 	}
 	cfg.DMARC = strings.ToLower(cfg.DMARC)
+	if cfg.SPF != nil {
+		spfCfg := *cfg.SPF
+		spfCfg.Fail = strings.ToLower(spfCfg.Fail)
+		cfg.SPF = &spfCfg
+	}
 	cfg.OnTemperror = strings.ToLower(cfg.OnTemperror)
 	if cfg.OnTemperror == "" {
 		cfg.OnTemperror = checks.OnErrorTempfail
@@ -129,7 +137,9 @@ type results struct {
 	dkim             []*dkim.Verification
 	dkimNote         string
 	dkimTooLarge     bool
-	fromDomain       string
+	fromDomains      []string // the From: address domains
+	fromErr          error    // why the From: has no domain to evaluate
+	fromDomain       string   // the one the DMARC result is for
 	dmarc            authres.ResultValue
 	dmarcReason      string
 	policy           dmarc.Policy
@@ -138,9 +148,6 @@ type results struct {
 
 // Check checks a message; see the package doc.
 func (a *Auth) Check(ctx context.Context, m *checks.Message) (checks.Verdict, error) {
-	if m.Relay || m.Auth != "" {
-		return checks.Verdict{Action: checks.Accept, Reason: "not checked: relay_networks or authenticated client"}, nil
-	}
 	ctx, cancel := context.WithTimeout(ctx, a.timeout)
 	defer cancel()
 	r, err := m.Open()
@@ -151,12 +158,23 @@ func (a *Auth) Check(ctx context.Context, m *checks.Message) (checks.Verdict, er
 	if err != nil {
 		return checks.Verdict{}, fmt.Errorf("reading the header: %w", err)
 	}
+	if m.Relay || m.Auth != "" {
+		// Not checked; a forged verdict of ours still goes.
+		v := checks.Verdict{Action: checks.Accept, Reason: "not checked: relay_networks or authenticated client"}
+		v.Edits = a.removeForged(fields)
+		return v, nil
+	}
 	var res results
+	res.fromDomains, res.fromErr = authorDomains(fields)
 	if a.cfg.SPF != nil {
 		a.checkSPF(ctx, m, &res)
 	}
 	if a.cfg.DKIM {
-		if why := unverifiable(fields); why != "" {
+		r, err := m.Open()
+		if err != nil {
+			return checks.Verdict{}, fmt.Errorf("reading the message: %w", err)
+		}
+		if why := unverifiable(r); why != "" {
 			// go-msgauth joins a field's lines one by one (quadratic
 			// time): a hostile header is not given to it.
 			res.dkimNote = why
@@ -167,7 +185,7 @@ func (a *Auth) Check(ctx context.Context, m *checks.Message) (checks.Verdict, er
 		}
 	}
 	if a.cfg.DMARC != "" {
-		a.checkDMARC(ctx, fields, &res)
+		a.checkDMARC(ctx, &res)
 	}
 	return a.verdict(fields, &res), nil
 }
@@ -187,7 +205,9 @@ func (a *Auth) checkSPF(ctx context.Context, m *checks.Message, res *results) {
 		res.spfFrom, _ = spf.CheckHostWithSender(ip, m.Helo, m.From, opts...)
 		res.mailFrom = normalize(m.From[strings.LastIndexByte(m.From, '@')+1:])
 	}
-	if res.spfFrom == spf.TempError || res.spfHelo == spf.TempError {
+	if res.spfFrom == spf.TempError {
+		// The HELO identity's trouble matters only when it is the
+		// MAIL FROM's too (the null sender).
 		res.temperror = append(res.temperror, "spf")
 	}
 	a.count("spf", string(res.spfFrom))
@@ -214,33 +234,14 @@ func (a *Auth) checkDKIM(ctx context.Context, m *checks.Message, res *results) e
 	}
 	for _, v := range vs {
 		result := dkimResult(v.Err)
-		if result == authres.ResultTempError {
+		if result == authres.ResultTempError && alignedAny(normalize(v.Domain), res.fromDomains) {
+			// Only a signature that could authenticate the author: a
+			// stale list signature whose DNS is dead changes nothing.
 			res.temperror = append(res.temperror, "dkim")
 		}
 		a.count("dkim", string(result))
 	}
 	return nil
-}
-
-// Bounds of a header given to the DKIM verifier.
-const (
-	maxVerifiedField  = 64 << 10
-	maxVerifiedHeader = 1 << 20
-)
-
-// unverifiable says why a header is too large to verify, or "".
-func unverifiable(fields []message.Field) string {
-	total := 0
-	for _, f := range fields {
-		if len(f.Raw) > maxVerifiedField {
-			return fmt.Sprintf("a header field of %d bytes, over %d: not verified", len(f.Raw), maxVerifiedField)
-		}
-		total += len(f.Raw)
-	}
-	if total > maxVerifiedHeader {
-		return fmt.Sprintf("a header of %d bytes, over %d: not verified", total, maxVerifiedHeader)
-	}
-	return ""
 }
 
 // dkimResult maps a verification's error onto RFC 8601's result names.
@@ -256,61 +257,89 @@ func dkimResult(err error) authres.ResultValue {
 	return authres.ResultFail
 }
 
-func (a *Auth) checkDMARC(ctx context.Context, fields []message.Field, res *results) {
+func (a *Auth) checkDMARC(ctx context.Context, res *results) {
 	defer func() { a.count("dmarc", string(res.dmarc)) }()
-	from, err := authorDomain(fields)
-	if err != nil {
-		res.dmarc, res.dmarcReason = authres.ResultPermError, err.Error()
+	if res.fromErr != nil {
+		res.dmarc, res.dmarcReason = authres.ResultPermError, res.fromErr.Error()
 		return
 	}
-	res.fromDomain = from
+	// Several authors (RFC 7489 6.6.1): each domain is evaluated, and
+	// the strictest failing policy applies.
+	rank := map[dmarc.Policy]int{dmarc.PolicyNone: 1, dmarc.PolicyQuarantine: 2, dmarc.PolicyReject: 3}
+	var passed, temp, failed bool
+	for _, from := range res.fromDomains {
+		result, policy, reason := a.evaluate(ctx, from, res)
+		switch result {
+		case authres.ResultFail:
+			if !failed || rank[policy] > rank[res.policy] {
+				res.policy, res.fromDomain, res.dmarcReason = policy, from, reason
+			}
+			failed = true
+		case authres.ResultTempError:
+			temp = true
+			if !failed {
+				res.fromDomain, res.dmarcReason = from, reason
+			}
+		case authres.ResultPass:
+			passed = true
+		}
+		if res.fromDomain == "" {
+			res.fromDomain = from
+		}
+	}
+	switch {
+	case failed:
+		res.dmarc = authres.ResultFail
+	case temp:
+		res.dmarc = authres.ResultTempError
+		res.temperror = append(res.temperror, "dmarc")
+	case passed:
+		res.dmarc = authres.ResultPass
+	default:
+		res.dmarc = authres.ResultNone
+	}
+}
+
+// evaluate is DMARC for one author domain.
+func (a *Auth) evaluate(ctx context.Context, from string, res *results) (authres.ResultValue, dmarc.Policy, string) {
 	rec, org, err := a.lookupDMARC(ctx, from)
 	switch {
 	case errors.Is(err, dmarc.ErrNoPolicy):
-		res.dmarc = authres.ResultNone
-		return
-	case dmarc.IsTempFail(err):
-		res.dmarc, res.dmarcReason = authres.ResultTempError, "DMARC record lookup failed"
-		res.temperror = append(res.temperror, "dmarc")
-		return
+		return authres.ResultNone, "", ""
 	case err != nil:
-		res.dmarc, res.dmarcReason = authres.ResultPermError, checks.OneLine(err.Error())
-		return
+		return authres.ResultTempError, "", "DMARC record lookup failed"
 	}
 	if res.spfFrom == spf.Pass && aligned(res.mailFrom, from, rec.SPFAlignment) {
-		res.dmarc = authres.ResultPass
-		return
+		return authres.ResultPass, "", ""
 	}
 	for _, v := range res.dkim {
 		if v.Err == nil && aligned(normalize(v.Domain), from, rec.DKIMAlignment) {
-			res.dmarc = authres.ResultPass
-			return
+			return authres.ResultPass, "", ""
 		}
 	}
-	res.dmarc = authres.ResultFail
-	res.policy = rec.Policy
+	policy, reason := rec.Policy, ""
 	if org && rec.SubdomainPolicy != "" && from != publicSuffixOrg(from) {
 		// The record is the organizational domain's, for a subdomain
 		// (RFC 7489 6.6.3): its sp= applies.
-		res.policy = rec.SubdomainPolicy
+		policy = rec.SubdomainPolicy
 	}
 	if rec.Percent != nil && *rec.Percent < 100 && rand.IntN(100) >= *rec.Percent {
 		// Not sampled (6.6.4): the next policy down applies.
-		switch res.policy {
+		switch policy {
 		case dmarc.PolicyReject:
-			res.policy = dmarc.PolicyQuarantine
+			policy = dmarc.PolicyQuarantine
 		case dmarc.PolicyQuarantine:
-			res.policy = dmarc.PolicyNone
+			policy = dmarc.PolicyNone
 		}
-		res.dmarcReason = "pct sampling"
+		reason = "pct sampling"
 	}
+	return authres.ResultFail, policy, reason
 }
 
 // lookupDMARC finds the DMARC record for the author domain, at the
 // domain itself or else at its organizational domain (org true).
 func (a *Auth) lookupDMARC(ctx context.Context, from string) (*dmarc.Record, bool, error) {
-	opts := &dmarc.LookupOptions{LookupTXT: a.lookupTXT(ctx)}
-	rec, err := dmarc.LookupWithOptions(from, opts)
+	rec, err := a.lookupRecord(ctx, from)
 	if !errors.Is(err, dmarc.ErrNoPolicy) {
 		return rec, false, err
 	}
@@ -318,13 +347,22 @@ func (a *Auth) lookupDMARC(ctx context.Context, from string) (*dmarc.Record, boo
 	if org == from || org == "" {
 		return nil, false, err
 	}
-	rec, err = dmarc.LookupWithOptions(org, opts)
+	rec, err = a.lookupRecord(ctx, org)
 	return rec, true, err
 }
 
-// authorDomain is the domain of the message's one From: address
-// (RFC 7489 6.6.1: a message with none or several cannot be evaluated).
-func authorDomain(fields []message.Field) (string, error) {
+// addressParser parses From: whatever the charset of a display name:
+// only the addresses are wanted, so a name in a charset Go does not
+// know is taken as it is rather than failing the parse (which would
+// waive DMARC).
+var addressParser = &mail.AddressParser{WordDecoder: &mime.WordDecoder{
+	CharsetReader: func(_ string, r io.Reader) (io.Reader, error) { return r, nil },
+}}
+
+// authorDomains are the domains of the message's From: addresses. A
+// message with no From: field or several, or one that does not parse,
+// has none (RFC 7489 6.6.1): under enforce it is refused.
+func authorDomains(fields []message.Field) ([]string, error) {
 	var from []message.Field
 	for _, f := range fields {
 		if strings.EqualFold(f.Name, "From") {
@@ -332,17 +370,33 @@ func authorDomain(fields []message.Field) (string, error) {
 		}
 	}
 	if len(from) != 1 {
-		return "", fmt.Errorf("%d From: fields", len(from))
+		return nil, fmt.Errorf("%d From: fields", len(from))
 	}
-	list, err := mail.ParseAddressList(strings.TrimSpace(from[0].Value()))
-	if err != nil || len(list) != 1 {
-		return "", errors.New("the From: field is not one address")
+	list, err := addressParser.ParseList(strings.TrimSpace(from[0].Value()))
+	if err != nil || len(list) == 0 {
+		return nil, errors.New("the From: field does not parse")
 	}
-	d := normalize(list[0].Address[strings.LastIndexByte(list[0].Address, '@')+1:])
-	if d == "" || !strings.Contains(d, ".") {
-		return "", errors.New("the From: address has no domain")
+	var domains []string
+	for _, addr := range list {
+		d := normalize(addr.Address[strings.LastIndexByte(addr.Address, '@')+1:])
+		if d == "" || !strings.Contains(d, ".") {
+			return nil, errors.New("a From: address has no domain")
+		}
+		if !slices.Contains(domains, d) {
+			domains = append(domains, d)
+		}
 	}
-	return d, nil
+	return domains, nil
+}
+
+// alignedAny: domain is aligned (relaxed) with one of the authors'.
+func alignedAny(domain string, from []string) bool {
+	for _, f := range from {
+		if aligned(domain, f, dmarc.AlignmentRelaxed) {
+			return true
+		}
+	}
+	return false
 }
 
 // aligned compares an authenticated domain with the author domain:
@@ -382,31 +436,36 @@ func normalize(d string) string {
 
 // verdict writes the header and decides.
 func (a *Auth) verdict(fields []message.Field, res *results) checks.Verdict {
-	var ar []authres.Result
+	var ar []arResult
 	var summary []string
 	if a.cfg.SPF != nil {
 		if !res.nullSender && res.spfHelo != spf.None {
-			ar = append(ar, &authres.SPFResult{Value: authres.ResultValue(res.spfHelo), Helo: res.heloName})
+			ar = append(ar, arResult{method: "spf", result: string(res.spfHelo), props: [][2]string{{"smtp.helo", res.heloName}}})
 		}
-		ar = append(ar, &authres.SPFResult{Value: authres.ResultValue(res.spfFrom), From: res.mailFrom})
+		mailfrom := res.mailFrom
+		if res.nullSender {
+			mailfrom = "postmaster@" + res.mailFrom // RFC 7208 2.4
+		}
+		ar = append(ar, arResult{method: "spf", result: string(res.spfFrom), props: [][2]string{{"smtp.mailfrom", mailfrom}}})
 		summary = append(summary, "spf="+string(res.spfFrom))
 	}
 	if a.cfg.DKIM {
 		switch {
 		case res.dkimTooLarge:
-			ar = append(ar, &authres.DKIMResult{Value: authres.ResultPermError, Reason: res.dkimNote})
+			ar = append(ar, arResult{method: "dkim", result: string(authres.ResultPermError), reason: res.dkimNote})
 			summary = append(summary, "dkim=permerror")
 		case len(res.dkim) == 0:
-			ar = append(ar, &authres.DKIMResult{Value: authres.ResultNone, Reason: res.dkimNote})
+			ar = append(ar, arResult{method: "dkim", result: string(authres.ResultNone), reason: res.dkimNote})
 			summary = append(summary, "dkim=none")
 		}
 		for _, v := range res.dkim {
-			r := &authres.DKIMResult{Value: dkimResult(v.Err), Domain: v.Domain, Identifier: v.Identifier}
+			r := arResult{method: "dkim", result: string(dkimResult(v.Err)),
+				props: [][2]string{{"header.d", v.Domain}, {"header.i", v.Identifier}}}
 			if v.Err != nil {
-				r.Reason = checks.OneLine(v.Err.Error())
+				r.reason = v.Err.Error()
 			}
 			ar = append(ar, r)
-			summary = append(summary, "dkim="+string(r.Value)+"("+v.Domain+")")
+			summary = append(summary, "dkim="+r.result+"("+checks.OneLine(v.Domain)+")")
 		}
 	}
 	if a.cfg.DMARC != "" {
@@ -414,39 +473,23 @@ func (a *Auth) verdict(fields []message.Field, res *results) checks.Verdict {
 		if res.dmarc == authres.ResultFail {
 			reason = strings.TrimSpace("p=" + string(res.policy) + " " + reason)
 		}
-		ar = append(ar, &authres.DMARCResult{Value: res.dmarc, From: res.fromDomain, Reason: reason})
+		ar = append(ar, arResult{method: "dmarc", result: string(res.dmarc), reason: reason,
+			props: [][2]string{{"header.from", res.fromDomain}}})
 		summary = append(summary, "dmarc="+string(res.dmarc))
 		if res.dmarc == authres.ResultFail {
 			summary = append(summary, "policy="+string(res.policy))
 		}
 	}
-
-	// Any Authentication-Results claiming our authserv-id is a
-	// sender's forgery (RFC 8601 5): removed, from the last up, so that
-	// the indexes of those before stay right.
-	var edits []message.HeaderEdit
-	n := 0
-	var forged []int
-	for _, f := range fields {
-		if strings.EqualFold(f.Name, "Authentication-Results") {
-			n++
-			if strings.EqualFold(authservID(f.Value()), a.authserv) {
-				forged = append(forged, n)
-			}
-		}
-	}
-	for i := len(forged) - 1; i >= 0; i-- {
-		edits = append(edits, message.HeaderEdit{Op: message.ChangeHeader, Name: "Authentication-Results", Index: forged[i]})
-	}
-	edits = append(edits, message.HeaderEdit{Op: message.InsertHeader, Name: "Authentication-Results",
-		Value: fold(authres.Format(a.authserv, ar))})
+	edits := a.removeForged(fields)
 	v := checks.Verdict{Action: checks.Accept, Reason: strings.Join(summary, " ")}
-	if len(forged) > 0 {
-		v.Reason += fmt.Sprintf(" (%d forged Authentication-Results removed)", len(forged))
+	if len(edits) > 0 {
+		v.Reason += fmt.Sprintf(" (%d forged Authentication-Results removed)", len(edits))
 	}
-	v.Edits = edits
+	v.Edits = append(edits, message.HeaderEdit{Op: message.InsertHeader, Name: "Authentication-Results",
+		Value: formatAR(a.authserv, ar)})
 
 	dmarcPassed := res.dmarc == authres.ResultPass
+	enforce := a.cfg.DMARC == DMARCEnforce
 	switch {
 	case len(res.temperror) > 0 && !dmarcPassed && a.cfg.OnTemperror == checks.OnErrorTempfail:
 		v.Action, v.Edits = checks.Tempfail, nil
@@ -454,14 +497,18 @@ func (a *Auth) verdict(fields []message.Field, res *results) checks.Verdict {
 		if res.temperror[0] == "spf" {
 			v.Code = "4.7.24" // RFC 7372: SPF validation error
 		}
-	case a.cfg.DMARC == DMARCEnforce && res.dmarc == authres.ResultFail && res.policy == dmarc.PolicyReject:
+	case enforce && res.fromErr != nil:
+		// RFC 7489 6.6.1: no single author to evaluate DMARC for.
+		v.Action, v.Edits = checks.Reject, nil
+		v.Reply = "Message has no single valid From: address (" + res.fromErr.Error() + ")"
+	case enforce && res.dmarc == authres.ResultFail && res.policy == dmarc.PolicyReject:
 		v.Action, v.Edits = checks.Reject, nil
 		v.Reply = "DMARC policy of " + res.fromDomain + " rejects this message (not authenticated)"
-	case a.cfg.DMARC == DMARCEnforce && res.dmarc == authres.ResultFail && res.policy == dmarc.PolicyQuarantine:
+	case enforce && res.dmarc == authres.ResultFail && res.policy == dmarc.PolicyQuarantine:
 		v.Action = checks.Quarantine
 		v.Reason = "dmarc=fail policy=quarantine from " + res.fromDomain + ": " + v.Reason
 	case a.cfg.SPF != nil && a.cfg.SPF.Fail == "reject" && res.spfFrom == spf.Fail && !dmarcPassed &&
-		(a.cfg.DMARC != DMARCEnforce || res.dmarc != authres.ResultFail):
+		(!enforce || res.dmarc != authres.ResultFail):
 		// SPF fail alone, with no DMARC policy deciding.
 		v.Action, v.Edits = checks.Reject, nil
 		v.Code = "5.7.23" // RFC 7372: SPF validation failed
@@ -469,21 +516,6 @@ func (a *Auth) verdict(fields []message.Field, res *results) checks.Verdict {
 	}
 	return v
 }
-
-// authservID is the authserv-id of an Authentication-Results value: its
-// first token.
-func authservID(v string) string {
-	id, _, _ := strings.Cut(v, ";")
-	f := strings.Fields(id)
-	if len(f) == 0 {
-		return ""
-	}
-	return f[0]
-}
-
-// fold puts each result of a formatted Authentication-Results on its
-// own continuation line.
-func fold(v string) string { return strings.ReplaceAll(v, "; ", ";\n\t") }
 
 func dedup(s []string) []string {
 	var out []string

@@ -194,7 +194,12 @@ func TestDMARC(t *testing.T) {
 		{"none policy", "v=DMARC1; p=none", "a@other.test", "a@sender.test", "", checks.Accept, "dmarc=fail reason=\"p=none\""},
 		{"pct 0: one policy down", "v=DMARC1; p=reject; pct=0", "a@other.test", "a@sender.test", "", checks.Quarantine, "dmarc=fail"},
 		{"no record", "", "a@other.test", "a@sender.test", "", checks.Accept, "dmarc=none"},
-		{"junk tags", "v=DMARC1; p=reject; junk; =x; fo=q;;", "a@other.test", "a@sender.test", "", checks.Accept, "dmarc=permerror"},
+		// RFC 7489 6.3: bad optional tags get their defaults; tags and
+		// values are case-insensitive.
+		{"junk tags", "v=DMARC1; p=reject; junk; =x; fo=q; rf=iodef; ri=1d; pct=100%;;", "a@other.test", "a@sender.test", "", checks.Reject, "dmarc=fail"},
+		{"upper case", "v=DMARC1; P=Reject; ADKIM=S", "a@other.test", "a@sender.test", "", checks.Reject, "dmarc=fail"},
+		{"no valid p, rua", "v=DMARC1; p=maybe; rua=mailto:d@sender.test", "a@other.test", "a@sender.test", "", checks.Accept, "dmarc=fail reason=\"p=none\""},
+		{"no valid p", "v=DMARC1; p=maybe", "a@other.test", "a@sender.test", "", checks.Accept, "dmarc=none"},
 		// Forwarded: the forwarder's IP fails SPF, the signature passes.
 		{"forwarded", "v=DMARC1; p=reject", "a@sender.test", "a@sender.test", "sender.test", checks.Accept, "dmarc=pass"},
 	} {
@@ -229,6 +234,36 @@ func TestDMARC(t *testing.T) {
 		v, _ = check(t, a, e.msg("192.0.2.1", "a@other.test", "a@sender.test", ""))
 		if v.Action != checks.Accept {
 			t.Fatalf("p=none for the domain itself: %v", v.Action)
+		}
+	})
+	t.Run("several records are none", func(t *testing.T) {
+		for _, order := range [][]string{{"v=DMARC1; p=none", "v=DMARC1; p=reject"}, {"v=DMARC1; p=reject", "v=DMARC1; p=none"}} {
+			e.dns.TXT("_dmarc.sender.test", order...)
+			v, ar := check(t, a, e.msg("192.0.2.1", "a@other.test", "a@sender.test", ""))
+			if v.Action != checks.Accept || !strings.Contains(ar, "dmarc=none") {
+				t.Fatalf("%q: %v %q", order, v.Action, ar)
+			}
+		}
+	})
+	t.Run("several authors: the strictest", func(t *testing.T) {
+		e.dns.TXT("_dmarc.sender.test", "v=DMARC1; p=none")
+		e.dns.TXT("_dmarc.bank.test", "v=DMARC1; p=reject")
+		m := raw("192.0.2.1", "a@other.test", "From: a@sender.test, ceo@bank.test\r\nSubject: x\r\n\r\nx\r\n")
+		if v, _ := check(t, a, m); v.Action != checks.Reject || !strings.Contains(v.Reply, "bank.test") {
+			t.Fatalf("%+v", v)
+		}
+	})
+	t.Run("no single From: under enforce", func(t *testing.T) {
+		e.dns.TXT("_dmarc.sender.test", "v=DMARC1; p=reject")
+		for _, h := range []string{"From: a@sender.test\r\nFrom: b@sender.test\r\n", "From: <ceo@bank.test>>\r\n", "Subject: no from\r\n"} {
+			if v, _ := check(t, a, raw("192.0.2.1", "a@other.test", h+"\r\nx\r\n")); v.Action != checks.Reject {
+				t.Errorf("%q: %v", h, v.Action)
+			}
+		}
+		// A display name in a charset Go does not know still parses.
+		m := raw("192.0.2.1", "a@other.test", "From: =?x-unknown?Q?CEO?= <ceo@sender.test>\r\n\r\nx\r\n")
+		if v, _ := check(t, a, m); v.Action != checks.Reject || !strings.Contains(v.Reply, "DMARC policy of sender.test") {
+			t.Errorf("unknown charset: %+v", v)
 		}
 	})
 	t.Run("report only", func(t *testing.T) {
@@ -313,7 +348,11 @@ func TestDKIMResults(t *testing.T) {
 			strings.TrimSuffix(strings.Repeat("from:", 1000), ":") + "; bh=" + base64.StdEncoding.EncodeToString(make([]byte, 32)) +
 			"; b=AAAA\r\nFrom: a@sender.test\r\n\r\nx\r\n", "dkim="},
 		{"a folded field of 1 MiB", good[:strings.Index(good, "\r\nFrom:")+2] + "X-Long: a\r\n" + strings.Repeat(" y\r\n", 250000) +
-			good[strings.Index(good, "\r\nFrom:")+2:], "dkim=permerror reason=\"a header field of"},
+			good[strings.Index(good, "\r\nFrom:")+2:], "dkim=permerror reason=\"a header"},
+		// The same behind a line that is no field (where our own header
+		// reader stops, and go-msgauth's does not).
+		{"a folded field behind a junk line", good[:strings.Index(good, "\r\nFrom:")+2] + "junk line\r\nX-Long: a\r\n" +
+			strings.Repeat(" y\r\n", 80000) + good[strings.Index(good, "\r\nFrom:")+2:], "dkim=permerror reason=\"a header"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			start := time.Now()
@@ -404,5 +443,80 @@ func TestDKIMIndependentSigners(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestHeaderInjection: what a sender chose (HELO, selector, identity)
+// cannot add a result to our header or break its quoting.
+func TestHeaderInjection(t *testing.T) {
+	e := newEnv(t)
+	a := e.all()
+	m := e.msg("192.0.2.1", "", "a@sender.test", "")
+	m.Helo = `a\";dmarc=pass;x=\"`
+	_, ar := check(t, a, m)
+	if strings.Count(ar, "dmarc=") != 1 || strings.Contains(ar, "dmarc=pass") {
+		t.Fatalf("HELO injected a result: %q", ar)
+	}
+	r, _ := e.msg("192.0.2.1", "a@sender.test", "a@sender.test", "sender.test").Open()
+	b, _ := io.ReadAll(r)
+	signed := strings.Replace(string(b), "s=s1", `s=a\"b;dmarc=pass`, 1)
+	_, ar = check(t, a, raw("192.0.2.1", "a@sender.test", signed))
+	if strings.Count(ar, "dmarc=") != 1 {
+		t.Fatalf("selector injected a result: %q", ar)
+	}
+}
+
+// TestForgedVariants: an authserv-id in a comment, quoted, or with a
+// final dot is still ours, and removed; also for relay_networks mail.
+func TestForgedVariants(t *testing.T) {
+	e := newEnv(t)
+	a := e.auth(senderauth.Config{DKIM: true})
+	for _, forged := range []string{authserv + "(c); dmarc=pass", `"` + authserv + `"; dmarc=pass`, "(c) " + authserv + ".; dmarc=pass"} {
+		for _, relay := range []bool{false, true} {
+			m := e.msg("192.0.2.1", "a@sender.test", "a@sender.test", "", "Authentication-Results: "+forged+"\r\n")
+			m.Relay = relay
+			v, err := a.Check(context.Background(), m)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, _ := m.Open()
+			var b strings.Builder
+			message.EditHeader(&b, r, v.Edits, nil)
+			if strings.Contains(b.String(), "dmarc=pass") {
+				t.Errorf("%q (relay %v) kept:\n%s", forged, relay, b.String())
+			}
+		}
+	}
+}
+
+// TestTemperrorScope: DNS trouble that cannot change the outcome is no
+// tempfail: the HELO's for a non-null sender, a signature not aligned
+// with the author.
+func TestTemperrorScope(t *testing.T) {
+	e := newEnv(t)
+	a := e.auth(senderauth.Config{SPF: &senderauth.SPFConfig{Fail: "Reject"}, DKIM: true, Timeout: caddy.Duration(3 * time.Second)})
+	e.dns.TXT("sender.test", "v=spf1 ip4:192.0.2.1 -all")
+	e.dns.SetServfailName("mail.sender.test") // the HELO's SPF lookup
+	v, ar := check(t, a, e.msg("192.0.2.1", "a@sender.test", "a@sender.test", ""))
+	if v.Action != checks.Accept || !strings.Contains(ar, "spf=pass smtp.mailfrom=sender.test") ||
+		!strings.Contains(ar, "spf=temperror smtp.helo=mail.sender.test") {
+		t.Fatalf("HELO temperror: %v %q", v.Action, ar)
+	}
+	// A mailing list's signature whose key lookup fails: not aligned
+	// with the author, so no tempfail.
+	e.dns.SetServfailName("s1._domainkey.list.test")
+	v, ar = check(t, a, e.msg("192.0.2.1", "a@sender.test", "a@sender.test", "list.test"))
+	if v.Action != checks.Accept || !strings.Contains(ar, "dkim=temperror") {
+		t.Fatalf("unaligned DKIM temperror: %v %q", v.Action, ar)
+	}
+	// The author's own signature whose key lookup fails: tempfail.
+	e.dns.SetServfailName("s1._domainkey.sender.test")
+	if v, _ := check(t, a, e.msg("192.0.2.1", "a@sender.test", "a@sender.test", "sender.test")); v.Action != checks.Tempfail {
+		t.Fatalf("aligned DKIM temperror: %v", v.Action)
+	}
+	// spf { fail Reject } in any case.
+	e.dns.TXT("sender.test", "v=spf1 -all")
+	if v, _ := check(t, a, e.msg("192.0.2.1", "a@sender.test", "a@sender.test", "")); v.Action != checks.Reject {
+		t.Fatalf("fail Reject: %v", v.Action)
 	}
 }

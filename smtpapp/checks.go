@@ -195,7 +195,7 @@ func codedReply(code, class int, enhanced, text string) *smtp.SMTPError {
 		sub < 0 || sub > 999 || det < 0 || det > 999 {
 		sub, det = 7, 1
 	}
-	return reply(code, class, sub, det, text)
+	return reply(code, class, sub, det, checks.OneLine(text))
 }
 
 // changeCount says what a check changed, for its log line.

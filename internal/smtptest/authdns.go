@@ -27,6 +27,7 @@ type DNS struct {
 	rrs      map[string][]dns.RR // lower-case FQDN → records
 	down     bool
 	servfail bool
+	failing  map[string]bool // names answered SERVFAIL
 	queries  int
 }
 
@@ -204,6 +205,17 @@ func (d *DNS) SetServfail(on bool) {
 	d.mu.Unlock()
 }
 
+// SetServfailName makes the server answer SERVFAIL for one name (and
+// normally for the others).
+func (d *DNS) SetServfailName(name string) {
+	d.mu.Lock()
+	if d.failing == nil {
+		d.failing = map[string]bool{}
+	}
+	d.failing[fqdn(strings.ToLower(name))] = true
+	d.mu.Unlock()
+}
+
 // Queries is the number of queries received so far (answered or not),
 // over UDP and TCP.
 func (d *DNS) Queries() int {
@@ -225,6 +237,9 @@ func (d *DNS) serve(w dns.ResponseWriter, req *dns.Msg) {
 	down, servfail := d.down, d.servfail
 	var reply *dns.Msg
 	if !down {
+		if len(req.Question) == 1 && d.failing[strings.ToLower(req.Question[0].Name)] {
+			servfail = true
+		}
 		reply = d.answer(req, servfail)
 	}
 	d.mu.Unlock()
