@@ -191,6 +191,8 @@ func TestDMARC(t *testing.T) {
 		{"quarantine, unaligned", "v=DMARC1; p=quarantine", "a@other.test", "a@sender.test", "", checks.Quarantine, "dmarc=fail reason=\"p=quarantine\""},
 		{"relaxed SPF alignment", "v=DMARC1; p=reject", "a@bounces.sender.test", "a@sender.test", "", checks.Accept, "dmarc=pass"},
 		{"strict SPF alignment", "v=DMARC1; p=reject; aspf=s", "a@bounces.sender.test", "a@sender.test", "", checks.Reject, "dmarc=fail"},
+		{"relaxed DKIM alignment", "v=DMARC1; p=reject", "a@other.test", "a@news.sender.test", "sender.test", checks.Accept, "dmarc=pass header.from=news.sender.test"},
+		{"strict DKIM alignment", "v=DMARC1; p=reject; adkim=s", "a@other.test", "a@news.sender.test", "sender.test", checks.Reject, "dmarc=fail"},
 		{"none policy", "v=DMARC1; p=none", "a@other.test", "a@sender.test", "", checks.Accept, "dmarc=fail reason=\"p=none\""},
 		{"pct 0: one policy down", "v=DMARC1; p=reject; pct=0", "a@other.test", "a@sender.test", "", checks.Quarantine, "dmarc=fail"},
 		{"no record", "", "a@other.test", "a@sender.test", "", checks.Accept, "dmarc=none"},
@@ -219,7 +221,7 @@ func TestDMARC(t *testing.T) {
 			if v.Action != tc.want || !strings.Contains(ar, tc.header) {
 				t.Fatalf("%v (%s), header %q; want %v, %q", v.Action, v.Reason, ar, tc.want, tc.header)
 			}
-			if tc.want == checks.Reject && (v.Code != "" || !strings.Contains(v.Reply, "DMARC policy of sender.test")) {
+			if tc.want == checks.Reject && (v.Code != "" || !strings.Contains(v.Reply, "DMARC policy of ") || !strings.Contains(v.Reply, "sender.test rejects")) {
 				t.Errorf("reject reply: %+v", v)
 			}
 		})
