@@ -32,46 +32,22 @@ type Engine struct {
 	Dir   string
 	Note  string // how it is configured, for the report
 
-	cmd    *exec.Cmd
-	out    *os.File
-	exited chan struct{}
+	daemon
 }
 
 // Pids lists the engine's processes: the main one and its workers.
 func (e *Engine) Pids() []int {
-	if e == nil || e.cmd == nil || e.cmd.Process == nil {
+	if e == nil {
 		return nil
 	}
-	return descendants(e.cmd.Process.Pid)
+	return e.daemon.pids()
 }
 
-func (e *Engine) alive() bool {
-	select {
-	case <-e.exited:
-		return false
-	default:
-		return true
-	}
-}
-
-// Stop sends SIGTERM to the engine's process group, and SIGKILL after
-// 10 s.
+// Stop stops the engine's process group (daemon.stop).
 func (e *Engine) Stop() {
-	if e == nil || e.cmd == nil {
-		return
+	if e != nil {
+		e.daemon.stop(10 * time.Second)
 	}
-	pgid := e.cmd.Process.Pid
-	syscall.Kill(-pgid, syscall.SIGTERM)
-	select {
-	case <-e.exited:
-	case <-time.After(10 * time.Second):
-		syscall.Kill(-pgid, syscall.SIGKILL)
-		<-e.exited
-	}
-	// Workers left behind by a main process that died first.
-	waitGone(descendantsByScan(pgid), 5*time.Second)
-	e.out.Close()
-	e.cmd = nil
 }
 
 // Version is the engine's version, for the report.
@@ -91,22 +67,78 @@ func (e *Engine) Version() string {
 }
 
 func (e *Engine) start(bin string, args []string) error {
-	out, err := os.Create(filepath.Join(e.Dir, e.Name+".out"))
+	return e.daemon.start(filepath.Join(e.Dir, e.Name+".out"), e.Dir, nil, bin, args...)
+}
+
+// daemon is a process the harness runs, with its children: an engine, or
+// a peer MTA. It has a process group of its own (rspamd and Haraka fork
+// workers), stopped whole.
+type daemon struct {
+	cmd    *exec.Cmd
+	out    *os.File
+	exited chan struct{} // closed when the process has been waited for
+}
+
+// start runs bin with args in dir, its output to outFile, env added to
+// the harness's environment.
+func (d *daemon) start(outFile, dir string, env []string, bin string, args ...string) error {
+	out, err := os.Create(outFile)
 	if err != nil {
 		return err
 	}
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = out, out
-	cmd.Dir = e.Dir
-	// rspamd forks workers: a process group of its own, stopped whole.
+	cmd.Dir = dir
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		out.Close()
 		return err
 	}
-	e.cmd, e.out, e.exited = cmd, out, make(chan struct{})
-	go func() { cmd.Wait(); close(e.exited) }()
+	d.cmd, d.out, d.exited = cmd, out, make(chan struct{})
+	go func() { cmd.Wait(); close(d.exited) }()
 	return nil
+}
+
+func (d *daemon) alive() bool {
+	if d.exited == nil {
+		return false
+	}
+	select {
+	case <-d.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// pids is the main process and everything below it.
+func (d *daemon) pids() []int {
+	if d.cmd == nil || d.cmd.Process == nil {
+		return nil
+	}
+	return descendants(d.cmd.Process.Pid)
+}
+
+// stop sends SIGTERM to the process group, SIGKILL after timeout, and
+// waits for the workers left behind by a main process that died first.
+func (d *daemon) stop(timeout time.Duration) {
+	if d.cmd == nil {
+		return
+	}
+	pgid := d.cmd.Process.Pid
+	syscall.Kill(-pgid, syscall.SIGTERM)
+	select {
+	case <-d.exited:
+	case <-time.After(timeout):
+		syscall.Kill(-pgid, syscall.SIGKILL)
+		<-d.exited
+	}
+	waitGone(descendantsByScan(pgid), 5*time.Second)
+	d.out.Close()
+	d.cmd = nil
 }
 
 // waitQuiet waits until the engine's processes use (almost) no CPU for

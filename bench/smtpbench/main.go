@@ -10,6 +10,9 @@
 // each the same way with the harness's own load generator, and prints a
 // markdown table with the ratio gateway/Postfix per column, next to the
 // machine's physical ceilings (fsyncs/s of the disk, TLS handshakes/s).
+// In the STARTTLS 4 KiB cells c=20 ×1 and c=50 it also runs the peers
+// maddy, chasquid and Haraka (issue 16; peers.go) and prints their table
+// with ratios to the gateway.
 //
 // The other subcommands run one part on its own, for poking at a system
 // by hand:
@@ -32,6 +35,7 @@ commands:
   load      the load generator alone, against any SMTP server
   sink      the STARTTLS sink alone; prints a line per message
   ceiling   the machine's fsync rate and TLS handshake rate
+  dns       the loopback DNS stub chasquid's runs resolve through
 
 "smtpbench <command> -h" lists a command's flags.
 `)
@@ -52,6 +56,8 @@ func main() {
 		err = cmdSink(os.Args[2:])
 	case "ceiling":
 		err = cmdCeiling(os.Args[2:])
+	case "dns":
+		err = cmdDNS(os.Args[2:])
 	default:
 		usage()
 	}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"sort"
 	"strconv"
@@ -36,16 +37,28 @@ type RunConfig struct {
 	Scale   float64 // multiplies the four counts
 	Conc    int     // the high concurrency (50)
 
-	CrossCheck bool    // smtp-source / smtp-sink runs for the plaintext cells
-	CrossScale float64 // their message counts, relative to the cell's
-	Strace     bool    // count syscalls per message with strace
-	StraceN    int     // messages of the strace run
-	X25519     bool    // load generator and sink offer X25519 only
-	Only       string  // run only cells whose id contains this
-	Systems    string  // "gateway,postfix,gateway+rspamd,gateway+clamav"
+	CrossCheck   bool    // smtp-source / smtp-sink runs for the plaintext cells
+	CrossScale   float64 // their message counts, relative to the cell's
+	Strace       bool    // count syscalls per message with strace
+	StraceN      int     // messages of the strace run
+	StraceOrderN int     // messages sent one at a time for the fsyncs before the 250
+	X25519       bool    // load generator and sink offer X25519 only
+	Only         string  // run only cells whose id contains this
+	Systems      string  // "gateway,postfix,gateway+rspamd,gateway+clamav"
 
 	CheckCells    string // the systems with a content check run only in cells whose id contains this
 	RspamdWorkers int    // rspamd's normal worker count; 0: rspamd's default
+
+	// The peers (issue 16): their installations (bench/run.sh makes
+	// them; empty: left out), the cells they run in and the extra cell.
+	Maddy     string // the maddy binary
+	Chasquid  string // the chasquid binary (usr/bin/chasquid of the unpacked package)
+	Haraka    string // node_modules/Haraka/bin/haraka
+	DHParam   string // DH parameters for Haraka's TLS (PEM)
+	DNSAddr   string // the loopback DNS stub chasquid resolves through (port 53)
+	PeerCells string // comma-separated: peers run in the cells whose id contains one of these
+	N4kK1     int    // messages of the STARTTLS 4 KiB cell with 1 message per connection (0: no such cell)
+	ConcK1    int    // its concurrency
 
 	WaitTimeout time.Duration // for the sink to get everything, after the load
 	LoadTimeout time.Duration // for one load run
@@ -53,28 +66,46 @@ type RunConfig struct {
 
 // Cell is one combination of the benchmark's parameters.
 type Cell struct {
-	TLS  bool
-	Size int
-	Conc int
-	N    int
+	TLS     bool
+	Size    int
+	Conc    int
+	N       int
+	PerConn int // messages per connection; 0: the run's -k
 }
 
-// Name is the cell as the table shows it.
+// Name is the cell as the table shows it ("STARTTLS 4 KiB c=20 ×1"; no
+// "×k" for the run's -k).
 func (c Cell) Name() string {
 	mode := "plaintext"
 	if c.TLS {
 		mode = "STARTTLS"
 	}
-	return fmt.Sprintf("%s %s c=%d", mode, sizeName(c.Size), c.Conc)
+	n := fmt.Sprintf("%s %s c=%d", mode, sizeName(c.Size), c.Conc)
+	if c.PerConn > 0 {
+		n += fmt.Sprintf(" ×%d", c.PerConn)
+	}
+	return n
 }
 
-// ID is the cell as a file name.
+// ID is the cell as a file name ("tls-4k-c20-k1").
 func (c Cell) ID() string {
 	mode := "plain"
 	if c.TLS {
 		mode = "tls"
 	}
-	return fmt.Sprintf("%s-%dk-c%d", mode, c.Size/1024, c.Conc)
+	id := fmt.Sprintf("%s-%dk-c%d", mode, c.Size/1024, c.Conc)
+	if c.PerConn > 0 {
+		id += fmt.Sprintf("-k%d", c.PerConn)
+	}
+	return id
+}
+
+// perConn is the cell's messages per connection.
+func (c Cell) perConn(def int) int {
+	if c.PerConn > 0 {
+		return c.PerConn
+	}
+	return def
 }
 
 func sizeName(n int) string { return fmt.Sprintf("%d KiB", n/1024) }
@@ -119,6 +150,7 @@ type Result struct {
 	OutTLS      string // what the sink saw
 	OutTLSMsgs  int
 	OutPlain    int
+	OutConns    int // outbound connections the sink took during the measured run
 	Duplicates  int
 	Complete    bool
 	Note        string   `json:",omitempty"`
@@ -143,6 +175,15 @@ type StraceResult struct {
 	Calls    map[string]int64
 	Seconds  map[string]float64 // wall time in the call (strace -w)
 	Err      string             `json:",omitempty"`
+	// Before250 is, for messages sent one at a time (each after the
+	// last was delivered), the fsyncs (fsync, fdatasync) any of the
+	// system's processes started between its 354 reply and its 250
+	// (strace -f of those calls and of the replies' writes).
+	Before250 []int `json:",omitempty"`
+	// Before250Dir counts those of a directory (strace -y names the
+	// fd's file): the rename or link that makes a queue file durable.
+	Before250Dir []int  `json:",omitempty"`
+	OrderErr     string `json:",omitempty"`
 }
 
 // Report is everything a run measured.
@@ -159,6 +200,8 @@ type Report struct {
 	Cross       []CrossResult
 	Strace      []StraceResult
 	Engines     []EngineInfo `json:",omitempty"`
+	Skipped     []string     `json:",omitempty"` // peers left out, and why
+	Peers       []string     `json:",omitempty"` // the peers that ran
 	Duration    float64
 	HarnessCPU  float64
 }
@@ -191,9 +234,73 @@ func engineOf(sys System) *Engine {
 }
 
 // joins says whether sys runs in cell: a system with a content check
-// only in the cells -check-cells names.
+// only in the cells -check-cells names, a peer only in those -peer-cells
+// names.
 func (r *runner) joins(sys System, cell Cell) bool {
+	if isPeer(sys) {
+		for _, c := range strings.Split(r.cfg.PeerCells, ",") {
+			if c = strings.TrimSpace(c); c != "" && strings.Contains(cell.ID(), c) {
+				return true
+			}
+		}
+		return false
+	}
 	return engineOf(sys) == nil || strings.Contains(cell.ID(), r.cfg.CheckCells)
+}
+
+// isPeer says whether sys is one of maddy, chasquid and Haraka.
+func isPeer(sys System) bool {
+	switch sys.(type) {
+	case *Maddy, *Chasquid, *Haraka:
+		return true
+	}
+	return false
+}
+
+// peerNames are the peers in the report's order.
+var peerNames = []string{"maddy", "chasquid", "haraka"}
+
+// rcptOf is the recipient the load generator uses for sys ("": the
+// default, bench@sink.bench).
+func rcptOf(sys System) string {
+	if r, ok := sys.(interface{ Recipient() string }); ok {
+		return r.Recipient()
+	}
+	return ""
+}
+
+// logProblems are the error lines of a system's logs after a cell.
+func logProblems(sys System) []string {
+	switch s := sys.(type) {
+	case *Postfix:
+		return postfixLogErrors(s.cfg.Dir)
+	case *Haraka:
+		return harakaLogErrors(s.cfg.Dir)
+	case *Maddy:
+		return grepLines(filepath.Join(s.cfg.Dir, "maddy.log"), `(?i)error|failed`, "", 5)
+	case *Chasquid:
+		return grepLines(filepath.Join(s.cfg.Dir, "chasquid.log"), `^\S+ \S+ (E|☠) `, `submission|systemd`, 5)
+	}
+	return nil
+}
+
+// grepLines returns up to n lines of file that match re and not skip.
+func grepLines(file, re, skip string, n int) []string {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil
+	}
+	m, sk := regexp.MustCompile(re), regexp.MustCompile("^$")
+	if skip != "" {
+		sk = regexp.MustCompile(skip)
+	}
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if len(out) < n && m.MatchString(l) && !sk.MatchString(l) {
+			out = append(out, l)
+		}
+	}
+	return out
 }
 
 func (r *runner) logf(format string, args ...any) {
@@ -204,8 +311,15 @@ func (r *runner) port(i int) int { return r.cfg.PortBase + i }
 
 func (r *runner) systemConfig(sys System, cell Cell, dir string, sinkPort int) SystemConfig {
 	port := r.port(1)
-	if sys.Name() == "postfix" {
+	switch sys.Name() {
+	case "postfix":
 		port = r.port(2)
+	case "maddy":
+		port = r.port(9)
+	case "chasquid":
+		port = r.port(10)
+	case "haraka":
+		port = r.port(11)
 	}
 	return SystemConfig{Dir: dir, Port: port, SinkPort: sinkPort, TLS: cell.TLS, Cert: r.cfg.Cert, Key: r.cfg.Key}
 }
@@ -219,7 +333,7 @@ func (r *runner) warmup(sys System, cell Cell, addr, prefix string, arrived func
 		n = 10
 	}
 	w := Load(LoadConfig{Groups: r.groups, Addr: addr, TLS: cell.TLS, Messages: n, Concurrency: cell.Conc, PerConn: 1,
-		Size: cell.Size, Prefix: prefix, Timeout: r.cfg.LoadTimeout})
+		Size: cell.Size, Prefix: prefix, Rcpt: rcptOf(sys), Timeout: r.cfg.LoadTimeout})
 	if w.Accepted == 0 {
 		return fmt.Errorf("warm-up: nothing accepted (%s)", w.FirstError)
 	}
@@ -245,9 +359,7 @@ func (r *runner) runCell(sys System, cell Cell) (res Result) {
 	}
 	res.StartSec = time.Since(t0).Seconds()
 	defer func() {
-		if p, ok := sys.(*Postfix); ok {
-			res.LogProblems = postfixLogErrors(p.cfg.Dir)
-		}
+		res.LogProblems = logProblems(sys)
 		t := time.Now()
 		sys.Stop()
 		res.StopSec = time.Since(t).Seconds()
@@ -266,7 +378,7 @@ func (r *runner) runCell(sys System, cell Cell) (res Result) {
 	r.sink.Reset()
 
 	e := engineOf(sys)
-	r.measure(&res, cell, addr, fmt.Sprintf("m-%s-%s-", cell.ID(), sys.Name()), sys.Pids, e.Pids)
+	r.measure(&res, cell, addr, fmt.Sprintf("m-%s-%s-", cell.ID(), sys.Name()), rcptOf(sys), sys.Pids, e.Pids)
 	if e != nil {
 		res.Engine = e.Name
 		if res.Accepted > 0 {
@@ -280,14 +392,14 @@ func (r *runner) runCell(sys System, cell Cell) (res Result) {
 // the sink, samples the memory and CPU of the processes pids names (and
 // of enginePids, a content-check engine's, if not nil), and fills res
 // in.
-func (r *runner) measure(res *Result, cell Cell, addr, prefix string, pids func() []int, enginePids func() []int) {
+func (r *runner) measure(res *Result, cell Cell, addr, prefix, rcpt string, pids func() []int, enginePids func() []int) {
 	sampler := StartSampler(pids, 100*time.Millisecond)
 	var engine *Sampler
 	if enginePids != nil && len(enginePids()) > 0 {
 		engine = StartSampler(enginePids, 100*time.Millisecond)
 	}
 	load := Load(LoadConfig{Groups: r.groups, Addr: addr, TLS: cell.TLS, Messages: cell.N, Concurrency: cell.Conc,
-		PerConn: r.cfg.PerConn, Size: cell.Size, Prefix: prefix, Timeout: r.cfg.LoadTimeout})
+		PerConn: cell.perConn(r.cfg.PerConn), Size: cell.Size, Prefix: prefix, Rcpt: rcpt, Timeout: r.cfg.LoadTimeout})
 	res.Complete = r.sink.Wait(prefix, load.Accepted, r.cfg.WaitTimeout)
 	res.Usage = sampler.Stop()
 	if engine != nil {
@@ -305,7 +417,7 @@ func (r *runner) runAlone(cell Cell) Result {
 	addr := fmt.Sprintf("127.0.0.1:%d", r.port(3))
 	r.sink.Reset()
 	self := os.Getpid()
-	r.measure(&res, cell, addr, fmt.Sprintf("a-%s-", cell.ID()), func() []int { return []int{self} }, nil)
+	r.measure(&res, cell, addr, fmt.Sprintf("a-%s-", cell.ID()), "", func() []int { return []int{self} }, nil)
 	return res
 }
 
@@ -344,6 +456,7 @@ func (res *Result) fill(load *LoadResult, sink *Sink, prefix string) {
 		res.CPUmsPerMsg = res.Usage.CPUSec * 1000 / float64(res.Accepted)
 	}
 	res.Duplicates, res.OutTLSMsgs, res.OutPlain, res.OutTLS = sink.Stats()
+	res.OutConns = sink.Sessions()
 	if res.Accepted < res.Asked {
 		res.Note = fmt.Sprintf("%d of %d accepted", res.Accepted, res.Asked)
 	}
@@ -406,8 +519,12 @@ func (r *runner) runCross(sys System, cell Cell) CrossResult {
 
 	// smtp-source -l is the payload without its own headers (about 150
 	// bytes: From, To, Date, Message-Id).
+	rcpt := rcptOf(sys)
+	if rcpt == "" {
+		rcpt = "bench@sink.bench"
+	}
 	args := []string{"-4", "-d", "-s", strconv.Itoa(cell.Conc), "-m", strconv.Itoa(cell.N),
-		"-l", strconv.Itoa(cell.Size - 150), "-f", "smtp-source@load.bench", "-t", "bench@sink.bench",
+		"-l", strconv.Itoa(cell.Size - 150), "-f", "smtp-source@load.bench", "-t", rcpt,
 		"-M", "load.bench", addr}
 	src := exec.Command("smtp-source", args...)
 	t0 := time.Now()
@@ -471,7 +588,7 @@ func (r *runner) runStrace(sys System) StraceResult {
 	r.sink.Reset()
 	prefix := "s-" + sys.Name() + "-"
 	load := Load(LoadConfig{Groups: r.groups, Addr: addr, Messages: cell.N, Concurrency: 1, PerConn: r.cfg.PerConn,
-		Size: cell.Size, Prefix: prefix, Timeout: r.cfg.LoadTimeout})
+		Size: cell.Size, Prefix: prefix, Rcpt: rcptOf(sys), Timeout: r.cfg.LoadTimeout})
 	r.sink.Wait(prefix, load.Accepted, r.cfg.WaitTimeout)
 	deadline := time.Now().Add(10 * time.Second)
 	for !sys.QueueEmpty() && time.Now().Before(deadline) {
@@ -486,8 +603,130 @@ func (r *runner) runStrace(sys System) StraceResult {
 	res.Calls, res.Seconds = parseStraceSummary(out)
 	if len(res.Calls) == 0 {
 		res.Err = "no strace summary: " + strings.TrimSpace(stderr.String())
+		return res
+	}
+	res.Before250, res.Before250Dir, res.OrderErr = r.straceOrder(sys, addr, dir, r.cfg.StraceOrderN)
+	if res.OrderErr != "" {
+		r.logf("  fsyncs before the 250: %s", res.OrderErr)
+	} else {
+		lo, hi := minMax(res.Before250)
+		r.logf("  fsyncs between the 354 and the 250, %d messages one at a time: %d to %d", len(res.Before250), lo, hi)
 	}
 	return res
+}
+
+// straceOrder sends n plaintext messages to a running system, one at a
+// time (each after the last has arrived at the sink and left the queue),
+// under strace -f tracing only fsync, fdatasync and the writes of
+// replies, and counts for each message the fsyncs started between its
+// 354 and its 250: with each message alone, nothing else of the system
+// runs in that window.
+func (r *runner) straceOrder(sys System, addr, dir string, n int) (all, dirs []int, _ string) {
+	if n <= 0 {
+		return nil, nil, ""
+	}
+	out := filepath.Join(dir, "strace-order.txt")
+	pids := sys.Pids()
+	args := []string{"-f", "-y", "-s", "16", "-e", "trace=fsync,fdatasync,write,writev,sendto,sendmsg", "-o", out}
+	for _, pid := range pids {
+		args = append(args, "-p", strconv.Itoa(pid))
+	}
+	var stderr bytes.Buffer
+	st := exec.Command("strace", args...)
+	st.Stderr = &stderr
+	if err := st.Start(); err != nil {
+		return nil, nil, "strace: " + err.Error()
+	}
+	for i := 0; i < 60 && strings.Count(stderr.String(), "attached") < len(pids); i++ {
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	var fail string
+	for i := 0; i < n && fail == ""; i++ {
+		prefix := fmt.Sprintf("so-%s-%d-", sys.Name(), i)
+		l := Load(LoadConfig{Groups: r.groups, Addr: addr, Messages: 1, Concurrency: 1, PerConn: 1, Size: 4096,
+			Prefix: prefix, Rcpt: rcptOf(sys), Timeout: time.Minute})
+		if l.Accepted != 1 {
+			fail = fmt.Sprintf("message %d not accepted: %s", i, l.FirstError)
+			break
+		}
+		if !r.sink.Wait(prefix, 1, 30*time.Second) {
+			fail = fmt.Sprintf("message %d did not arrive", i)
+			break
+		}
+		for deadline := time.Now().Add(10 * time.Second); !sys.QueueEmpty() && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(150 * time.Millisecond) // removals after the queue file is gone
+	}
+	st.Process.Signal(syscall.SIGINT)
+	st.Wait()
+	if fail != "" {
+		return nil, nil, fail
+	}
+	all, dirs = parseStraceOrder(out)
+	if len(all) != n {
+		return all, dirs, fmt.Sprintf("found %d 354-to-250 windows for %d messages (see %s)", len(all), n, out)
+	}
+	return all, dirs, ""
+}
+
+var (
+	// "PID write(FD<TCP:[...]>, "250 ..." (-y names the fd; no quote in
+	// between).
+	straceReply = regexp.MustCompile(`^\d+\s+(?:write|writev|sendto|sendmsg)\(\d+[^"]*"(\d{3})[ -]`)
+	// "PID fsync(FD</path>) = 0" or "... <unfinished ...>".
+	straceFsync = regexp.MustCompile(`^\d+\s+(?:fsync|fdatasync)\(\d+(?:<(.*?)>)?(?:\)| <unfinished)`)
+)
+
+// parseStraceOrder reads strace -f -y output (lines "PID call(args...")
+// and returns, for each 354 reply written, the fsync and fdatasync calls
+// started after it and before the next 250 reply, and how many of those
+// were of a directory.
+func parseStraceOrder(file string) (all, dirs []int) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, nil
+	}
+	isDir := map[string]bool{}
+	in, n, nd := false, 0, 0
+	for _, l := range strings.Split(string(b), "\n") {
+		if m := straceReply.FindStringSubmatch(l); m != nil {
+			switch {
+			case m[1] == "354":
+				in, n, nd = true, 0, 0
+			case m[1] == "250" && in:
+				all, dirs = append(all, n), append(dirs, nd)
+				in = false
+			}
+			continue
+		}
+		if m := straceFsync.FindStringSubmatch(l); in && m != nil {
+			n++
+			path := m[1]
+			d, seen := isDir[path]
+			if !seen && path != "" {
+				fi, err := os.Stat(path)
+				d = err == nil && fi.IsDir()
+				isDir[path] = d
+			}
+			if d {
+				nd++
+			}
+		}
+	}
+	return all, dirs
+}
+
+func minMax(v []int) (int, int) {
+	if len(v) == 0 {
+		return 0, 0
+	}
+	lo, hi := v[0], v[0]
+	for _, x := range v {
+		lo, hi = min(lo, x), max(hi, x)
+	}
+	return lo, hi
 }
 
 // parseStraceSummary reads the table of strace -c: "% time seconds
@@ -544,6 +783,14 @@ func (r *runner) cells() []Cell {
 					out = append(out, cell)
 				}
 			}
+			// The peers' headline cell: a new connection, so a full
+			// handshake, per message.
+			if t && size == 4096 && r.cfg.N4kK1 > 0 {
+				cell := Cell{TLS: t, Size: size, Conc: r.cfg.ConcK1, N: scale(r.cfg.N4kK1), PerConn: 1}
+				if r.cfg.Only == "" || strings.Contains(cell.ID(), r.cfg.Only) {
+					out = append(out, cell)
+				}
+			}
 		}
 	}
 	return out
@@ -558,7 +805,7 @@ func cmdRun(args []string) error {
 	fs.StringVar(&cfg.Work, "work", "", "work directory, reachable by the postfix user (required)")
 	fs.StringVar(&cfg.Cert, "cert", "", "ECDSA P-256 certificate, PEM (required)")
 	fs.StringVar(&cfg.Key, "key", "", "its key, PEM (required)")
-	fs.IntVar(&cfg.PortBase, "ports", 2950, "use 127.0.0.1 ports `base`+1 (gateway), +2 (Postfix), +3 (sink), +4 (smtp-sink), +5 (rspamd's normal worker), +6 (rspamd's controller), +7 (clamd), +8 (rspamd's DNS server: nothing may listen there)")
+	fs.IntVar(&cfg.PortBase, "ports", 2950, "use 127.0.0.1 ports `base`+1 (gateway), +2 (Postfix), +3 (sink), +4 (smtp-sink), +5 (rspamd's normal worker), +6 (rspamd's controller), +7 (clamd), +8 (rspamd's DNS server: nothing may listen there), +9 (maddy), +10 (chasquid), +11 (Haraka)")
 	fs.IntVar(&cfg.PerConn, "k", 10, "messages per connection")
 	fs.IntVar(&cfg.Conc, "c", 50, "the high concurrency")
 	fs.IntVar(&cfg.N4k1, "n4k1", 200, "messages per run, 4 KiB at c=1")
@@ -570,11 +817,20 @@ func cmdRun(args []string) error {
 	fs.Float64Var(&cfg.CrossScale, "cross-scale", 0.5, "message counts of the cross-check runs, relative to the cell's")
 	fs.BoolVar(&cfg.Strace, "strace", true, "count syscalls per message with strace (plaintext 4 KiB c=1)")
 	fs.IntVar(&cfg.StraceN, "strace-n", 50, "messages of the strace run")
+	fs.IntVar(&cfg.StraceOrderN, "strace-order-n", 10, "after the strace count, messages sent one at a time under strace of fsyncs and replies: the fsyncs between each one's 354 and 250 (0: none)")
 	fs.BoolVar(&cfg.X25519, "x25519", false, "load generator and sink offer only X25519 (as OpenSSL 3.0 does), not Go's default X25519MLKEM768 first")
 	fs.StringVar(&cfg.Only, "only", "", "run only cells whose id (e.g. tls-100k-c50) contains this")
-	fs.StringVar(&cfg.Systems, "systems", "gateway,postfix,gateway+rspamd,gateway+clamav", "systems to run: gateway, postfix, gateway+rspamd (the gateway with the rspamd check, against an rspamd the harness runs), gateway+clamav (the same with clamd); a check system whose engine is not installed is left out, with a line saying so")
+	fs.StringVar(&cfg.Systems, "systems", "gateway,postfix,maddy,chasquid,haraka,gateway+rspamd,gateway+clamav", "systems to run: gateway, postfix, maddy, chasquid, haraka (the peers: only in -peer-cells; each needs its flag below, and is left out, with a line saying so, without it), gateway+rspamd (the gateway with the rspamd check, against an rspamd the harness runs), gateway+clamav (the same with clamd); a check system whose engine is not installed is left out, with a line saying so")
 	fs.StringVar(&cfg.CheckCells, "check-cells", "tls-4k", "gateway+rspamd and gateway+clamav run only in cells whose id contains this (\"\": every cell)")
 	fs.IntVar(&cfg.RspamdWorkers, "rspamd-workers", 0, "rspamd's normal worker count (0: rspamd's default, which depends on the CPUs)")
+	fs.StringVar(&cfg.Maddy, "maddy", "", "the maddy binary (system maddy)")
+	fs.StringVar(&cfg.Chasquid, "chasquid", "", "the chasquid binary (system chasquid; run under unshare -m, with its resolv.conf bind-mounted)")
+	fs.StringVar(&cfg.Haraka, "haraka", "", "Haraka's bin/haraka in its node_modules (system haraka)")
+	fs.StringVar(&cfg.DHParam, "dhparam", "", "DH parameters (PEM) for Haraka's TLS (without: Haraka makes them at start-up, seconds of CPU per cell)")
+	fs.StringVar(&cfg.DNSAddr, "dns", "127.0.29.53:53", "the loopback DNS stub chasquid resolves through (`host:53`: a resolv.conf cannot name a port)")
+	fs.StringVar(&cfg.PeerCells, "peer-cells", "tls-4k-c20-k1,tls-4k-c50", "maddy, chasquid and haraka run only in cells whose id contains one of these (comma-separated)")
+	fs.IntVar(&cfg.N4kK1, "n4kk1", 500, "messages of the STARTTLS 4 KiB cell with one message per connection (tls-4k-cC-k1; 0: no such cell)")
+	fs.IntVar(&cfg.ConcK1, "ck1", 20, "the concurrency of that cell")
 	fs.DurationVar(&cfg.WaitTimeout, "wait", 90*time.Second, "how long the sink may wait for the last message")
 	fs.DurationVar(&cfg.LoadTimeout, "load-timeout", 3*time.Minute, "how long one load run may take")
 	fs.Parse(args)
@@ -597,6 +853,7 @@ func cmdRun(args []string) error {
 		r.groups = []tls.CurveID{tls.X25519}
 	}
 	var missing []string // check systems left out: their engine is not installed
+	var skipped []string // peers left out, and why
 	for _, name := range strings.Split(cfg.Systems, ",") {
 		switch name = strings.TrimSpace(name); name {
 		case "gateway":
@@ -606,6 +863,23 @@ func cmdRun(args []string) error {
 			}
 		case "postfix":
 			r.systems = append(r.systems, &Postfix{Template: filepath.Join(cfg.Work, "postfix-template")})
+		case "maddy", "chasquid", "haraka":
+			path := map[string]string{"maddy": cfg.Maddy, "chasquid": cfg.Chasquid, "haraka": cfg.Haraka}[name]
+			if err := peerProbe(name, path); err != nil {
+				skipped = append(skipped, err.Error())
+				continue
+			}
+			switch name {
+			case "maddy":
+				r.systems = append(r.systems, &Maddy{Bin: path})
+			case "chasquid":
+				r.systems = append(r.systems, &Chasquid{Bin: path, DNSAddr: cfg.DNSAddr})
+			case "haraka":
+				if cfg.DHParam == "" {
+					r.logf("haraka: no -dhparam: it makes DH parameters at every start")
+				}
+				r.systems = append(r.systems, &Haraka{Bin: path, DHParam: cfg.DHParam, Template: filepath.Join(cfg.Work, "haraka-template")})
+			}
 		case "gateway+rspamd", "gateway+clamav":
 			var found bool
 			if name == "gateway+rspamd" {
@@ -637,8 +911,30 @@ func cmdRun(args []string) error {
 		return fmt.Errorf("sink: %w", err)
 	}
 	defer r.sink.Close()
+	// chasquid's DNS: the stub, for the whole run.
+	for i, s := range r.systems {
+		if _, ok := s.(*Chasquid); !ok {
+			continue
+		}
+		stub, err := StartDNSStub(cfg.DNSAddr, "sink.bench")
+		if err != nil {
+			skipped = append(skipped, fmt.Sprintf("chasquid: its DNS stub on %s: %v", cfg.DNSAddr, err))
+			r.systems = append(r.systems[:i:i], r.systems[i+1:]...)
+		} else {
+			defer stub.Close()
+		}
+		break
+	}
+	for _, s := range skipped {
+		r.logf("leaving out %s", s)
+	}
 
-	rep := &Report{Date: time.Now(), Config: cfg, Machine: machineInfo(cfg.Work), Versions: map[string]string{}}
+	rep := &Report{Date: time.Now(), Config: cfg, Machine: machineInfo(cfg.Work), Versions: map[string]string{}, Skipped: skipped}
+	for _, s := range r.systems {
+		if isPeer(s) {
+			rep.Peers = append(rep.Peers, s.Name())
+		}
+	}
 	rep.LoadStart = loadavg()
 	for _, name := range missing {
 		rep.Engines = append(rep.Engines, EngineInfo{Name: name, Err: "not installed: left out"})
@@ -863,7 +1159,11 @@ func loadavg() string {
 func writeReport(w *bytes.Buffer, rep *Report) {
 	p := func(format string, args ...any) { fmt.Fprintf(w, format, args...) }
 	c := rep.Ceilings
-	p("# caddy-smtp gateway vs Postfix: relay benchmark\n\n")
+	title := "Postfix"
+	if len(rep.Peers) > 0 {
+		title = "Postfix and its peers"
+	}
+	p("# caddy-smtp gateway vs %s: relay benchmark\n\n", title)
 	p("- date: %s; run took %.0f s\n", rep.Date.Format("2006-01-02 15:04:05 MST"), rep.Duration)
 	p("- machine: %s CPUs, %s, kernel %s, %s RAM\n", rep.Machine["nproc"], rep.Machine["cpu"], rep.Machine["kernel"], rep.Machine["memory"])
 	p("- queues on: %s\n", rep.Machine["queue disk"])
@@ -874,7 +1174,7 @@ func writeReport(w *bytes.Buffer, rep *Report) {
 	}
 	sort.Strings(vs)
 	p("- versions: %s\n", strings.Join(vs, "; "))
-	p("- load: %d messages per connection; STARTTLS cells do a full handshake per connection; the harness (load generator and sink) used %.1f s CPU\n\n",
+	p("- load: %d messages per connection (a cell named ×k: k); STARTTLS cells do a full handshake per connection; the harness (load generator and sink) used %.1f s CPU\n\n",
 		rep.Config.PerConn, rep.HarnessCPU)
 
 	p("## Physical ceilings\n\n")
@@ -905,10 +1205,6 @@ func writeReport(w *bytes.Buffer, rep *Report) {
 		}
 	}
 
-	p("\n## Results\n\n")
-	p("Accepted msgs/s: first connection to last 250. End-to-end msgs/s: first connection to last arrival at the sink. Accept latency: end of DATA to 250. E2E delay: end of DATA to arrival at the sink. Peak RSS/PSS: the largest sum over the system's processes (sampled every 100 ms). CPU: user+system of the system's processes per accepted message. Ratio: gateway/Postfix (throughput: >1 is the gateway faster; latency, memory, CPU: >1 is the gateway higher); gateway+rspamd/gateway and gateway+clamav/gateway: the same against the plain gateway, their RSS, PSS and CPU being the gateway process's alone (the engine's are in the content checks section).\n\n")
-	p("| cell | system | accepted msgs/s | e2e msgs/s | accept p50 ms | accept p99 ms | e2e p99 ms | peak RSS MiB | peak PSS MiB | CPU ms/msg | notes |\n")
-	p("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|\n")
 	byCell := map[string]map[string]Result{}
 	var order []string
 	for _, res := range rep.Results {
@@ -918,12 +1214,18 @@ func writeReport(w *bytes.Buffer, rep *Report) {
 		}
 		byCell[res.Cell][res.System] = res
 	}
+	writePeers(w, rep, byCell, order)
+
+	p("\n## Results\n\n")
+	p("Accepted msgs/s: first connection to last 250. End-to-end msgs/s: first connection to last arrival at the sink. Accept latency: end of DATA to 250. E2E delay: end of DATA to arrival at the sink. Peak RSS/PSS: the largest sum over the system's processes (sampled every 100 ms). CPU: user+system of the system's processes per accepted message. Ratio: gateway/Postfix (throughput: >1 is the gateway faster; latency, memory, CPU: >1 is the gateway higher); gateway+rspamd/gateway and gateway+clamav/gateway: the same against the plain gateway, their RSS, PSS and CPU being the gateway process's alone (the engine's are in the content checks section).\n\n")
+	p("| cell | system | accepted msgs/s | e2e msgs/s | accept p50 ms | accept p99 ms | e2e p99 ms | peak RSS MiB | peak PSS MiB | CPU ms/msg | notes |\n")
+	p("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|\n")
 	row := func(res Result) []float64 {
 		return []float64{res.AcceptRate, res.E2ERate, res.AcceptP50ms, res.AcceptP99ms, res.E2EP99ms,
 			float64(res.Usage.PeakRSSKB) / 1024, float64(res.Usage.PeakPSSKB) / 1024, res.CPUmsPerMsg}
 	}
 	for _, cell := range order {
-		for _, sys := range []string{"gateway", "baseline", "postfix", "gateway+rspamd", "gateway+clamav"} {
+		for _, sys := range []string{"gateway", "baseline", "postfix", "maddy", "chasquid", "haraka", "gateway+rspamd", "gateway+clamav"} {
 			res, ok := byCell[cell][sys]
 			if !ok {
 				continue
@@ -943,6 +1245,7 @@ func writeReport(w *bytes.Buffer, rep *Report) {
 				cell, sys, v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], strings.ReplaceAll(note, "|", "/"))
 		}
 		for _, pair := range [][2]string{{"gateway", "postfix"}, {"baseline", "postfix"}, {"gateway", "baseline"},
+			{"gateway", "maddy"}, {"gateway", "chasquid"}, {"gateway", "haraka"},
 			{"gateway+rspamd", "gateway"}, {"gateway+clamav", "gateway"}} {
 			g, okg := byCell[cell][pair[0]]
 			pf, okp := byCell[cell][pair[1]]
@@ -1064,7 +1367,7 @@ func writeReport(w *bytes.Buffer, rep *Report) {
 			shown++
 			p("| %s |", e.name)
 			for _, st := range rep.Strace {
-				if st.Messages == 0 {
+				if st.Messages == 0 || st.Err != "" {
 					p(" – | – |")
 					continue
 				}
@@ -1087,6 +1390,11 @@ func writeReport(w *bytes.Buffer, rep *Report) {
 			}
 		}
 		p("\n(ms/msg in call is wall time inside the call summed over threads: blocking waits such as epoll_wait or futex count while idle.)\n")
+		p("\nfsyncs before the 250: right after the count above, %d messages sent one at a time (each after the last had arrived at the sink and left the queue) under `strace -f -e trace=fsync,fdatasync,write,writev,sendto,sendmsg`; for each, the fsync and fdatasync calls any of the system's processes started between its 354 reply and its 250:\n\n", rep.Config.StraceOrderN)
+		for _, st := range rep.Strace {
+			p("- %s: %s\n", st.System, before250(st))
+		}
+
 	}
 }
 
@@ -1146,6 +1454,120 @@ func writeChecks(w *bytes.Buffer, rep *Report, byCell map[string]map[string]Resu
 				cell, sys, c.AcceptRate, ratioStr(c.AcceptRate, g.AcceptRate), c.E2ERate, ratioStr(c.E2ERate, g.E2ERate),
 				c.AcceptP50ms, c.AcceptP99ms, ratioStr(c.AcceptP99ms, g.AcceptP99ms), c.CPUmsPerMsg, c.EngineCPUmsPerMsg, extra,
 				float64(c.EngineUsage.PeakPSSKB)/1024, c.EngineUsage.MaxProcs, strings.ReplaceAll(log, "|", "/"))
+		}
+	}
+}
+
+// before250 says how many fsyncs came between the 354 and the 250.
+func before250(st StraceResult) string {
+	if st.OrderErr != "" {
+		return "not measured: " + st.OrderErr
+	}
+	if len(st.Before250) == 0 {
+		return "not measured"
+	}
+	lo, hi := minMax(st.Before250)
+	dlo, dhi := minMax(st.Before250Dir)
+	verdict := fmt.Sprintf("every message had at least one fsync before its 250, of a directory %d to %d", dlo, dhi)
+	if hi == 0 {
+		verdict = "no fsync before any 250"
+	} else if lo == 0 {
+		verdict = "some messages had none"
+	}
+	span := fmt.Sprintf("%d", lo)
+	if hi != lo {
+		span = fmt.Sprintf("%d to %d", lo, hi)
+	}
+	return fmt.Sprintf("%s per message (%d messages): %s", span, len(st.Before250), verdict)
+}
+
+// peerSetup is how each system of the peers' table is set up, in short.
+var peerSetup = map[string]string{
+	"gateway":  "templates/Caddyfile.tmpl: relay to the sink, spool fsync before 250, queue defaults (16 workers), outbound sessions reused (up to 100 messages, 5 s idle)",
+	"postfix":  "templates/main.cf.tmpl: relayhost the sink, otherwise Postfix's defaults (smtp_tls_connection_reuse off, so no reuse of TLS sessions to the sink)",
+	"maddy":    "templates/maddy.conf.tmpl: smtp endpoint → target.queue (defaults: 16 deliveries at once) → target.smtp to the sink, starttls yes (verified: SSL_CERT_FILE is the harness's certificate); dmarc no (trusted clients)",
+	"chasquid": "Debian's package unpacked (dpkg -x), templates/chasquid.conf.tmpl: local domain peer.bench aliased to bench@sink.bench (the load's recipient is bench@peer.bench), sink.bench's MX 127.0.0.1 from the harness's DNS stub (resolv.conf bind-mounted in a mount namespace of chasquid's), -testing__outgoing_smtp_port the sink's; no hooks",
+	"haraka":   "npm package, config in peers.go: relay (ACL 127.0.0.0/8), tls (with DH parameters given), queue/smtp_forward with enable_outbound=false: relayed mail goes to Haraka's outbound queue, smtp_forward's get_mx routes sink.bench to the sink; nodes=cpus",
+}
+
+// writePeers is the peers' table (issue 16): each system in the peer
+// cells, with ratios to the gateway of the same cell.
+func writePeers(w *bytes.Buffer, rep *Report, byCell map[string]map[string]Result, order []string) {
+	if len(rep.Peers) == 0 && len(rep.Skipped) == 0 {
+		return
+	}
+	p := func(format string, args ...any) { fmt.Fprintf(w, format, args...) }
+	p("\n## Peers: the gateway beside Postfix, maddy, chasquid and Haraka\n\n")
+	for _, s := range rep.Skipped {
+		p("- **left out** %s\n", s)
+	}
+	straceOf := map[string]StraceResult{}
+	for _, st := range rep.Strace {
+		straceOf[st.System] = st
+	}
+	for _, name := range append([]string{"gateway", "postfix"}, peerNames...) {
+		if v, ok := rep.Versions[name]; ok {
+			p("- %s: %s; %s\n", name, v, peerSetup[name])
+		}
+	}
+	p("\nThe same load as every system's (see Results), each system fresh for the cell and warmed up; the peers run only in the cells `-peer-cells` names. e2e: first connection to the last arrival at the sink; ÷ gateway: the system's e2e over the gateway's of the same cell (the gateway's ×: its inverse); CPU: user+system of the system's processes per accepted message; refused: messages the load generator did not get a 250 for (first error in the notes); msgs/outbound conn: messages that arrived at the sink over the connections it took during the measured run (1: no reuse); fsync/msg: fsync+fdatasync per message over accept and delivery (strace, plaintext c=1); before 250: fsyncs between the 354 and the 250 of a message sent alone (strace, see Syscalls).\n\n")
+	p("| cell | system | e2e msgs/s | ÷ gateway | gateway × | accepted msgs/s | CPU ms/msg | CPU ÷ gateway | accept p50 ms | accept p99 ms | refused | msgs/outbound conn | fsync/msg | fsyncs before 250 | notes |\n")
+	p("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n")
+	for _, cell := range order {
+		hasPeer := false
+		for _, name := range peerNames {
+			if _, ok := byCell[cell][name]; ok {
+				hasPeer = true
+			}
+		}
+		if !hasPeer {
+			continue
+		}
+		g := byCell[cell]["gateway"]
+		for _, name := range append([]string{"gateway", "postfix"}, peerNames...) {
+			res, ok := byCell[cell][name]
+			if !ok {
+				continue
+			}
+			perConn := "–"
+			if res.OutConns == 0 && res.Arrived > 0 {
+				perConn = "all over the warm-up's"
+			}
+			if res.OutConns > 0 {
+				perConn = fmt.Sprintf("%.1f", float64(res.Arrived)/float64(res.OutConns))
+			}
+			fs, b250 := "–", "–"
+			if st, ok := straceOf[name]; ok && st.Err == "" && st.Messages > 0 {
+				fs = fmt.Sprintf("%.2f", float64(st.Calls["fsync"]+st.Calls["fdatasync"])/float64(st.Messages))
+				if len(st.Before250) > 0 {
+					lo, hi := minMax(st.Before250)
+					b250 = fmt.Sprint(lo)
+					if hi != lo {
+						b250 = fmt.Sprintf("%d–%d", lo, hi)
+					}
+					if dlo, dhi := minMax(st.Before250Dir); dhi > 0 {
+						b250 += fmt.Sprintf(" (dir %d", dlo)
+						if dhi != dlo {
+							b250 += fmt.Sprintf("–%d", dhi)
+						}
+						b250 += ")"
+					}
+				}
+			}
+			note := res.Note
+			if len(res.LogProblems) > 0 {
+				note = strings.TrimPrefix(note+"; log: "+res.LogProblems[0], "; ")
+			}
+			if res.Errors > 0 {
+				note = strings.TrimPrefix(note+fmt.Sprintf("; %d errors, first: %s", res.Errors, res.FirstError), "; ")
+			}
+			if len(note) > 300 {
+				note = note[:300] + "…"
+			}
+			p("| %s | %s | %.1f | %s | %s | %.1f | %.2f | %s | %.2f | %.2f | %d | %s | %s | %s | %s |\n",
+				cell, name, res.E2ERate, ratioStr(res.E2ERate, g.E2ERate), ratioStr(g.E2ERate, res.E2ERate), res.AcceptRate,
+				res.CPUmsPerMsg, ratioStr(res.CPUmsPerMsg, g.CPUmsPerMsg), res.AcceptP50ms, res.AcceptP99ms, res.Asked-res.Accepted,
+				perConn, fs, b250, strings.ReplaceAll(note, "|", "/"))
 		}
 	}
 }

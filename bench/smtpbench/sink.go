@@ -32,6 +32,7 @@ type Sink struct {
 	dups     int                  // an id seen again
 	tlsN     int                  // messages that came over TLS
 	plainN   int                  // and in plaintext
+	conns    map[*smtp.Conn]bool  // connections taken (go-smtp starts a new session after STARTTLS)
 	tlsInfo  string               // TLS facts of the last TLS session
 	onArrive func(id string, at time.Time, tlsInfo string)
 }
@@ -42,7 +43,7 @@ type Sink struct {
 //
 // groups restricts the TLS key exchanges (nil: Go's default).
 func StartSink(addr string, cert *tls.Certificate, groups []tls.CurveID, onArrive func(id string, at time.Time, tlsInfo string)) (*Sink, error) {
-	s := &Sink{arrivals: make(map[string]time.Time), onArrive: onArrive}
+	s := &Sink{arrivals: make(map[string]time.Time), conns: map[*smtp.Conn]bool{}, onArrive: onArrive}
 	srv := smtp.NewServer(s)
 	srv.Domain = "sink.bench"
 	srv.MaxMessageBytes = 64 << 20
@@ -71,6 +72,17 @@ func (s *Sink) Reset() {
 	defer s.mu.Unlock()
 	s.arrivals = make(map[string]time.Time)
 	s.dups, s.tlsN, s.plainN, s.tlsInfo = 0, 0, 0, ""
+	s.conns = map[*smtp.Conn]bool{}
+}
+
+// Sessions is the number of connections that began a session since the
+// last Reset (one that began before and is reused counts not at all):
+// messages per connection say whether a system reuses its outbound
+// connections.
+func (s *Sink) Sessions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
 }
 
 // Count is the number of distinct messages whose id starts with prefix.
@@ -119,6 +131,9 @@ func (s *Sink) Stats() (dups, tlsN, plainN int, tlsInfo string) {
 
 // NewSession implements smtp.Backend.
 func (s *Sink) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	s.mu.Lock()
+	s.conns[c] = true
+	s.mu.Unlock()
 	return &sinkSession{sink: s, conn: c}, nil
 }
 
