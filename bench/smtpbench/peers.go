@@ -155,9 +155,11 @@ const ChasquidDomain = "peer.bench"
 // MTA-STS lookups). Its SMTP listener only (no submission ports); the
 // certificate in certs/ (chasquid needs one: it offers STARTTLS in
 // plaintext cells too, unused by the load there; outbound it always uses
-// STARTTLS when offered, so in plaintext cells it still does). No hooks (the Debian package's post-data hook
-// is not copied). chasquid's queue holds at most 200 messages; past that
-// it answers 451.
+// STARTTLS when offered, so in plaintext cells it still does). No hooks
+// (the Debian package's post-data hook is not copied). chasquid writes
+// its queue file and renames it without an fsync (strace: no fsync, no
+// O_SYNC): it is the one system here that answers 250 before the message
+// is on disk.
 type Chasquid struct {
 	Bin     string
 	DNSAddr string // the stub's host:port; the port must be 53

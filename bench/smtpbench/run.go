@@ -829,7 +829,7 @@ func cmdRun(args []string) error {
 	fs.StringVar(&cfg.DHParam, "dhparam", "", "DH parameters (PEM) for Haraka's TLS (without: Haraka makes them at start-up, seconds of CPU per cell)")
 	fs.StringVar(&cfg.DNSAddr, "dns", "127.0.29.53:53", "the loopback DNS stub chasquid resolves through (`host:53`: a resolv.conf cannot name a port)")
 	fs.StringVar(&cfg.PeerCells, "peer-cells", "tls-4k-c20-k1,tls-4k-c50", "maddy, chasquid and haraka run only in cells whose id contains one of these (comma-separated)")
-	fs.IntVar(&cfg.N4kK1, "n4kk1", 500, "messages of the STARTTLS 4 KiB cell with one message per connection (tls-4k-cC-k1; 0: no such cell)")
+	fs.IntVar(&cfg.N4kK1, "n4kk1", 1000, "messages of the STARTTLS 4 KiB cell with one message per connection (tls-4k-cC-k1; 0: no such cell)")
 	fs.IntVar(&cfg.ConcK1, "ck1", 20, "the concurrency of that cell")
 	fs.DurationVar(&cfg.WaitTimeout, "wait", 90*time.Second, "how long the sink may wait for the last message")
 	fs.DurationVar(&cfg.LoadTimeout, "load-timeout", 3*time.Minute, "how long one load run may take")
