@@ -19,6 +19,12 @@ import (
 // errDMARCTemp is a DMARC lookup that DNS could not answer.
 var errDMARCTemp = errors.New("DMARC record lookup failed")
 
+// errNoRecord is a name without a DMARC record: only then does
+// discovery go on to the organizational domain (RFC 7489 6.6.3); a
+// record found but unusable (several, no valid policy) ends it with
+// dmarc.ErrNoPolicy.
+var errNoRecord = errors.New("no DMARC record")
+
 // lookupRecord returns the one DMARC record at _dmarc.<domain>:
 // dmarc.ErrNoPolicy when there is none, several, or none that has a
 // valid policy.
@@ -29,17 +35,21 @@ func (a *Auth) lookupRecord(ctx context.Context, domain string) (*dmarc.Record, 
 	var dnsErr *net.DNSError
 	switch {
 	case errors.As(err, &dnsErr) && dnsErr.IsNotFound:
-		return nil, dmarc.ErrNoPolicy
+		return nil, errNoRecord
 	case err != nil:
 		return nil, errDMARCTemp
 	}
 	var recs []string
 	for _, t := range txts {
-		if v, _, _ := strings.Cut(t, ";"); strings.EqualFold(strings.TrimSpace(strings.ReplaceAll(v, " ", "")), "v=DMARC1") {
+		if v, _, _ := strings.Cut(t, ";"); strings.ReplaceAll(strings.ReplaceAll(v, " ", ""), "\t", "") == "v=DMARC1" {
 			recs = append(recs, t)
 		}
 	}
-	if len(recs) != 1 {
+	switch len(recs) {
+	case 0:
+		return nil, errNoRecord
+	case 1:
+	default:
 		return nil, dmarc.ErrNoPolicy
 	}
 	return parseRecord(recs[0])
@@ -83,7 +93,12 @@ func parseRecord(txt string) (*dmarc.Record, error) {
 		p = dmarc.PolicyNone
 	}
 	rec.Policy = p
-	if sp, ok := policy(tags["sp"]); ok {
+	if v, set := tags["sp"]; set {
+		sp, ok := policy(v)
+		if !ok {
+			// An invalid sp= is an invalid policy (6.6.3): none.
+			sp = dmarc.PolicyNone
+		}
 		rec.SubdomainPolicy = sp
 	}
 	if strings.EqualFold(tags["adkim"], "s") {

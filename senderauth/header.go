@@ -59,22 +59,29 @@ func pvalueSafe(v string) bool {
 	if v == "" || len(v) > 255 {
 		return false
 	}
-	for i := 0; i < len(v); i++ {
-		c := v[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("._+-=@", c) >= 0) {
-			return false
-		}
+	local, domain, hasAt := strings.Cut(v, "@")
+	if !hasAt {
+		local, domain = "", v
 	}
-	return strings.Count(v, "@") <= 1 && v[0] != '.' && v[0] != '@'
+	ok := func(s, extra string) bool {
+		for i := 0; i < len(s); i++ {
+			c := s[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte(extra, c) >= 0) {
+				return false
+			}
+		}
+		return true
+	}
+	return domain != "" && domain[0] != '.' && ok(domain, ".-") && ok(local, "._+-=") // [local]@domain
 }
 
 // authservID is the authserv-id of an Authentication-Results value, as
 // an RFC 8601 reader finds it: comments and the quotes of a quoted
 // string taken off, a final dot dropped, lower case.
-func authservID(v string) string {
-	id, _, _ := strings.Cut(v, ";")
+func authservID(id string) string {
 	var b strings.Builder
-	depth := 0
+	depth, quoted := 0, false
+scan:
 	for i := 0; i < len(id); i++ {
 		switch c := id[i]; {
 		case c == '\\' && i+1 < len(id):
@@ -82,11 +89,15 @@ func authservID(v string) string {
 			if depth == 0 {
 				b.WriteByte(id[i])
 			}
-		case c == '(':
+		case c == '(' && !quoted:
 			depth++
 		case c == ')' && depth > 0:
 			depth--
-		case depth > 0, c == '"':
+		case depth > 0:
+		case c == '"':
+			quoted = !quoted
+		case c == ';' && !quoted:
+			break scan // the first ';' outside comments and quotes
 		default:
 			b.WriteByte(c)
 		}
@@ -137,7 +148,9 @@ func unverifiable(r io.Reader) string {
 		if total > maxVerifiedHeader {
 			return fmt.Sprintf("a header over %d bytes: not verified", maxVerifiedHeader)
 		}
-		end := err != nil || strings.TrimRight(line, "\r\n") == ""
+		// The empty line as go-msgauth's reader sees it: LF, or one CR
+		// and LF.
+		end := err != nil || line == "\n" || line == "\r\n"
 		if end || (line[0] != ' ' && line[0] != '\t') {
 			cost += lines * size
 			lines, size = 0, 0

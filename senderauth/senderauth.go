@@ -50,6 +50,9 @@ const (
 	// maxSignatures is how many DKIM signatures are verified; more are
 	// ignored (and noted): each costs a key lookup.
 	maxSignatures = 8
+	// maxAuthors bounds the From: addresses evaluated for DMARC (each
+	// costs lookups in the message's budget); more is no single author.
+	maxAuthors = 5
 )
 
 // Counter counts one method's result (spf, dkim, dmarc) for metrics.
@@ -288,6 +291,11 @@ func (a *Auth) checkDMARC(ctx context.Context, res *results) {
 		}
 	}
 	switch {
+	case failed && temp && res.policy != dmarc.PolicyReject:
+		// An author whose policy is unknown (DNS) might reject: a
+		// weaker failing co-author must not decide for it.
+		res.dmarc = authres.ResultFail
+		res.temperror = append(res.temperror, "dmarc")
 	case failed:
 		res.dmarc = authres.ResultFail
 	case temp:
@@ -340,14 +348,17 @@ func (a *Auth) evaluate(ctx context.Context, from string, res *results) (authres
 // domain itself or else at its organizational domain (org true).
 func (a *Auth) lookupDMARC(ctx context.Context, from string) (*dmarc.Record, bool, error) {
 	rec, err := a.lookupRecord(ctx, from)
-	if !errors.Is(err, dmarc.ErrNoPolicy) {
-		return rec, false, err
+	if !errors.Is(err, errNoRecord) {
+		return rec, false, err // found (usable or not), or DNS trouble
 	}
 	org := publicSuffixOrg(from)
 	if org == from || org == "" {
-		return nil, false, err
+		return nil, false, dmarc.ErrNoPolicy
 	}
 	rec, err = a.lookupRecord(ctx, org)
+	if errors.Is(err, errNoRecord) {
+		err = dmarc.ErrNoPolicy
+	}
 	return rec, true, err
 }
 
@@ -375,6 +386,9 @@ func authorDomains(fields []message.Field) ([]string, error) {
 	list, err := addressParser.ParseList(strings.TrimSpace(from[0].Value()))
 	if err != nil || len(list) == 0 {
 		return nil, errors.New("the From: field does not parse")
+	}
+	if len(list) > maxAuthors {
+		return nil, fmt.Errorf("%d From: addresses, more than %d", len(list), maxAuthors)
 	}
 	var domains []string
 	for _, addr := range list {

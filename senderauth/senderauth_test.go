@@ -255,6 +255,14 @@ func TestDMARC(t *testing.T) {
 			t.Fatalf("%+v", v)
 		}
 	})
+	t.Run("a weak failing author does not decide for one whose DNS fails", func(t *testing.T) {
+		e.dns.TXT("_dmarc.x.test", "v=DMARC1; p=none")
+		e.dns.SetServfailName("_dmarc.victim.test")
+		m := raw("192.0.2.1", "a@other.test", "From: a@x.test, ceo@victim.test\r\nSubject: x\r\n\r\nx\r\n")
+		if v, _ := check(t, a, m); v.Action != checks.Tempfail {
+			t.Fatalf("%+v", v)
+		}
+	})
 	t.Run("no single From: under enforce", func(t *testing.T) {
 		e.dns.TXT("_dmarc.sender.test", "v=DMARC1; p=reject")
 		for _, h := range []string{"From: a@sender.test\r\nFrom: b@sender.test\r\n", "From: <ceo@bank.test>>\r\n", "Subject: no from\r\n"} {
@@ -336,7 +344,7 @@ func TestDKIMResults(t *testing.T) {
 	dkim.Sign(&rsaSigned, strings.NewReader("From: a@rsa.test\r\nSubject: x\r\n\r\nbody\r\n"), &dkim.SignOptions{
 		Domain: "rsa.test", Selector: "r1", Signer: rsaKey, HeaderCanonicalization: dkim.CanonicalizationRelaxed})
 	for _, tc := range []struct{ name, data, want string }{
-		{"ed25519 pass", good, "dkim=pass header.d=sender.test"},
+		{"ed25519 pass", good, "dkim=pass header.d=sender.test header.i=@sender.test"},
 		{"rsa pass", rsaSigned.String(), "dkim=pass header.d=rsa.test"},
 		{"body byte changed", strings.Replace(good, "Hello.", "Hello!", 1), "dkim=fail"},
 		{"header changed", strings.Replace(good, "Subject: hello", "Subject: jello", 1), "dkim=fail"},
@@ -473,7 +481,7 @@ func TestHeaderInjection(t *testing.T) {
 func TestForgedVariants(t *testing.T) {
 	e := newEnv(t)
 	a := e.auth(senderauth.Config{DKIM: true})
-	for _, forged := range []string{authserv + "(c); dmarc=pass", `"` + authserv + `"; dmarc=pass`, "(c) " + authserv + ".; dmarc=pass"} {
+	for _, forged := range []string{"(x;y) " + authserv + "; dmarc=pass", authserv + "(c); dmarc=pass", `"` + authserv + `"; dmarc=pass`, "(c) " + authserv + ".; dmarc=pass"} {
 		for _, relay := range []bool{false, true} {
 			m := e.msg("192.0.2.1", "a@sender.test", "a@sender.test", "", "Authentication-Results: "+forged+"\r\n")
 			m.Relay = relay

@@ -230,6 +230,10 @@ func (c *conn) Read(p []byte) (int, error) {
 		return 0, net.ErrClosed
 	}
 	if err := c.flush(); err != nil {
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			c.peerGone.Store(true) // the client is gone: nothing it sends after counts
+		}
 		return 0, err
 	}
 	if c.gate != nil {
