@@ -6,10 +6,8 @@ package smtpcmd
 //	caddy smtp-dns [--domain D] [--address A] [--json]
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"net/url"
 	"strings"
 
@@ -72,18 +70,7 @@ func cmdDNS(fl caddycmd.Flags, _ []string, out io.Writer) error {
 	if d := fl.String("domain"); d != "" {
 		uri += "?" + url.Values{"domain": {d}}.Encode()
 	}
-	body, err := request(fl, http.MethodGet, uri, nil)
-	if err != nil {
-		return err
-	}
-	if fl.Bool("json") {
-		return printJSON(out, body)
-	}
-	var records []admin.DNSRecord
-	if err := json.Unmarshal(body, &records); err != nil {
-		return fmt.Errorf("decoding response: %v", err)
-	}
-	return WriteZone(out, records)
+	return show(fl, out, uri, WriteZone)
 }
 
 // WriteZone writes records as zone file lines: `name. TTL IN TYPE

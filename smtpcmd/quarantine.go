@@ -1,7 +1,6 @@
 package smtpcmd
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -80,18 +79,9 @@ and its recipients. The filters are those of "caddy smtp-queue list".
 
 func cmdQuarantineList(fl caddycmd.Flags, _ []string, out io.Writer) error {
 	uri, filtered := listURI(fl, "/smtp/quarantine")
-	body, err := request(fl, http.MethodGet, uri, nil)
-	if err != nil {
-		return err
-	}
-	if fl.Bool("json") {
-		return printJSON(out, body)
-	}
-	var list admin.QuarantineListResponse
-	if err := json.Unmarshal(body, &list); err != nil {
-		return fmt.Errorf("decoding response: %v", err)
-	}
-	return WriteQuarantine(out, list, filtered)
+	return show(fl, out, uri, func(w io.Writer, list admin.QuarantineListResponse) error {
+		return WriteQuarantine(w, list, filtered)
+	})
 }
 
 // WriteQuarantine writes a quarantine listing as WriteMailq writes the
@@ -138,18 +128,8 @@ func WriteQuarantine(w io.Writer, list admin.QuarantineListResponse, filtered bo
 }
 
 func cmdQuarantineShow(fl caddycmd.Flags, args []string, out io.Writer) error {
-	body, err := request(fl, http.MethodGet, "/smtp/quarantine/"+url.PathEscape(args[0]), nil)
-	if err != nil {
-		return err
-	}
-	if fl.Bool("json") {
-		return printJSON(out, body)
-	}
-	var m admin.QuarantineMessageResponse
-	if err := json.Unmarshal(body, &m); err != nil {
-		return fmt.Errorf("decoding response: %v", err)
-	}
-	return WriteQuarantined(out, m, time.Now())
+	return show(fl, out, "/smtp/quarantine/"+url.PathEscape(args[0]),
+		func(w io.Writer, m admin.QuarantineMessageResponse) error { return WriteQuarantined(w, m, time.Now()) })
 }
 
 // WriteQuarantined writes one quarantined message's entry and headers

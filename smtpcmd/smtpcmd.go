@@ -164,6 +164,23 @@ func request(fl caddycmd.Flags, method, uri string, body any) ([]byte, error) {
 }
 
 // printJSON prints an API response as indented JSON.
+// show GETs uri from the admin API and writes the answer: as JSON
+// with --json, else decoded into a T and written by write.
+func show[T any](fl caddycmd.Flags, out io.Writer, uri string, write func(io.Writer, T) error) error {
+	body, err := request(fl, http.MethodGet, uri, nil)
+	if err != nil {
+		return err
+	}
+	if fl.Bool("json") {
+		return printJSON(out, body)
+	}
+	var v T
+	if err := json.Unmarshal(body, &v); err != nil {
+		return fmt.Errorf("decoding response: %v", err)
+	}
+	return write(out, v)
+}
+
 func printJSON(out io.Writer, body []byte) error {
 	var buf bytes.Buffer
 	if err := json.Indent(&buf, bytes.TrimSpace(body), "", "  "); err != nil {
@@ -206,18 +223,7 @@ func listURI(fl caddycmd.Flags, path string) (uri string, filtered bool) {
 
 func cmdList(fl caddycmd.Flags, _ []string, out io.Writer) error {
 	uri, filtered := listURI(fl, "/smtp/queue")
-	body, err := request(fl, http.MethodGet, uri, nil)
-	if err != nil {
-		return err
-	}
-	if fl.Bool("json") {
-		return printJSON(out, body)
-	}
-	var list admin.QueueListResponse
-	if err := json.Unmarshal(body, &list); err != nil {
-		return fmt.Errorf("decoding response: %v", err)
-	}
-	return WriteMailq(out, list, filtered)
+	return show(fl, out, uri, func(w io.Writer, list admin.QueueListResponse) error { return WriteMailq(w, list, filtered) })
 }
 
 // WriteMailq writes a queue listing in the format of Postfix's mailq:
@@ -290,18 +296,8 @@ func writeTotals(b *strings.Builder, shown, total, offset int, size int64) {
 }
 
 func cmdShow(fl caddycmd.Flags, args []string, out io.Writer) error {
-	body, err := request(fl, http.MethodGet, "/smtp/queue/"+url.PathEscape(args[0]), nil)
-	if err != nil {
-		return err
-	}
-	if fl.Bool("json") {
-		return printJSON(out, body)
-	}
-	var m admin.MessageResponse
-	if err := json.Unmarshal(body, &m); err != nil {
-		return fmt.Errorf("decoding response: %v", err)
-	}
-	return WriteMessage(out, m, time.Now())
+	return show(fl, out, "/smtp/queue/"+url.PathEscape(args[0]),
+		func(w io.Writer, m admin.MessageResponse) error { return WriteMessage(w, m, time.Now()) })
 }
 
 // WriteMessage writes one message's queue entry and headers as text.

@@ -7,10 +7,8 @@ package smtpcmd
 //	caddy smtp-tls check <domain> [--server S] [--connect] [--address A] [--json]
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"net/url"
 	"strings"
 	"time"
@@ -70,18 +68,7 @@ func cmdTLS(fl caddycmd.Flags, args []string, out io.Writer) error {
 	if len(q) > 0 {
 		uri += "?" + q.Encode()
 	}
-	body, err := request(fl, http.MethodGet, uri, nil)
-	if err != nil {
-		return err
-	}
-	if fl.Bool("json") {
-		return printJSON(out, body)
-	}
-	var rep admin.TLSPolicyResponse
-	if err := json.Unmarshal(body, &rep); err != nil {
-		return fmt.Errorf("decoding response: %v", err)
-	}
-	return WriteTLSReport(out, rep)
+	return show(fl, out, uri, WriteTLSReport)
 }
 
 // WriteTLSReport writes a tls-policy report for people.
