@@ -77,6 +77,9 @@ type Spool struct {
 	// back a record that was just removed.
 	mu          sync.Mutex
 	recordsLock *os.File
+
+	// dirSync shares the directory's fsyncs among concurrent commits.
+	dirSync *groupSync
 }
 
 // Open prepares dir (creating it with mode 0700 if needed), checks that
@@ -97,7 +100,7 @@ func Open(dir string) (*Spool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening spool records lock: %w", err)
 	}
-	s := &Spool{dir: dir, recordsLock: lock}
+	s := &Spool{dir: dir, recordsLock: lock, dirSync: new(groupSync)}
 	if err := s.convertLegacy(); err != nil {
 		s.Close()
 		return nil, err
@@ -128,7 +131,12 @@ func (s *Spool) Dir() string { return s.dir }
 
 // syncDir fsyncs the spool directory, so that the renames and unlinks
 // in it are durable.
-func (s *Spool) syncDir() error { return syncDir(s.dir) }
+func (s *Spool) syncDir() error {
+	if s.dirSync == nil { // a Spool made by Peek or ListIDs
+		return syncDir(s.dir)
+	}
+	return s.dirSync.sync(func() error { return syncDir(s.dir) })
+}
 
 // removeDebris removes, once older than olderThan, temp files and files
 // that belong to no record: an envelope without its record file (a
