@@ -4,6 +4,7 @@
 #   go build -o /tmp/caddy-new ./cmd/caddy && go build -o /tmp/smtpbench ./bench/smtpbench
 # /tmp/ab-old and /tmp/ab-new hold each one's Caddyfile (made by syscalls.sh).
 # A/B in one run: the same gateway, clients offering the default key exchange (X25519MLKEM768 hybrid) or X25519 only.
+cpu() { awk '{print $14+$15}' /proc/$1/stat; }
 cd /tmp/ab-new
 for round in 1 2 3; do for kx in hybrid x25519; do
   rm -rf data/queue
