@@ -136,16 +136,7 @@ func cmdQuarantineShow(fl caddycmd.Flags, args []string, out io.Writer) error {
 // as text, as WriteMessage writes a queued one.
 func WriteQuarantined(w io.Writer, m admin.QuarantineMessageResponse, now time.Time) error {
 	var b strings.Builder
-	field := func(name, format string, args ...any) {
-		fmt.Fprintf(&b, "%-14s %s\n", name+":", fmt.Sprintf(format, args...))
-	}
-	sender := m.From
-	if sender == "" {
-		sender = "<> (MAILER-DAEMON)"
-	}
-	field("Queue ID", "%s", m.ID)
-	field("Server", "%s", m.Server)
-	field("Sender", "%s", sender)
+	field := entryFields(&b, m.ID, m.Server, m.From)
 	field("Subject", "%s", oneLine(m.Subject))
 	field("Arrival time", "%s", m.Received.Local().Format(time.RFC1123Z))
 	field("Quarantined", "%s (%s ago) by %s", m.QuarantinedAt.Local().Format(time.RFC1123Z),
@@ -160,11 +151,5 @@ func WriteQuarantined(w io.Writer, m admin.QuarantineMessageResponse, now time.T
 	for _, rcpt := range m.To {
 		fmt.Fprintf(&b, "  %s\n", rcpt)
 	}
-	b.WriteString("Headers:\n")
-	b.WriteString(printable(strings.ReplaceAll(m.Headers, "\r\n", "\n")))
-	if !strings.HasSuffix(b.String(), "\n") {
-		b.WriteString("\n")
-	}
-	_, err := io.WriteString(w, b.String())
-	return err
+	return writeHeaders(w, &b, m.Headers)
 }

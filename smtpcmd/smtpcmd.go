@@ -303,16 +303,7 @@ func cmdShow(fl caddycmd.Flags, args []string, out io.Writer) error {
 // WriteMessage writes one message's queue entry and headers as text.
 func WriteMessage(w io.Writer, m admin.MessageResponse, now time.Time) error {
 	var b strings.Builder
-	field := func(name, format string, args ...any) {
-		fmt.Fprintf(&b, "%-14s %s\n", name+":", fmt.Sprintf(format, args...))
-	}
-	sender := m.Sender
-	if sender == "" {
-		sender = "<> (MAILER-DAEMON)"
-	}
-	field("Queue ID", "%s", m.ID)
-	field("Server", "%s", m.Server)
-	field("Sender", "%s", sender)
+	field := entryFields(&b, m.ID, m.Server, m.Sender)
 	field("Arrival time", "%s (%s ago)", m.Received.Local().Format(time.RFC1123Z), duration(time.Duration(m.AgeSeconds*float64(time.Second))))
 	field("Size", "%d bytes", m.Size)
 	clientFields(field, m.Client)
@@ -337,8 +328,31 @@ func WriteMessage(w io.Writer, m admin.MessageResponse, now time.Time) error {
 			fmt.Fprintf(&b, "    (%s)\n", e)
 		}
 	}
+	return writeHeaders(w, &b, m.Headers)
+}
+
+// entryFields starts a message shown (queued or quarantined) with its
+// id, server and sender, and returns the function that writes further
+// "Name: value" lines into b.
+func entryFields(b *strings.Builder, id, server, sender string) func(name, format string, args ...any) {
+	field := func(name, format string, args ...any) {
+		fmt.Fprintf(b, "%-14s %s\n", name+":", fmt.Sprintf(format, args...))
+	}
+	if sender == "" {
+		sender = "<> (MAILER-DAEMON)"
+	}
+	field("Queue ID", "%s", id)
+	field("Server", "%s", server)
+	field("Sender", "%s", printable(sender))
+	return field
+}
+
+// writeHeaders ends a message shown with its header section, control
+// characters replaced (it is the mail's text, not ours), and writes b
+// to w.
+func writeHeaders(w io.Writer, b *strings.Builder, headers string) error {
 	b.WriteString("Headers:\n")
-	b.WriteString(strings.ReplaceAll(m.Headers, "\r\n", "\n"))
+	b.WriteString(printable(strings.ReplaceAll(headers, "\r\n", "\n")))
 	if !strings.HasSuffix(b.String(), "\n") {
 		b.WriteString("\n")
 	}
