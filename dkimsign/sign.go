@@ -7,8 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"mime"
-	"net/mail"
 	"strings"
 
 	"github.com/emersion/go-msgauth/dkim"
@@ -233,13 +231,6 @@ func endHeader(raw []byte, fields []field) ([]byte, []field, error) {
 	return raw, fields, nil
 }
 
-// addressParser parses From: whatever the charset of its display name:
-// only the address is wanted, so a name in a charset Go does not know
-// is taken as it is instead of failing the parse.
-var addressParser = &mail.AddressParser{WordDecoder: &mime.WordDecoder{
-	CharsetReader: func(_ string, r io.Reader) (io.Reader, error) { return r, nil },
-}}
-
 // fromDomain returns the domain of the message's one From: address, in
 // lower case and A-labels. RFC 5322 3.6.2 allows several authors (then
 // Sender: names the one that sent it), but DKIM and DMARC take the
@@ -262,7 +253,7 @@ func fromDomain(fields []field) (string, error) {
 	}
 	_, value, _ := strings.Cut(from[0].raw, ":")
 	value = strings.NewReplacer("\r\n", "", "\n", "").Replace(value) // unfolding, RFC 5322 2.2.3
-	addrs, err := addressParser.ParseList(value)
+	addrs, err := message.ParseAddressList(value)
 	if err != nil {
 		return "", fmt.Errorf("From: %v", err)
 	}

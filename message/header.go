@@ -5,8 +5,22 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime"
+	"net/mail"
 	"strings"
 )
+
+// ParseAddressList parses an address field (From:) whatever the
+// charset of its display names: only the addresses are wanted, so a
+// name in a charset Go does not know is taken as it is rather than
+// failing the parse (which would skip DKIM signing, or waive DMARC).
+func ParseAddressList(value string) ([]*mail.Address, error) {
+	return addressParser.ParseList(value)
+}
+
+var addressParser = &mail.AddressParser{WordDecoder: &mime.WordDecoder{
+	CharsetReader: func(_ string, r io.Reader) (io.Reader, error) { return r, nil },
+}}
 
 // Field is one header field as read: its name, and the whole field as
 // it stands in the message (name, colon, value, folding, and the line

@@ -19,11 +19,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"mime"
 	"net"
-	"net/mail"
 	"slices"
 	"strings"
 	"time"
@@ -362,14 +359,6 @@ func (a *Auth) lookupDMARC(ctx context.Context, from string) (*dmarc.Record, boo
 	return rec, true, err
 }
 
-// addressParser parses From: whatever the charset of a display name:
-// only the addresses are wanted, so a name in a charset Go does not
-// know is taken as it is rather than failing the parse (which would
-// waive DMARC).
-var addressParser = &mail.AddressParser{WordDecoder: &mime.WordDecoder{
-	CharsetReader: func(_ string, r io.Reader) (io.Reader, error) { return r, nil },
-}}
-
 // authorDomains are the domains of the message's From: addresses. A
 // message with no From: field or several, or one that does not parse,
 // has none (RFC 7489 6.6.1): under enforce it is refused.
@@ -383,7 +372,7 @@ func authorDomains(fields []message.Field) ([]string, error) {
 	if len(from) != 1 {
 		return nil, fmt.Errorf("%d From: fields", len(from))
 	}
-	list, err := addressParser.ParseList(strings.TrimSpace(from[0].Value()))
+	list, err := message.ParseAddressList(strings.TrimSpace(from[0].Value()))
 	if err != nil || len(list) == 0 {
 		return nil, errors.New("the From: field does not parse")
 	}
