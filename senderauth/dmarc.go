@@ -29,9 +29,7 @@ var errNoRecord = errors.New("no DMARC record")
 // dmarc.ErrNoPolicy when there is none, several, or none that has a
 // valid policy.
 func (a *Auth) lookupRecord(ctx context.Context, domain string) (*dmarc.Record, error) {
-	ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
-	defer cancel()
-	txts, err := a.resolver.LookupTXT(ctx, "_dmarc."+domain)
+	txts, err := boundResolver{a.resolver}.LookupTXT(ctx, "_dmarc."+domain)
 	var dnsErr *net.DNSError
 	switch {
 	case errors.As(err, &dnsErr) && dnsErr.IsNotFound:

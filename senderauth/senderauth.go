@@ -533,11 +533,7 @@ func dedup(s []string) []string {
 // lookupTXT is a TXT lookup for go-msgauth, bounded in time by the
 // message's context and per query.
 func (a *Auth) lookupTXT(ctx context.Context) func(string) ([]string, error) {
-	return func(name string) ([]string, error) {
-		ctx, cancel := context.WithTimeout(ctx, lookupTimeout)
-		defer cancel()
-		return a.resolver.LookupTXT(ctx, name)
-	}
+	return func(name string) ([]string, error) { return boundResolver{a.resolver}.LookupTXT(ctx, name) }
 }
 
 // boundResolver bounds each of SPF's queries in time.
