@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -557,11 +556,8 @@ func (a *App) queueStats() (int, time.Duration) {
 	}
 	// A stray file with a shorter name must not break the scrape.
 	for _, id := range ids {
-		if len(id) < 11 {
-			continue
-		}
-		if ms, err := strconv.ParseInt(id[:11], 16, 64); err == nil {
-			return len(ids), time.Since(time.UnixMilli(ms))
+		if t, ok := spool.IDTime(id); ok {
+			return len(ids), time.Since(t)
 		}
 	}
 	return len(ids), 0

@@ -3,7 +3,6 @@ package smtpapp
 import (
 	"errors"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"time"
 
@@ -71,11 +70,7 @@ func expireQuarantine(q *spool.Spool, maxAge time.Duration, now time.Time, log *
 		return
 	}
 	for _, id := range ids {
-		if len(id) < 11 {
-			continue
-		}
-		ms, err := strconv.ParseInt(id[:11], 16, 64)
-		if err != nil || now.Sub(time.UnixMilli(ms)) <= maxAge {
+		if t, ok := spool.IDTime(id); !ok || now.Sub(t) <= maxAge {
 			continue
 		}
 		if err := q.Remove(id); err != nil {

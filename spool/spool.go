@@ -249,6 +249,20 @@ func newID() string {
 	return fmt.Sprintf("%011X%08X", time.Now().UnixMilli(), binary.BigEndian.Uint32(b[:]))
 }
 
+// IDTime is when a record with this queue id was created (newID puts
+// the millisecond first), for counts and ages that need no envelope;
+// false for an id of another form.
+func IDTime(id string) (time.Time, bool) {
+	if len(id) < 11 {
+		return time.Time{}, false
+	}
+	ms, err := strconv.ParseInt(id[:11], 16, 64)
+	if err != nil {
+		return time.Time{}, false
+	}
+	return time.UnixMilli(ms), true
+}
+
 func validID(id string) bool {
 	if id == "" || len(id) > 64 {
 		return false
